@@ -1,0 +1,1 @@
+"""How the service runs: the `journey` command, the local stack and the demo."""

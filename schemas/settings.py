@@ -1,0 +1,180 @@
+"""Service configuration: one typed object, read from the environment in one place.
+
+Each setting is declared once, with its type, environment variable, default and a
+docstring-like ``doc`` that ``journey config`` prints and the README table mirrors.
+The defaults run against the local stack that ``journey up`` starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = ["ConfigError", "Settings"]
+
+
+class ConfigError(ValueError):
+    """A setting from the environment could not be used."""
+
+
+def _setting(default: Any, env: str, doc: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"env": env, "doc": doc, "secret": secret})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of the worker, the collector and the local stack."""
+
+    broker_url: str = _setting(
+        "127.0.0.1:9092", "JOURNEY_BROKER_URL",
+        "Kafka bootstrap servers, comma separated. The local stack's broker listens on "
+        "the first one.")
+    topic_prefix: str = _setting(
+        "journey", "JOURNEY_TOPIC_PREFIX",
+        "Prefix of every topic the service owns (`<prefix>.touchpoints`, ...).")
+    topic_partitions: int = _setting(
+        8, "JOURNEY_TOPIC_PARTITIONS",
+        "Partitions of the touchpoint topic and the tables' changelogs: the ceiling on "
+        "how many workers can share the work.")
+    topic_replication: int = _setting(
+        1, "JOURNEY_TOPIC_REPLICATION", "Replication factor of created topics (3 in production).")
+    app_id: str = _setting(
+        "journey-worker", "JOURNEY_APP_ID",
+        "Faust application id: the consumer group and the prefix of changelog topics.")
+    store: str = _setting(
+        "memory://", "JOURNEY_STORE",
+        "Faust table store: `memory://` (tests, demo) or `rocksdb://` (production; needs "
+        "the `rocksdb` extra).")
+    clickhouse_url: str = _setting(
+        "clickhouse://default@127.0.0.1:9000/journey", "JOURNEY_CLICKHOUSE_URL",
+        "ClickHouse native-protocol URL; the path is the database, created when missing.",
+        secret=True)
+    clickhouse_http_port: int = _setting(
+        8123, "JOURNEY_CLICKHOUSE_HTTP_PORT", "HTTP port of the local stack's ClickHouse.")
+    sink_batch_size: int = _setting(
+        2000, "JOURNEY_SINK_BATCH_SIZE",
+        "Most touchpoints processed per batch; each batch ends with one insert per table.")
+    sink_flush_seconds: float = _setting(
+        1.0, "JOURNEY_SINK_FLUSH_SECONDS",
+        "Longest wait before a partial batch is processed and flushed (a quiet topic's "
+        "last events still reach ClickHouse).")
+    sink_max_retry_seconds: float = _setting(
+        30.0, "JOURNEY_SINK_MAX_RETRY_SECONDS",
+        "Cap of the exponential backoff between insert retries while ClickHouse is down.")
+    broker_session_timeout: float = _setting(
+        6.0, "JOURNEY_BROKER_SESSION_TIMEOUT",
+        "Consumer-group session timeout in seconds. Tansu delays a group join by half of "
+        "it, so Faust's 60 s default meant 30 s joins; 6 s is Kafka's minimum.")
+    broker_heartbeat_interval: float = _setting(
+        1.5, "JOURNEY_BROKER_HEARTBEAT_INTERVAL", "Consumer heartbeat interval in seconds.")
+    worker_web_host: str = _setting(
+        "127.0.0.1", "JOURNEY_WORKER_WEB_HOST",
+        "Interface of the worker's web server; 0.0.0.0 in containers so Prometheus can scrape.")
+    worker_web_port: int = _setting(
+        6066, "JOURNEY_WORKER_WEB_PORT", "Port of the worker's web server (`/metrics`).")
+    data_dir: Path = _setting(  # noqa: RUF009 - an immutable Path, shared safely
+        Path(".journey"), "JOURNEY_DATA_DIR",
+        "Where the local stack keeps ClickHouse data, logs and the worker's table state.")
+    log_level: str = _setting("info", "JOURNEY_LOG_LEVEL", "crit, error, warn, info or debug.")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``env`` (default ``os.environ``); ``overrides`` win."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f.metadata["env"])
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings._check()
+        return settings
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def _check(self) -> None:
+        if self.topic_partitions < 1:
+            raise ConfigError("JOURNEY_TOPIC_PARTITIONS must be at least 1")
+        if self.sink_batch_size < 1:
+            raise ConfigError("JOURNEY_SINK_BATCH_SIZE must be at least 1")
+        if self.store.split("://")[0] not in ("memory", "rocksdb"):
+            raise ConfigError(f"JOURNEY_STORE={self.store!r}: use memory:// or rocksdb://")
+        if urlsplit(self.clickhouse_url).scheme not in ("clickhouse", "clickhouses"):
+            raise ConfigError("JOURNEY_CLICKHOUSE_URL must look like "
+                              "clickhouse://user:password@host:9000/database")
+
+    # Derived names: kept here so that every component spells them the same way.
+    @property
+    def touchpoints_topic(self) -> str:
+        return f"{self.topic_prefix}.touchpoints"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.topic_prefix}.dead-letters"
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return [s.strip() for s in self.broker_url.split(",") if s.strip()]
+
+    @property
+    def broker_host_port(self) -> tuple[str, int]:
+        host, _, port = self.bootstrap_servers[0].rpartition(":")
+        return host or "127.0.0.1", int(port)
+
+    @property
+    def clickhouse_database(self) -> str:
+        return urlsplit(self.clickhouse_url).path.strip("/") or "default"
+
+    @property
+    def clickhouse_host_port(self) -> tuple[str, int]:
+        parts = urlsplit(self.clickhouse_url)
+        return parts.hostname or "127.0.0.1", parts.port or 9000
+
+    def clickhouse_url_for(self, database: str) -> str:
+        parts = urlsplit(self.clickhouse_url)
+        return urlunsplit(parts._replace(path=f"/{database}"))
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes a child process build these same settings."""
+        return {f.metadata["env"]: str(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(env var, current value, doc) for every setting; secrets are masked."""
+        rows = []
+        for f in dataclasses.fields(self):
+            value = str(getattr(self, f.name))
+            if f.metadata["secret"]:
+                value = _mask_url(value)
+            rows.append((f.metadata["env"], value, f.metadata["doc"]))
+        return rows
+
+
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if kind == "Path":
+            return Path(raw)
+    except ValueError:
+        raise ConfigError(f"{f.metadata['env']}={raw!r} is not a valid {kind}") from None
+    return raw

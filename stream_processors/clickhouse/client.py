@@ -1,0 +1,76 @@
+"""Connecting to ClickHouse and applying the migrations."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+
+from clickhouse_driver import Client
+from clickhouse_driver.errors import Error as ClickHouseError
+
+from schemas import utcnow
+from stream_processors.clickhouse.ddl import MIGRATIONS, Dialect, bookkeeping, dialect_for_version
+
+__all__ = ["ClickHouseUnavailable", "connect", "migrate", "server_dialect", "wait_until_ready"]
+
+log = logging.getLogger(__name__)
+_DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ClickHouseUnavailable(RuntimeError):
+    """ClickHouse could not be reached in time."""
+
+
+def connect(url: str, *, database: str | None = "default") -> Client:
+    """A client on ``url``; by default on the ``default`` database, which always exists."""
+    if database is not None:
+        url = re.sub(r"(//[^/]*)(/[^?]*)?", lambda m: f"{m.group(1)}/{database}", url, count=1)
+    return Client.from_url(url)
+
+
+def server_dialect(client: Client) -> Dialect:
+    return dialect_for_version(client.execute("SELECT version()")[0][0])
+
+
+def wait_until_ready(client: Client, timeout: float = 60.0,
+                     on_wait: Callable[[Exception], None] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.execute("SELECT 1")
+            return
+        except (ClickHouseError, OSError, EOFError) as exc:
+            if time.monotonic() > deadline:
+                raise ClickHouseUnavailable(f"ClickHouse did not answer within {timeout:.0f} s: "
+                                            f"{exc}") from exc
+            if on_wait:
+                on_wait(exc)
+            time.sleep(0.5)
+
+
+def migrate(client: Client, database: str) -> list[str]:
+    """Apply the migrations not yet recorded; returns the names of those applied.
+
+    Safe to run from several workers at once: every statement is ``IF NOT EXISTS``
+    and the record table collapses repeated rows.
+    """
+    if not _DB_NAME.match(database):
+        raise ValueError(f"database name {database!r} must be letters, digits and underscores")
+    dialect = server_dialect(client)
+    for statement in bookkeeping(database):
+        client.execute(statement)
+    done = {row[0] for row in client.execute(f"SELECT id FROM {database}.schema_migrations")}
+    applied = []
+    for m in MIGRATIONS:
+        if m.id in done:
+            continue
+        for statement in m.statements(dialect, database):
+            client.execute(statement)
+        client.execute(f"INSERT INTO {database}.schema_migrations (id, name, applied_at) VALUES",
+                       [(m.id, m.name, utcnow().replace(microsecond=0))])
+        applied.append(m.name)
+        log.info("applied migration %d %s (%s)", m.id, m.name, dialect.name)
+    return applied
+

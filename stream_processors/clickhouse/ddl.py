@@ -1,0 +1,146 @@
+"""ClickHouse schema, as ordered migrations rendered for the server they run on.
+
+Two renderings of the same tables: ``legacy`` for the ClickHouse 18.16 that Debian
+ships (what the tests run against: no DateTime64, TTL or stable LowCardinality) and
+``modern`` for production's 23.8+ (millisecond timestamps, LowCardinality, TTL).
+Column names and meanings are identical, so analyst SQL runs on both.
+
+Idempotency comes from the table design, not from insert tokens (18.16 has none):
+every table is a ReplacingMergeTree whose sorting key identifies a fact, so a
+redelivered batch collapses into the rows it repeats; read with ``FINAL``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["LEGACY", "MIGRATIONS", "MODERN", "Dialect", "Migration", "dialect_for_version",
+           "render_all"]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    modern: bool
+
+    @property
+    def time(self) -> str:
+        return "DateTime64(3, 'UTC')" if self.modern else "DateTime('UTC')"
+
+    def lc(self, inner: str = "String") -> str:
+        return f"LowCardinality({inner})" if self.modern else inner
+
+    def ttl(self, expression: str) -> str:
+        return f"\nTTL {expression}" if self.modern else ""
+
+
+LEGACY = Dialect("legacy", modern=False)
+MODERN = Dialect("modern", modern=True)
+
+
+def dialect_for_version(version: str) -> Dialect:
+    """Pick the rendering from ``SELECT version()``; 20.1 brought DateTime64 and TTL."""
+    major = int(version.split(".", 1)[0])
+    return MODERN if major >= 20 else LEGACY
+
+
+@dataclass(frozen=True)
+class Migration:
+    id: int
+    name: str
+    statements: Callable[[Dialect, str], list[str]]
+
+
+def _touchpoints(d: Dialect, db: str) -> list[str]:
+    return [f"""CREATE TABLE IF NOT EXISTS {db}.touchpoints
+(
+    event_id String,
+    type {d.lc()},
+    version UInt16,
+    occurred_at {d.time},
+    received_at {d.time},
+    ingested_at {d.time},
+    journey_key String,
+    customer_id String,
+    anonymous_id String,
+    session_id String,
+    channel {d.lc()},
+    source {d.lc()},
+    stage {d.lc()},
+    context String,
+    properties String
+)
+ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(occurred_at)
+ORDER BY (journey_key, occurred_at, event_id)"""]
+
+
+def _customer_journeys(d: Dialect, db: str) -> list[str]:
+    return [f"""CREATE TABLE IF NOT EXISTS {db}.customer_journeys
+(
+    journey_key String,
+    customer_id String,
+    anonymous_ids Array(String),
+    first_seen {d.time},
+    last_seen {d.time},
+    stage {d.lc()},
+    touchpoints UInt64,
+    type_names Array(String),
+    type_counts Array(UInt64),
+    channel_names Array(String),
+    channel_counts Array(UInt64),
+    orders UInt32,
+    revenue Decimal(18, 2),
+    version UInt64,
+    updated_at {d.time}
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY journey_key"""]
+
+
+def _dead_letters(d: Dialect, db: str) -> list[str]:
+    return [f"""CREATE TABLE IF NOT EXISTS {db}.dead_letters
+(
+    received_at {d.time},
+    topic String,
+    partition UInt32,
+    offset UInt64,
+    reason {d.lc()},
+    field String,
+    error String,
+    payload String
+)
+ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(received_at)
+ORDER BY (topic, partition, offset){d.ttl("toDateTime(received_at) + INTERVAL 90 DAY")}"""]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "touchpoints", _touchpoints),
+    Migration(2, "customer_journeys", _customer_journeys),
+    Migration(3, "dead_letters", _dead_letters),
+)
+
+
+def bookkeeping(db: str) -> list[str]:
+    """The database and the table that records which migrations ran."""
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {db}",
+        f"""CREATE TABLE IF NOT EXISTS {db}.schema_migrations
+(
+    id UInt32,
+    name String,
+    applied_at DateTime('UTC')
+)
+ENGINE = ReplacingMergeTree()
+ORDER BY id""",
+    ]
+
+
+def render_all(dialect: Dialect, db: str = "journey") -> str:
+    """Every statement, as a script: ``journey migrate --print`` and the golden files."""
+    statements = bookkeeping(db)
+    for m in MIGRATIONS:
+        statements += m.statements(dialect, db)
+    return ";\n\n".join(statements) + ";\n"

@@ -1,0 +1,43 @@
+"""`journey worker`: prepare ClickHouse and the topics, then run the Faust worker."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from schemas.settings import Settings
+from stream_processors.clickhouse.client import connect, migrate, wait_until_ready
+from stream_processors.topics import ensure_topics
+
+__all__ = ["prepare", "run_worker"]
+
+log = logging.getLogger(__name__)
+
+
+def prepare(settings: Settings, timeout: float = 60.0) -> None:
+    """Migrations and topics, idempotent; run by every worker before it consumes."""
+    client = connect(settings.clickhouse_url)
+    try:
+        wait_until_ready(client, timeout)
+        applied = migrate(client, settings.clickhouse_database)
+        if applied:
+            log.info("applied ClickHouse migrations: %s", ", ".join(applied))
+    finally:
+        client.disconnect()
+    ensure_topics(settings, timeout)
+
+
+
+def run_worker(settings: Settings) -> None:
+    """Blocks until the worker stops (SIGTERM or Ctrl-C)."""
+    logging.basicConfig(level=settings.log_level.upper().replace("WARN", "WARNING")
+                        .replace("CRIT", "CRITICAL"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    prepare(settings)
+    (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
+    # Imported late: building the topology reads the settings from the environment.
+    from stream_processors.topology import app
+
+    sys.argv = ["journey worker", "worker", "--loglevel", settings.log_level,
+                "--web-port", str(settings.worker_web_port), "--web-host", settings.worker_web_host]
+    app.main()

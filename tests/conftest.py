@@ -1,0 +1,160 @@
+"""Shared fixtures: one broker and one ClickHouse per session; per-test names.
+
+Servers are real (Tansu and Debian's clickhouse-server), started through the same
+``deploy.stack`` code that ``journey up`` uses. A missing component fails the tests
+that need it with the command that installs it; nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from schemas.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.25,
+             what: str = "condition") -> object:
+    """Poll until ``predicate`` returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last value: {last!r})")
+
+
+@pytest.fixture(scope="session")
+def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Broker and ClickHouse for the whole session, on free loopback ports."""
+    from deploy.stack import Stack, StackError
+
+    data_dir = tmp_path_factory.mktemp("stack")
+    settings = Settings.from_env({}).replace(
+        broker_url=f"127.0.0.1:{free_port()}",
+        clickhouse_url=f"clickhouse://default@127.0.0.1:{free_port()}/default",
+        clickhouse_http_port=free_port(),
+        data_dir=data_dir,
+        topic_partitions=4,
+    )
+    stack = Stack(settings, echo=lambda line: None)
+    try:
+        stack.start(["broker", "clickhouse"])
+    except StackError as exc:
+        pytest.fail(f"the local stack could not start: {exc}\n"
+                    "Install what is missing with `make setup`.")
+    yield settings
+    stack.stop()
+
+
+@pytest.fixture
+def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
+    """Per-test topics, consumer group, database, data dir and worker port."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    return stack_settings.replace(
+        topic_prefix=name,
+        app_id=name,
+        clickhouse_url=stack_settings.clickhouse_url_for(name),
+        worker_web_port=free_port(),
+        data_dir=tmp_path,
+        sink_flush_seconds=0.3,
+    )
+
+
+@pytest.fixture
+def clickhouse(settings: Settings):
+    """A client on the test's own database (created with the migrations)."""
+    from stream_processors.clickhouse.client import connect, migrate
+
+    admin = connect(settings.clickhouse_url)
+    migrate(admin, settings.clickhouse_database)
+    client = connect(settings.clickhouse_url, database=settings.clickhouse_database)
+    yield client
+    client.disconnect()
+    admin.execute(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
+    admin.disconnect()
+
+
+class WorkerProcess:
+    """`journey worker` as a child process, as production runs it."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        env = {**os.environ, **settings.to_env(), "JOURNEY_LOG_LEVEL": "info"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "deploy.cli", "worker"], cwd=REPO, env=env,
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{settings.worker_web_port}/healthz"
+        wait_for(lambda: self._healthy(url), timeout=60, what=f"worker health at {url}")
+
+    def _healthy(self, url: str) -> bool:
+        if self.process.poll() is not None:
+            pytest.fail(f"worker exited with {self.process.returncode}:\n{self.log()}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.settings.worker_web_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.read().decode()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    workers: list[WorkerProcess] = []
+
+    def start(**changes: object) -> WorkerProcess:
+        worker = WorkerProcess(settings.replace(**changes) if changes else settings,
+                               tmp_path / f"worker-{len(workers)}.log")
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def require_binary(name: str, install: str) -> str:
+    path = shutil.which(name)
+    if not path:
+        pytest.fail(f"{name} is not installed: {install}")
+    return path

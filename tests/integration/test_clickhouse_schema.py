@@ -1,0 +1,134 @@
+"""Migrations on the real 18.16 server, the modern rendering on a current engine (chdb),
+and the shipped analyst queries giving the same answers on both."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import urllib.parse
+import urllib.request
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from deploy.queries import load_queries
+from producers.simulator import in_time_order, simulate
+from stream_processors.clickhouse.client import connect, migrate
+from stream_processors.clickhouse.ddl import MIGRATIONS, MODERN, render_all
+from stream_processors.clickhouse.rows import COLUMNS, snapshot_row, touchpoint_row
+from stream_processors.journey import apply_touchpoint
+
+
+def _tables(client, db: str) -> dict[str, str]:
+    names = [r[0] for r in client.execute(f"SHOW TABLES FROM {db}")]
+    return {n: client.execute(f"SHOW CREATE TABLE {db}.{n}")[0][0] for n in names}
+
+
+def test_migrating_twice_changes_nothing(settings) -> None:
+    db = settings.clickhouse_database
+    client = connect(settings.clickhouse_url)
+    try:
+        assert migrate(client, db) == [m.name for m in MIGRATIONS]
+        before = _tables(client, db)
+        assert migrate(client, db) == []
+        assert _tables(client, db) == before
+        assert client.execute(f"SELECT count() FROM {db}.schema_migrations")[0][0] \
+            == len(MIGRATIONS)
+        assert set(before) == {"schema_migrations", *(m.name for m in MIGRATIONS)}
+        for table, columns in COLUMNS.items():
+            live = tuple(r[0] for r in client.execute(f"DESCRIBE TABLE {db}.{table}"))
+            assert live == columns
+    finally:
+        client.execute(f"DROP DATABASE IF EXISTS {db}")
+        client.disconnect()
+
+
+def _chdb():
+    try:
+        from chdb import session
+    except ImportError:
+        pytest.fail("chdb is not installed: pip install -e '.[dev]' (or `make setup`)")
+    return session.Session()
+
+
+def _run_script(sess, script: str) -> None:
+    for statement in script.split(";\n\n"):
+        statement = statement.strip().rstrip(";")
+        if statement:
+            sess.query(statement)
+
+
+def test_modern_rendering_runs_on_a_current_clickhouse() -> None:
+    sess = _chdb()
+    _run_script(sess, render_all(MODERN, "journey"))
+    types = dict(csv.reader(io.StringIO(str(sess.query(
+        "SELECT name, type FROM system.columns WHERE database = 'journey' "
+        "AND table = 'touchpoints'", "CSV")))))
+    assert types["occurred_at"] == "DateTime64(3, 'UTC')"
+    assert types["type"] == "LowCardinality(String)"
+    engine = str(sess.query("SELECT engine_full FROM system.tables WHERE database = 'journey' "
+                            "AND name = 'dead_letters'", "CSV"))
+    assert "TTL toDateTime(received_at) + toIntervalDay(90)" in engine
+
+
+def _simulated_rows() -> dict[str, list[tuple]]:
+    now = datetime(2026, 1, 1, tzinfo=UTC).replace(microsecond=0)
+    states: dict = {}
+    touchpoints = []
+    for e in in_time_order(simulate(250, seed=99, prefix="q-")):
+        states[e.key] = apply_touchpoint(states.get(e.key), e)
+        touchpoints.append(touchpoint_row(e, states[e.key], now))
+    return {"touchpoints": touchpoints,
+            "customer_journeys": [snapshot_row(s, now) for s in states.values()]}
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+def _normalise(text: str) -> list[list[str]]:
+    rows = []
+    for row in csv.reader(io.StringIO(text)):
+        cells = []
+        for cell in row:
+            try:
+                cells.append(f"{float(cell):.2f}")
+            except ValueError:
+                cells.append(cell)
+        rows.append(cells)
+    return rows
+
+
+def test_analyst_queries_agree_on_18_16_and_current(settings, clickhouse) -> None:
+    rows = _simulated_rows()
+    db = settings.clickhouse_database
+    sess = _chdb()
+    _run_script(sess, render_all(MODERN, db))
+    for table, table_rows in rows.items():
+        columns = ", ".join(COLUMNS[table])
+        clickhouse.execute(f"INSERT INTO {table} ({columns}) VALUES", table_rows)
+        lines = "\n".join(json.dumps(dict(zip(COLUMNS[table], map(_json_value, r), strict=True)))
+                          for r in table_rows)
+        sess.query(f"INSERT INTO {db}.{table} FORMAT JSONEachRow\n{lines}")
+    sess.query(f"USE {db}")
+    queries = load_queries()
+    assert len(queries) >= 3
+    for name, (_title, sql) in queries.items():
+        legacy = _http_query(settings, sql + "\nFORMAT CSV")
+        modern = str(sess.query(sql, "CSV"))
+        assert _normalise(legacy) == _normalise(modern), name
+        assert len(_normalise(legacy)) > 1, f"{name} returned nothing to compare"
+
+
+def _http_query(settings, sql: str) -> str:
+    host, _ = settings.clickhouse_host_port
+    url = (f"http://{host}:{settings.clickhouse_http_port}/?"
+           + urllib.parse.urlencode({"database": settings.clickhouse_database}))
+    with urllib.request.urlopen(url, data=sql.encode(), timeout=30) as r:
+        return r.read().decode()

@@ -1,0 +1,67 @@
+"""`journey up` starts and stops real servers; a taken port gives the promised message."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from deploy.stack import port_in_use
+from tests.conftest import REPO, free_port, wait_for
+
+
+def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
+    ports = {"--broker-port": free_port(), "--clickhouse-port": free_port(),
+             "--clickhouse-http-port": free_port(), "--worker-port": free_port()}
+    argv = [sys.executable, "-m", "deploy.cli", "up", "--data-dir", str(tmp_path)]
+    for flag, port in ports.items():
+        argv += [flag, str(port)]
+    env_log = open(tmp_path / "up.out", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=env_log, stderr=subprocess.STDOUT,
+                            env={"PATH": "/usr/sbin:/usr/bin:/bin", "HOME": str(Path.home()),
+                                 "JOURNEY_TOPIC_PARTITIONS": "2"})
+    out = tmp_path / "up.out"
+    try:
+        wait_for(lambda: "Ready." in out.read_text() or proc.poll() is not None, timeout=120,
+                 what="`journey up` to report Ready")
+        text = out.read_text()
+        assert proc.poll() is None, text
+        assert f"kafka://127.0.0.1:{ports['--broker-port']}" in text
+        assert f"clickhouse://127.0.0.1:{ports['--clickhouse-port']}" in text
+        assert f"http://127.0.0.1:{ports['--worker-port']}/metrics" in text
+        for port in ports.values():
+            assert port_in_use("127.0.0.1", port)
+        # The data directory holds everything the servers wrote.
+        assert (tmp_path / "clickhouse" / "data").is_dir()
+        assert (tmp_path / "logs" / "worker.log").exists()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        env_log.close()
+    text = out.read_text()
+    assert text.index("stopped worker") < text.index("stopped clickhouse") \
+        < text.index("stopped broker")
+    time.sleep(0.5)
+    assert not any(port_in_use("127.0.0.1", p) for p in ports.values())
+
+
+def test_up_on_a_taken_port_fails_with_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "deploy.cli", "up", "--data-dir", str(tmp_path),
+             "--broker-port", str(port), "--clickhouse-port", str(free_port()),
+             "--clickhouse-http-port", str(free_port()), "--worker-port", str(free_port())],
+            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"journey: port {port} on 127.0.0.1 (broker) is already in use: stop what listens "
+        "there or choose another port with --broker-port or JOURNEY_BROKER_URL")
+    assert not (tmp_path / "logs").exists()  # nothing was started

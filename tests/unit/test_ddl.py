@@ -1,0 +1,63 @@
+"""Golden DDL: a schema change shows up as a diff of tests/golden/*.sql in review.
+
+Regenerate after an intended change with: UPDATE_GOLDEN=1 pytest tests/unit/test_ddl.py
+"""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from stream_processors.clickhouse.ddl import (
+    LEGACY,
+    MIGRATIONS,
+    MODERN,
+    Dialect,
+    dialect_for_version,
+    render_all,
+)
+from stream_processors.clickhouse.rows import COLUMNS
+
+GOLDEN = Path(__file__).resolve().parent.parent / "golden"
+
+
+@pytest.mark.parametrize("dialect", [LEGACY, MODERN], ids=lambda d: d.name)
+def test_rendering_matches_golden_file(dialect: Dialect) -> None:
+    path = GOLDEN / f"ddl_{dialect.name}.sql"
+    rendered = render_all(dialect, "journey")
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(rendered)
+    assert rendered == path.read_text()
+
+
+def test_legacy_rendering_avoids_what_18_16_lacks() -> None:
+    legacy = render_all(LEGACY)
+    for feature in ("DateTime64", "LowCardinality", "TTL", "Map(", "CODEC"):
+        assert feature not in legacy
+
+
+def test_modern_rendering_uses_millisecond_time_and_low_cardinality() -> None:
+    modern = render_all(MODERN)
+    assert "DateTime64(3, 'UTC')" in modern
+    assert "type LowCardinality(String)" in modern
+    assert "TTL toDateTime(received_at) + INTERVAL 90 DAY" in modern
+
+
+@pytest.mark.parametrize(("version", "expected"), [
+    ("18.16.1", LEGACY), ("19.17.4.11", LEGACY), ("23.8.2.7", MODERN), ("26.9.2.1", MODERN)])
+def test_dialect_follows_server_version(version: str, expected: Dialect) -> None:
+    assert dialect_for_version(version) == expected
+
+
+@pytest.mark.parametrize("migration", MIGRATIONS, ids=lambda m: m.name)
+def test_insert_columns_match_the_table(migration) -> None:
+    (ddl,) = migration.statements(MODERN, "db")
+    body = ddl.split("(", 1)[1].split("\n)\n", 1)[0]
+    columns = tuple(re.findall(r"^\s{4}(\w+) ", body, flags=re.M))
+    assert columns == COLUMNS[migration.name]
+
+
+def test_migration_ids_are_unique_and_ordered() -> None:
+    ids = [m.id for m in MIGRATIONS]
+    assert ids == sorted(set(ids))

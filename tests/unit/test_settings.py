@@ -1,0 +1,47 @@
+from pathlib import Path
+
+import pytest
+
+from schemas.settings import ConfigError, Settings
+
+
+def test_defaults_target_the_local_stack() -> None:
+    s = Settings.from_env({})
+    assert s.bootstrap_servers == ["127.0.0.1:9092"]
+    assert s.clickhouse_host_port == ("127.0.0.1", 9000)
+    assert s.clickhouse_database == "journey"
+    assert s.touchpoints_topic == "journey.touchpoints"
+
+
+def test_environment_is_parsed_by_type() -> None:
+    s = Settings.from_env({"JOURNEY_TOPIC_PARTITIONS": "12", "JOURNEY_SINK_FLUSH_SECONDS": "0.5",
+                           "JOURNEY_DATA_DIR": "/var/lib/journey",
+                           "JOURNEY_BROKER_URL": "k1:9092, k2:9092"})
+    assert s.topic_partitions == 12
+    assert s.sink_flush_seconds == 0.5
+    assert s.data_dir == Path("/var/lib/journey")
+    assert s.bootstrap_servers == ["k1:9092", "k2:9092"]
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"JOURNEY_TOPIC_PARTITIONS": "many"}, "JOURNEY_TOPIC_PARTITIONS='many' is not a valid int"),
+    ({"JOURNEY_TOPIC_PARTITIONS": "0"}, "at least 1"),
+    ({"JOURNEY_STORE": "redis://"}, "use memory:// or rocksdb://"),
+    ({"JOURNEY_CLICKHOUSE_URL": "http://h:8123"}, "clickhouse://user:password@host"),
+])
+def test_bad_values_say_which_variable(env: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("/", "/")):
+        Settings.from_env(env)
+
+
+def test_secrets_are_masked_when_described() -> None:
+    s = Settings.from_env({"JOURNEY_CLICKHOUSE_URL": "clickhouse://app:s3cret@ch:9000/prod"})
+    described = {env: value for env, value, _ in s.describe()}
+    assert described["JOURNEY_CLICKHOUSE_URL"] == "clickhouse://app:***@ch:9000/prod"
+    assert "s3cret" not in repr(described)
+
+
+def test_to_env_round_trips() -> None:
+    s = Settings.from_env({}).replace(topic_prefix="x", topic_partitions=3,
+                                      data_dir=Path("/tmp/d"))
+    assert Settings.from_env(s.to_env()) == s
