@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import orjson
+import msgspec
 from faust.types import EventT, StreamT
 from faust.web import Request, Response, Web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -79,7 +79,7 @@ def _apply_batch(events: Sequence[EventT]) -> tuple[dict[str, list], dict[str, l
             dead_rows.append(dead_letter_row(now, message.topic, message.partition,
                                              message.offset, exc.reason, exc.field,
                                              exc.detail, raw))
-            dead_messages.append((message.key, orjson.dumps({
+            dead_messages.append((message.key, msgspec.json.encode({
                 "reason": exc.reason, "field": exc.field, "error": exc.detail,
                 "topic": message.topic, "partition": message.partition,
                 "offset": message.offset, "payload": raw.decode("utf-8", errors="replace"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-import orjson
+import msgspec
 
 from schemas import Touchpoint
 from stream_processors.journey import JourneyState
@@ -54,4 +54,4 @@ def dead_letter_row(now: datetime, topic: str, partition: int, offset: int, reas
 
 
 def _json(value: dict) -> str:
-    return orjson.dumps(value).decode() if value else "{}"
+    return msgspec.json.encode(value).decode() if value else "{}"

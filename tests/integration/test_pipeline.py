@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from decimal import Decimal
 
-import orjson
 from kafka import KafkaConsumer
 
 from producers import JourneyClient
@@ -71,7 +71,7 @@ def test_touchpoints_reach_clickhouse_exactly(settings, clickhouse, start_worker
 
     def read_letters() -> bool:
         for records in consumer.poll(timeout_ms=500).values():
-            letters.extend(orjson.loads(r.value) for r in records)
+            letters.extend(json.loads(r.value) for r in records)
         return bool(letters)
 
     wait_for(read_letters, timeout=30, what="the dead letter on its topic")
