@@ -101,6 +101,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     keep_running=args.keep_running, timeout=args.timeout)
 
 
+def _cmd_schemas(args: argparse.Namespace) -> int:
+    from schemas.jsonschema import JSON_DIR, export
+    from schemas.properties import SCHEMAS
+    from schemas.touchpoint import TOUCHPOINT_TYPES
+
+    if args.action == "export":
+        written = export(args.dir or JSON_DIR)
+        print(f"wrote {len(written)} JSON Schema files to {written[0].parent}")
+        return 0
+    for type_, stage in TOUCHPOINT_TYPES.items():
+        versions = ", ".join(f"v{v}" for t, v in sorted(SCHEMAS) if t == type_)
+        print(f"{type_:<26} {stage:<14} {versions}")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     for env, value, doc in _settings(args).describe():
         print(f"{env:<34} {value}\n{'':<34} {doc}")
@@ -137,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --print: legacy (ClickHouse 18.16) or modern (23.8+)")
     p.add_argument("--timeout", type=float, default=60.0, help="wait this long for ClickHouse")
     p.set_defaults(func=_cmd_migrate)
+
+    p = sub.add_parser("schemas", help="list touchpoint types and versions, or export "
+                       "their JSON Schema")
+    p.add_argument("action", choices=("list", "export"), nargs="?", default="list")
+    p.add_argument("dir", type=Path, nargs="?", help="with export: target directory "
+                   "(default: schemas/json in the package)")
+    p.set_defaults(func=_cmd_schemas)
 
     p = sub.add_parser("config", help="list every setting, its variable and current value")
     p.set_defaults(func=_cmd_config)

@@ -7,6 +7,7 @@ schemas deepen in later versions without changing the envelope).
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
@@ -14,6 +15,7 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from schemas.errors import SchemaError
+from schemas.properties import SCHEMAS, SURVEY_RANGES, SurveyResponse, properties_model
 
 __all__ = [
     "CHANNELS",
@@ -106,10 +108,42 @@ def new_event_id() -> str:
     return str(uuid.uuid4())
 
 
+_MISSING = re.compile(r"^Object missing required field `([^`]+)`")
+
+
+def _message_and_field(exc: msgspec.ValidationError) -> tuple[str, str]:
+    """msgspec's message and JSON path, pointing a missing field at the field itself."""
+    message, _, path = str(exc).partition(" - at `")
+    field = path.rstrip("`") or "$"
+    missing = _MISSING.match(message)
+    if missing:
+        field = f"{field}.{missing.group(1)}"
+    return message, field
+
+
 def _check(tp: Touchpoint) -> Touchpoint:
     if tp.type not in TOUCHPOINT_TYPES:
         raise SchemaError(f"unknown touchpoint type {tp.type!r}", field="$.type",
                           reason="unknown_type")
+    model = properties_model(tp.type, tp.version)
+    if model is None:
+        known = sorted(v for t, v in SCHEMAS if t == tp.type)
+        raise SchemaError(f"{tp.type} has no version {tp.version} (known: {known})",
+                          field="$.version", reason="unknown_version")
+    try:
+        props = msgspec.convert(tp.properties, model)
+    except msgspec.ValidationError as exc:
+        message, field = _message_and_field(exc)
+        raise SchemaError(message, field="$.properties" + field[1:],
+                          reason="invalid_property") from None
+    if isinstance(props, SurveyResponse):
+        low, high = SURVEY_RANGES[props.survey]
+        if not low <= props.score <= high:
+            raise SchemaError(f"a {props.survey} score is {low} to {high}, got {props.score}",
+                              field="$.properties.score", reason="invalid_property")
+    if tp.type == "identify" and not tp.customer_id:
+        raise SchemaError("identify links an anonymous id to a customer: customer_id is "
+                          "required", field="$.customer_id", reason="missing_identity")
     journey_key(tp.customer_id, tp.anonymous_id)
     return tp
 
@@ -123,9 +157,8 @@ def decode_touchpoint(data: bytes | str) -> Touchpoint:
     try:
         tp = _decoder.decode(data)
     except msgspec.ValidationError as exc:
-        message = str(exc)
-        field = message.rsplit(" - at `", 1)[1].rstrip("`") if " - at `" in message else "$"
-        raise SchemaError(message.split(" - at `")[0], field=field, reason="invalid_field") from exc
+        message, field = _message_and_field(exc)
+        raise SchemaError(message, field=field, reason="invalid_field") from exc
     except msgspec.DecodeError as exc:
         raise SchemaError(f"not valid JSON: {exc}", reason="malformed_json") from exc
     return _check(tp)

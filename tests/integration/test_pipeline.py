@@ -63,7 +63,7 @@ def test_touchpoints_reach_clickhouse_exactly(settings, clickhouse, start_worker
 
     reason, field, payload = clickhouse.execute(
         "SELECT reason, field, payload FROM dead_letters")[0]
-    assert (reason, field, payload) == ("invalid_field", "$", '{"event_id":"x"}')
+    assert (reason, field, payload) == ("invalid_field", "$.type", '{"event_id":"x"}')
     consumer = KafkaConsumer(settings.dead_letter_topic,
                              bootstrap_servers=settings.bootstrap_servers,
                              auto_offset_reset="earliest")

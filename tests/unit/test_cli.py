@@ -35,3 +35,12 @@ def test_bad_configuration_is_one_line_and_exit_2(capsys: pytest.CaptureFixture,
     assert main(["config"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("journey: JOURNEY_STORE='redis://'") and "\n" not in err
+
+
+def test_schemas_list_and_export(capsys: pytest.CaptureFixture, tmp_path) -> None:
+    assert main(["schemas"]) == 0
+    out = capsys.readouterr().out
+    assert "order_placed               purchase       v1, v2" in out
+    assert main(["schemas", "export", str(tmp_path)]) == 0
+    assert (tmp_path / "order_placed.v2.json").exists()
+    assert len(list(tmp_path.glob("*.json"))) == 26

@@ -18,7 +18,7 @@ def test_round_trip_keeps_every_field() -> None:
     tp = Touchpoint(event_id="e-1", type="order_placed", occurred_at=T, received_at=T,
                     customer_id="c-1", anonymous_id="a-1", session_id="s-1", channel="app",
                     source="ios", context={"page": {"url": "https://x"}},
-                    properties={"revenue": 12.5})
+                    properties={"order_id": "o-1", "revenue": 12.5})
     assert decode_touchpoint(encode_touchpoint(tp)) == tp
 
 
@@ -48,7 +48,7 @@ def test_key_prefers_customer_over_device() -> None:
      b',"customer_id":"c"}', "$.event_id", "invalid_field"),
     (b'{"event_id":"e","type":"page_view","occurred_at":"2026-01-01T00:00:00Z"'
      b',"customer_id":"c","channel":"fax"}', "$.channel", "invalid_field"),
-    (b'{"type":"page_view"}', "$", "invalid_field"),
+    (b'{"type":"page_view"}', "$.event_id", "invalid_field"),
     (b'not json', "$", "malformed_json"),
 ])
 def test_invalid_payloads_name_the_field(payload: bytes, field: str, reason: str) -> None:
