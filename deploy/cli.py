@@ -30,6 +30,7 @@ def _stack_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--clickhouse-port", type=int, help="ClickHouse native port (default 9000)")
     g.add_argument("--clickhouse-http-port", type=int, help="ClickHouse HTTP port (default 8123)")
     g.add_argument("--worker-port", type=int, help="worker web/metrics port (default 6066)")
+    g.add_argument("--collector-port", type=int, help="HTTP collector port (default 8088)")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -49,6 +50,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         changes["clickhouse_http_port"] = args.clickhouse_http_port
     if getattr(args, "worker_port", None):
         changes["worker_web_port"] = args.worker_port
+    if getattr(args, "collector_port", None):
+        changes["collector_port"] = args.collector_port
     return s.replace(**changes) if changes else s
 
 
@@ -56,7 +59,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from deploy.stack import COMPONENTS, Stack
 
     settings = _settings(args)
-    components = [c for c in COMPONENTS if not (args.no_worker and c == "worker")]
+    components = [c for c in COMPONENTS
+                  if not (args.no_worker and c in ("worker", "collector"))]
     print(f"Starting {', '.join(components)} (data in {settings.data_dir.resolve()}) ...")
     with Stack(settings) as stack:
         stack.start(components)
@@ -75,6 +79,18 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from stream_processors.worker import run_worker
 
     run_worker(Settings.from_env())
+    return 0
+
+
+def _cmd_collector(args: argparse.Namespace) -> int:
+    if args.hash_key:
+        from producers.collector.auth import hash_key
+
+        print(f"{args.source}={hash_key(args.hash_key)}")
+        return 0
+    from producers.collector import run_collector
+
+    run_collector(_settings(args))
     return 0
 
 
@@ -129,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("up", help="start broker, ClickHouse and worker until Ctrl-C")
+    p = sub.add_parser("up", help="start broker, ClickHouse, worker and collector until Ctrl-C")
     _stack_options(p)
     p.add_argument("--no-worker", action="store_true", help="start only broker and ClickHouse")
     p.set_defaults(func=_cmd_up)
@@ -145,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run one Faust worker (settings from JOURNEY_*)")
     p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("collector", help="run the HTTP collector (Segment-compatible)")
+    p.add_argument("--hash-key", metavar="KEY", help="print the JOURNEY_COLLECTOR_WRITE_KEYS "
+                   "entry for KEY instead of serving")
+    p.add_argument("--source", default="web", help="with --hash-key: the source the key "
+                   "belongs to (default web)")
+    p.set_defaults(func=_cmd_collector)
 
     p = sub.add_parser("migrate", help="apply the ClickHouse migrations (idempotent)")
     p.add_argument("--print", action="store_true", help="print the DDL instead of applying it")

@@ -31,7 +31,7 @@ def run_demo(settings: Settings, *, customers: int = 2000, seed: int = 7,
         # database: journeys rebuilt from an empty topic must not meet older snapshots.
         client.execute(f"DROP DATABASE IF EXISTS {db}")
         migrate(client, db)
-        stack.start(["worker"])
+        stack.start(["worker", "collector"])
 
         echo(f"\nSimulating {customers:,} customers' journeys (seed {seed}) ...")
         people = simulate(customers, seed=seed)

@@ -4,7 +4,8 @@
   empty after every start);
 - ClickHouse from Debian's ``clickhouse-server`` package, with a config generated
   into the data directory (no system service, nothing written outside it);
-- the Faust worker (``journey worker``).
+- the Faust worker (``journey worker``);
+- the HTTP collector (``journey collector``).
 
 Children run in their own session, so Ctrl-C reaches only this process, which then
 stops them in reverse order; and they get SIGKILL if this process dies, so a crashed
@@ -33,7 +34,8 @@ from schemas.settings import Settings
 
 __all__ = ["COMPONENTS", "Stack", "StackError", "clickhouse_server_bin", "tansu_bin"]
 
-COMPONENTS = ("broker", "clickhouse", "worker")
+#: Start order: the worker creates the topics the collector publishes to.
+COMPONENTS = ("broker", "clickhouse", "worker", "collector")
 
 
 class StackError(RuntimeError):
@@ -209,13 +211,21 @@ class Stack:
                 lambda: _http_ok(f"http://{host}:{http}/ping"),
                 f"clickhouse://{host}:{port} (http :{http}, database {s.clickhouse_database})",
                 cwd=config.parent)
+        env = s.replace(data_dir=self.data_dir).to_env()
+        if name == "collector":
+            host, port = s.collector_host, s.collector_port
+            return _Child(
+                name, [sys.executable, "-m", "deploy.cli", "collector"],
+                [(host, port, "--collector-port or JOURNEY_COLLECTOR_PORT")],
+                lambda: _http_ok(f"http://{host}:{port}/healthz"),
+                f"http://{host}:{port}/v1/batch (Segment API; write key dev-write-key "
+                "unless configured)", env=env)
         host, port = "127.0.0.1", s.worker_web_port
         return _Child(
             name, [sys.executable, "-m", "deploy.cli", "worker"],
             [(host, port, "--worker-port or JOURNEY_WORKER_WEB_PORT")],
             lambda: _http_ok(f"http://{host}:{port}/healthz"),
-            f"http://{host}:{port}/metrics",
-            env=s.replace(data_dir=self.data_dir).to_env())
+            f"http://{host}:{port}/metrics", env=env)
 
     def _clickhouse_config(self, host: str, port: int, http_port: int) -> Path:
         root = self.data_dir / "clickhouse"

@@ -77,6 +77,23 @@ class Settings:
         "Interface of the worker's web server; 0.0.0.0 in containers so Prometheus can scrape.")
     worker_web_port: int = _setting(
         6066, "JOURNEY_WORKER_WEB_PORT", "Port of the worker's web server (`/metrics`).")
+    collector_host: str = _setting(
+        "127.0.0.1", "JOURNEY_COLLECTOR_HOST", "Interface the HTTP collector listens on.")
+    collector_port: int = _setting(8088, "JOURNEY_COLLECTOR_PORT", "Port of the HTTP collector.")
+    collector_write_keys: str = _setting(
+        "dev=2cc827ddd1d176c150091ef0c8e181de15afbaf3c855263ca0d9069f7c2c3309",
+        "JOURNEY_COLLECTOR_WRITE_KEYS",
+        "Accepted write keys as `source=<sha256 of the key>`, comma separated. The default "
+        "accepts `dev-write-key` as source `dev`: replace it outside development.",
+        secret=True)
+    collector_cors_origins: str = _setting(
+        "", "JOURNEY_COLLECTOR_CORS_ORIGINS",
+        "Browser origins allowed to send, comma separated (e.g. https://shop.example).")
+    collector_rate_limit: float = _setting(
+        1000.0, "JOURNEY_COLLECTOR_RATE_LIMIT", "Events per second allowed per write key.")
+    collector_rate_burst: float = _setting(
+        5000.0, "JOURNEY_COLLECTOR_RATE_BURST",
+        "Events a write key may send at once above the rate (at least one full batch).")
     data_dir: Path = _setting(  # noqa: RUF009 - an immutable Path, shared safely
         Path(".journey"), "JOURNEY_DATA_DIR",
         "Where the local stack keeps ClickHouse data, logs and the worker's table state.")
@@ -145,13 +162,18 @@ class Settings:
         """The environment that makes a child process build these same settings."""
         return {f.metadata["env"]: str(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
+    @property
+    def cors_origins(self) -> frozenset[str]:
+        return frozenset(o.strip().rstrip("/") for o in self.collector_cors_origins.split(",")
+                         if o.strip())
+
     def describe(self) -> list[tuple[str, str, str]]:
         """(env var, current value, doc) for every setting; secrets are masked."""
         rows = []
         for f in dataclasses.fields(self):
             value = str(getattr(self, f.name))
             if f.metadata["secret"]:
-                value = _mask_url(value)
+                value = _mask_url(value) if "://" in value else _mask_hashes(value)
             rows.append((f.metadata["env"], value, f.metadata["doc"]))
         return rows
 
@@ -162,6 +184,10 @@ def _mask_url(url: str) -> str:
         netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
         return urlunsplit(parts._replace(netloc=netloc))
     return url
+
+
+def _mask_hashes(value: str) -> str:
+    return ",".join(e.partition("=")[0] + "=<sha256>" for e in value.split(",") if e)
 
 
 def _parse(f: dataclasses.Field, raw: str) -> Any:

@@ -153,6 +153,78 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., W
         worker.stop()
 
 
+class CollectorProcess(WorkerProcess):
+    """`journey collector` as a child process."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        env = {**os.environ, **settings.to_env()}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "deploy.cli", "collector"], cwd=REPO, env=env,
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{settings.collector_port}"
+        wait_for(lambda: self._healthy(f"{self.url}/healthz"), timeout=60,
+                 what="collector health")
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+
+TEST_WRITE_KEY = "test-write-key"
+
+
+@pytest.fixture
+def start_collector(settings: Settings, tmp_path: Path
+                    ) -> Iterator[Callable[..., CollectorProcess]]:
+    from producers.collector.auth import hash_key
+    from stream_processors.topics import ensure_topics
+
+    ensure_topics(settings)
+    started: list[CollectorProcess] = []
+
+    def start(**changes: object) -> CollectorProcess:
+        s = settings.replace(collector_port=free_port(),
+                             collector_write_keys=f"shop={hash_key(TEST_WRITE_KEY)}",
+                             collector_cors_origins="http://allowed.example")
+        process = CollectorProcess(s.replace(**changes), tmp_path / f"collector-{len(started)}.log")
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def read_topic(settings: Settings, topic: str, expected: int, timeout: float = 30.0,
+               settle: float = 1.0) -> list:
+    """Every record of ``topic`` from the start; waits for ``expected`` then ``settle`` more
+    seconds, so that extra (duplicate) records would be seen too."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
+                             enable_auto_commit=False)
+    try:
+        partitions = wait_for(lambda: consumer.partitions_for_topic(topic), timeout=timeout,
+                              what=f"metadata of {topic}")
+        consumer.assign([TopicPartition(topic, p) for p in partitions])
+        consumer.seek_to_beginning()
+        records: list = []
+        deadline = time.monotonic() + timeout
+        while len(records) < expected and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=300).values():
+                records.extend(batch)
+        end = time.monotonic() + settle
+        while time.monotonic() < end:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
 def require_binary(name: str, install: str) -> str:
     path = shutil.which(name)
     if not path:

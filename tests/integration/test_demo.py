@@ -10,7 +10,8 @@ def test_demo_runs_and_reports(tmp_path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "deploy.cli", "demo", "--customers", "150", "--data-dir",
          str(tmp_path), "--broker-port", str(free_port()), "--clickhouse-port", str(free_port()),
-         "--clickhouse-http-port", str(free_port()), "--worker-port", str(free_port())],
+         "--clickhouse-http-port", str(free_port()), "--worker-port", str(free_port()),
+         "--collector-port", str(free_port())],
         cwd=REPO, capture_output=True, text=True, timeout=240)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr

@@ -15,7 +15,8 @@ from tests.conftest import REPO, free_port, wait_for
 
 def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     ports = {"--broker-port": free_port(), "--clickhouse-port": free_port(),
-             "--clickhouse-http-port": free_port(), "--worker-port": free_port()}
+             "--clickhouse-http-port": free_port(), "--worker-port": free_port(),
+             "--collector-port": free_port()}
     argv = [sys.executable, "-m", "deploy.cli", "up", "--data-dir", str(tmp_path)]
     for flag, port in ports.items():
         argv += [flag, str(port)]
@@ -32,6 +33,7 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         assert f"kafka://127.0.0.1:{ports['--broker-port']}" in text
         assert f"clickhouse://127.0.0.1:{ports['--clickhouse-port']}" in text
         assert f"http://127.0.0.1:{ports['--worker-port']}/metrics" in text
+        assert f"http://127.0.0.1:{ports['--collector-port']}/v1/batch" in text
         for port in ports.values():
             assert port_in_use("127.0.0.1", port)
         # The data directory holds everything the servers wrote.
@@ -44,8 +46,8 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
             proc.kill()
         env_log.close()
     text = out.read_text()
-    assert text.index("stopped worker") < text.index("stopped clickhouse") \
-        < text.index("stopped broker")
+    assert text.index("stopped collector") < text.index("stopped worker") \
+        < text.index("stopped clickhouse") < text.index("stopped broker")
     time.sleep(0.5)
     assert not any(port_in_use("127.0.0.1", p) for p in ports.values())
 
@@ -58,7 +60,8 @@ def test_up_on_a_taken_port_fails_with_one_clear_line(tmp_path: Path) -> None:
         result = subprocess.run(
             [sys.executable, "-m", "deploy.cli", "up", "--data-dir", str(tmp_path),
              "--broker-port", str(port), "--clickhouse-port", str(free_port()),
-             "--clickhouse-http-port", str(free_port()), "--worker-port", str(free_port())],
+             "--clickhouse-http-port", str(free_port()), "--worker-port", str(free_port()),
+             "--collector-port", str(free_port())],
             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip() == (
