@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -37,8 +38,10 @@ def run_demo(settings: Settings, *, customers: int = 2000, seed: int = 7,
         people = simulate(customers, seed=seed)
         events = list(in_time_order(people))
         keys = {e.key for e in events}
+        spool = stack.data_dir / "sdk-spool"
+        shutil.rmtree(spool, ignore_errors=True)  # a previous run's leftovers, if any
         with JourneyClient(settings.bootstrap_servers, settings.touchpoints_topic,
-                           source="demo") as sdk:
+                           source="demo", spool_dir=spool) as sdk:
             step = max(1, len(events) // 10)
             for i, event in enumerate(events, 1):
                 sdk.send(event)

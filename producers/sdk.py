@@ -1,38 +1,53 @@
 """The Python SDK apps embed to emit touchpoints.
 
-Events are validated at the call site (a bad event raises :class:`schemas.SchemaError`
-where it was made, not somewhere downstream), keyed by customer so that one
-customer's events stay in order on one partition, and batched and compressed by
-kafka-python's background sender so that ``track()`` does not wait for the network.
+- Events are validated at the call site: a bad event raises
+  :class:`schemas.SchemaError` where it was made, naming the field.
+- ``track()`` never waits on the network. It hands the encoded event to a bounded
+  queue; a background thread sends it with kafka-python (batched, compressed, keyed by
+  customer so a customer's events stay in order on one partition).
+- When the broker is unreachable, events go to a bounded on-disk spool
+  (:class:`producers.spool.DiskSpool`) and are sent, in order, when it answers again,
+  also by a later process using the same spool directory. Nothing is dropped; the only
+  time the app hears of trouble is when even the spool is full.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import threading
+import time
 from collections.abc import Mapping
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaConfigurationError, KafkaError
 
+from producers.spool import DiskSpool, SpoolFull
 from schemas import Touchpoint, encode_touchpoint, new_event_id, utcnow, validate
 
 __all__ = ["JourneyClient", "PublishError"]
 
 log = logging.getLogger(__name__)
 
+_Record = tuple[bytes | None, bytes]
+
 
 class PublishError(RuntimeError):
-    """Events could not be handed to the broker within the configured time."""
+    """Events could not be accepted (spool full) or not delivered in time (flush)."""
+
+
+def _default_spool_dir(topic: str) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "journey-sdk" / topic
 
 
 class JourneyClient:
-    """Publishes touchpoints to the ``<prefix>.touchpoints`` topic.
-
-    Thread-safe: kafka-python's producer may be shared by threads, and so may this.
-    """
+    """Publishes touchpoints to ``<prefix>.touchpoints``; thread-safe, one per process."""
 
     def __init__(
         self,
@@ -40,33 +55,53 @@ class JourneyClient:
         topic: str = "journey.touchpoints",
         *,
         source: str = "",
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = 256 * 1024 * 1024,
+        max_queue: int = 100_000,
+        block_timeout: float = 0.5,
         linger_ms: int = 20,
         batch_size: int = 256 * 1024,
         compression_type: str | None = "gzip",
-        max_block_ms: int = 10_000,
+        delivery_timeout_ms: int = 15_000,
         producer_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.topic = topic
         self.source = source
-        config: dict[str, Any] = {
+        self.block_timeout = block_timeout
+        self._config: dict[str, Any] = {
             "bootstrap_servers": bootstrap_servers,
             "linger_ms": linger_ms,
             "batch_size": batch_size,
             "compression_type": compression_type,
-            # Retries keep the per-key order only with the idempotent producer.
-            "enable_idempotence": True,
             "acks": "all",
-            "max_block_ms": max_block_ms,
+            # One request in flight keeps a key's order through retries without the
+            # idempotent producer (kafka-python 3 enables it by default): after a broker
+            # restart that lost producer state (Tansu in memory), InitProducerId fails for
+            # good and nothing would be sent again. Duplicates from retries are absorbed
+            # downstream by event_id.
+            "enable_idempotence": False,
+            "max_in_flight_requests_per_connection": 1,
+            "delivery_timeout_ms": delivery_timeout_ms,
+            # kafka-python requires delivery > linger + request timeout.
+            "request_timeout_ms": max(500, min(10_000, delivery_timeout_ms - linger_ms - 500)),
+            "max_block_ms": 5_000,
         }
-        config.update(producer_config or {})
-        self._producer = KafkaProducer(**config)
+        self._config.update(producer_config or {})
+        if self._config["delivery_timeout_ms"] <= (self._config["linger_ms"]
+                                                   + self._config["request_timeout_ms"]):
+            raise ValueError("delivery_timeout_ms must exceed linger_ms + request_timeout_ms")
+        self._fatal: Exception | None = None
+        self._queue: queue.Queue[_Record] = queue.Queue(max_queue)
+        self._spool = DiskSpool(spool_dir or _default_spool_dir(topic), spool_max_bytes)
+        self._producer: KafkaProducer | None = None
+        self._in_flight = 0
+        self._cond = threading.Condition()
+        self._closing = False
         self._failures = 0
+        self._thread = threading.Thread(target=self._run, name="journey-sdk-sender", daemon=True)
+        self._thread.start()
 
-    @property
-    def failures(self) -> int:
-        """Events the broker finally refused after retries (logged with their event id)."""
-        return self._failures
-
+    # ── the app's side ───────────────────────────────────────────────────────
     def track(
         self,
         type: str,
@@ -84,49 +119,89 @@ class JourneyClient:
         """Validate and enqueue one touchpoint; returns it (with its ``event_id``)."""
         now = utcnow()
         tp = Touchpoint(
-            event_id=event_id or new_event_id(),
-            type=type,
-            version=version,
-            occurred_at=occurred_at or now,
-            received_at=now,
-            customer_id=customer_id,
-            anonymous_id=anonymous_id,
-            session_id=session_id,
-            channel=channel,  # type: ignore[arg-type]  # validated just below
-            source=self.source,
-            context=dict(context or {}),
-            properties=dict(properties or {}),
-        )
+            event_id=event_id or new_event_id(), type=type, version=version,
+            occurred_at=occurred_at or now, received_at=now, customer_id=customer_id,
+            anonymous_id=anonymous_id, session_id=session_id,
+            channel=channel,  # type: ignore[arg-type]  # validated in send()
+            source=self.source, context=dict(context or {}), properties=dict(properties or {}))
         return self.send(tp)
+
+    def identify(self, customer_id: str, anonymous_id: str | None = None,
+                 traits: Mapping[str, Any] | None = None, **kwargs: Any) -> Touchpoint:
+        """Link a device's anonymous id to the customer it belongs to."""
+        return self.track("identify", customer_id=customer_id, anonymous_id=anonymous_id,
+                          properties={"traits": dict(traits or {})}, **kwargs)
 
     def send(self, tp: Touchpoint) -> Touchpoint:
         """Validate and enqueue a touchpoint built elsewhere (the simulator, a replay)."""
         tp = validate(tp)
+        record = (tp.key.encode(), encode_touchpoint(tp))
+        if self._closing:
+            raise PublishError("the client is closed")
+        if self._fatal is not None:
+            raise PublishError(f"the client cannot send: {self._fatal}")
         try:
-            future = self._producer.send(
-                self.topic, key=tp.key.encode(), value=encode_touchpoint(tp))
-        except KafkaError as exc:
-            raise PublishError(f"could not enqueue event {tp.event_id}: {exc}") from exc
-        future.add_errback(self._on_error, tp.event_id)
+            self._queue.put(record, timeout=self.block_timeout)
+        except queue.Full:
+            # The sender is far behind (broker down for long): straight to disk.
+            try:
+                self._spool.append(*record)
+            except SpoolFull as exc:
+                raise PublishError(f"event {tp.event_id} not accepted: {exc}") from exc
         return tp
 
-    def _on_error(self, exc: BaseException, event_id: str) -> None:
-        self._failures += 1
-        log.error("touchpoint %s was not delivered: %s", event_id, exc)
+    @property
+    def pending(self) -> int:
+        """Events accepted but not yet acknowledged by the broker (queued, in flight, spooled)."""
+        return self._queue.qsize() + self._in_flight + len(self._spool)
+
+    @property
+    def spooled(self) -> int:
+        return len(self._spool)
+
+    @property
+    def failures(self) -> int:
+        """Deliveries that failed and were moved to the spool for another try."""
+        return self._failures
+
+    def stats(self) -> dict[str, float]:
+        """kafka-python's producer metrics (batching: ``records-per-request-avg``)."""
+        producer = self._producer
+        if producer is None:
+            return {}
+        return dict(producer.metrics().get("producer-metrics", {}))
 
     def flush(self, timeout: float | None = 30.0) -> None:
-        """Block until every enqueued event is acknowledged by the broker."""
-        try:
-            self._producer.flush(timeout=timeout)
-        except KafkaError as exc:
-            raise PublishError(f"flush did not complete: {exc}") from exc
+        """Block until every accepted event is acknowledged by the broker.
+
+        Raises :class:`PublishError` after ``timeout`` seconds; the events stay queued
+        or spooled and are still sent later.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._cond.notify_all()
+            while self.pending:
+                if self._fatal is not None:
+                    raise PublishError(f"the client cannot send: {self._fatal}")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise PublishError(f"{self.pending} events not yet delivered after "
+                                       f"{timeout:.0f} s ({self.spooled} spooled on disk in "
+                                       f"{self._spool.directory}); they are kept and retried")
+                self._cond.wait(min(0.2, remaining) if remaining is not None else 0.2)
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Flush, then release the connection."""
+        """Flush (up to ``timeout``), stop the sender; undelivered events stay spooled."""
         try:
             self.flush(timeout)
         finally:
-            self._producer.close(timeout=timeout)
+            self._closing = True
+            with self._cond:
+                self._cond.notify_all()
+            self._thread.join(timeout=10)
+            if self._producer is not None:
+                self._producer.close(timeout=5)
+            self._spool.close()
 
     def __enter__(self) -> JourneyClient:
         return self
@@ -134,3 +209,103 @@ class JourneyClient:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+    # ── the sender thread ────────────────────────────────────────────────────
+    def _run(self) -> None:
+        backoff = 0.25
+        while not (self._closing and not self._queue.qsize()):
+            try:
+                if self._producer is None:
+                    self._producer = KafkaProducer(**self._config)
+                if len(self._spool):
+                    self._drain_queue_to_spool()
+                    if self._send_spooled():
+                        backoff = 0.25
+                    else:
+                        time.sleep(backoff)
+                        backoff = min(backoff * 2, 10.0)
+                    continue
+                try:
+                    record = self._queue.get(timeout=0.1)
+                except queue.Empty:
+                    self._notify()
+                    continue
+                self._send(record)
+            except KafkaConfigurationError as exc:
+                log.error("journey SDK misconfigured, not sending: %s", exc)
+                self._fatal = exc
+                self._drain_queue_to_spool()
+                return
+            except KafkaError as exc:
+                # No broker yet (bootstrap) or no metadata: keep events on disk meanwhile.
+                log.warning("broker unavailable (%s); spooling to %s", exc,
+                            self._spool.directory)
+                self._drain_queue_to_spool()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+            except Exception:  # never let the sender die: the app would block forever
+                log.exception("unexpected error in the journey SDK sender")
+                time.sleep(backoff)
+
+    def _send(self, record: _Record) -> None:
+        assert self._producer is not None
+        with self._cond:
+            self._in_flight += 1
+        try:
+            future = self._producer.send(self.topic, key=record[0], value=record[1])
+        except Exception:
+            with self._cond:
+                self._in_flight -= 1
+            self._spool.append(*record)
+            raise
+        future.add_callback(self._delivered)
+        future.add_errback(self._undelivered, record)
+
+    def _delivered(self, _metadata: object) -> None:
+        with self._cond:
+            self._in_flight -= 1
+            self._cond.notify_all()
+
+    def _undelivered(self, record: _Record, exc: BaseException) -> None:
+        # kafka-python calls errback(*args, exception): the record comes first.
+        self._failures += 1
+        try:
+            self._spool.append(*record)
+        except SpoolFull:
+            log.error("spool full: an event could not be kept after %s", exc)
+        with self._cond:
+            self._in_flight -= 1
+            self._cond.notify_all()
+
+    def _drain_queue_to_spool(self) -> None:
+        """Keep order: while the spool holds events, newer ones queue up behind them."""
+        while True:
+            try:
+                record = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            self._spool.append(*record)
+
+    def _send_spooled(self, chunk: int = 5000) -> bool:
+        """Send the oldest spooled records; commit those acknowledged. True on success."""
+        assert self._producer is not None
+        records = self._spool.peek(chunk)
+        futures = [self._producer.send(self.topic, key=k, value=v) for k, v in records]
+        self._producer.flush(timeout=self._config["delivery_timeout_ms"] / 1000 + 5)
+        delivered = 0
+        for future in futures:
+            if not future.is_done or future.failed():
+                break
+            delivered += 1
+        self._spool.commit(delivered)
+        self._notify()
+        if delivered < len(records):
+            log.warning("broker still unavailable: %d events wait in %s", len(self._spool),
+                        self._spool.directory)
+            return False
+        log.info("sent %d spooled events", delivered)
+        return True
+
+    def _notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()

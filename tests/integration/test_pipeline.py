@@ -6,7 +6,7 @@ import json
 from collections import Counter, defaultdict
 from decimal import Decimal
 
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, KafkaProducer
 
 from producers import JourneyClient
 from producers.simulator import in_time_order, simulate
@@ -27,15 +27,19 @@ def expected_journeys(events):
     return out
 
 
-def test_touchpoints_reach_clickhouse_exactly(settings, clickhouse, start_worker) -> None:
+def test_touchpoints_reach_clickhouse_exactly(settings, clickhouse, start_worker,
+                                             tmp_path) -> None:
     events = list(in_time_order(simulate(300, seed=21, prefix="e2e-")))
     expected = expected_journeys(events)
     worker = start_worker()
-    with JourneyClient(settings.bootstrap_servers, settings.touchpoints_topic) as sdk:
+    with JourneyClient(settings.bootstrap_servers, settings.touchpoints_topic,
+                       spool_dir=tmp_path / "spool") as sdk:
         for e in events:
             sdk.send(e)
-        # One poison message, as a buggy producer would send it.
-        sdk._producer.send(settings.touchpoints_topic, key=b"bad", value=b'{"event_id":"x"}')
+    # One poison message, as a buggy producer would send it.
+    raw = KafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    raw.send(settings.touchpoints_topic, key=b"bad", value=b'{"event_id":"x"}')
+    raw.close()
 
     def landed() -> bool:
         n_tp = clickhouse.execute("SELECT count() FROM touchpoints FINAL")[0][0]
@@ -85,11 +89,13 @@ def test_touchpoints_reach_clickhouse_exactly(settings, clickhouse, start_worker
     assert 'journey_dead_letters_total{reason="invalid_field"} 1.0' in metrics
 
 
-def test_redelivered_touchpoints_show_once(settings, clickhouse, start_worker) -> None:
+def test_redelivered_touchpoints_show_once(settings, clickhouse, start_worker,
+                                           tmp_path) -> None:
     """A producer retry sends the same event ids again; analysts see each event once."""
     events = list(in_time_order(simulate(40, seed=4, prefix="dup-")))
     start_worker()
-    with JourneyClient(settings.bootstrap_servers, settings.touchpoints_topic) as sdk:
+    with JourneyClient(settings.bootstrap_servers, settings.touchpoints_topic,
+                       spool_dir=tmp_path / "spool") as sdk:
         for e in events + events[:100]:
             sdk.send(e)
     wait_for(lambda: clickhouse.execute("SELECT count() FROM touchpoints")[0][0]

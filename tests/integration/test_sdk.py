@@ -1,0 +1,95 @@
+"""The Python SDK on a real broker: batching, per-key order, and a broker outage."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import pytest
+
+from deploy.stack import Stack
+from producers import JourneyClient
+from schemas import SchemaError, decode_touchpoint
+from schemas.settings import Settings
+from stream_processors.topics import ensure_topics
+from tests.conftest import free_port, read_topic, wait_for
+
+
+def test_batches_and_keeps_each_customers_order(settings, tmp_path) -> None:
+    ensure_topics(settings)
+    with JourneyClient(settings.bootstrap_servers, settings.touchpoints_topic,
+                       spool_dir=tmp_path / "spool") as sdk:
+        for i in range(3000):
+            sdk.track("page_view", customer_id=f"c-{i % 10}", properties={"seq": i})
+        sdk.flush()
+        stats = sdk.stats()
+    records = read_topic(settings, settings.touchpoints_topic, 3000)
+    assert len(records) == 3000
+    seqs: dict[str, list[int]] = defaultdict(list)
+    partitions: dict[str, set[int]] = defaultdict(set)
+    for r in records:
+        tp = decode_touchpoint(r.value)
+        assert r.key == tp.customer_id.encode()
+        seqs[tp.customer_id].append(tp.properties["seq"])
+        partitions[tp.customer_id].add(r.partition)
+    for customer, values in seqs.items():
+        assert values == sorted(values), customer
+        assert len(partitions[customer]) == 1
+    assert stats["records-per-request-avg"] > 5  # batched, not one request per event
+
+
+def test_invalid_events_raise_at_the_call_site(settings, tmp_path) -> None:
+    with JourneyClient(settings.bootstrap_servers, settings.touchpoints_topic,
+                       spool_dir=tmp_path / "spool") as sdk:
+        with pytest.raises(SchemaError) as info:
+            sdk.track("order_placed", customer_id="c-1", properties={"order_id": "o-1"})
+        assert info.value.field == "$.properties.revenue"
+        with pytest.raises(SchemaError, match="customer_id or anonymous_id"):
+            sdk.track("page_view")
+        assert sdk.pending == 0
+
+
+def test_a_broker_outage_loses_nothing_and_blocks_nobody(tmp_path) -> None:
+    """Stop the broker, keep sending, start it again: every event arrives exactly once."""
+    port = free_port()
+    settings = Settings.from_env({}).replace(
+        broker_url=f"127.0.0.1:{port}", data_dir=tmp_path / "broker", topic_prefix="outage",
+        topic_partitions=3)
+    broker = Stack(settings, echo=lambda line: None)
+    broker.start(["broker"])
+    ensure_topics(settings)
+    sent: list[str] = []
+    sdk = JourneyClient(settings.bootstrap_servers, settings.touchpoints_topic,
+                        spool_dir=tmp_path / "spool", delivery_timeout_ms=3000,
+                        block_timeout=0.2)
+    try:
+        for i in range(200):
+            sent.append(sdk.track("page_view", anonymous_id=f"a-{i % 7}").event_id)
+        sdk.flush(30)
+        before = {decode_touchpoint(r.value).event_id
+                  for r in read_topic(settings, settings.touchpoints_topic, 200)}
+        assert before == set(sent)
+
+        broker.stop()
+        slowest = 0.0
+        for i in range(300):
+            started = time.monotonic()
+            sent.append(sdk.track("page_view", anonymous_id=f"a-{i % 7}").event_id)
+            slowest = max(slowest, time.monotonic() - started)
+        # The app never waited on the dead broker beyond its configured bound.
+        assert slowest < sdk.block_timeout + 0.1
+        wait_for(lambda: sdk.spooled == 300, timeout=60, what="the 300 events to be spooled")
+        assert (tmp_path / "spool").is_dir()
+
+        broker = Stack(settings, echo=lambda line: None)  # a new, empty broker
+        broker.start(["broker"])
+        ensure_topics(settings)
+        sdk.flush(90)
+        after = [decode_touchpoint(r.value).event_id
+                 for r in read_topic(settings, settings.touchpoints_topic, 300)]
+        assert len(after) == 300  # no duplicates
+        assert set(after) == set(sent[200:])
+        assert sdk.spooled == 0
+    finally:
+        sdk.close(timeout=5)
+        broker.stop()
