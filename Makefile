@@ -8,13 +8,17 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 setup: system-deps $(VENV)/.installed
 
-# Debian's ClickHouse server (18.16) backs the local stack and the tests.
+# Debian packages: ClickHouse 18.16 backs the local stack and the tests; Chromium runs
+# the browser snippet's test. Installed only when missing.
+APT_PACKAGES := clickhouse-server clickhouse-client chromium
+
 system-deps:
-	@if ! command -v clickhouse-server >/dev/null && [ ! -x /usr/sbin/clickhouse-server ]; then \
-		echo "Installing Debian's clickhouse-server ..."; \
+	@missing=""; \
+	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "Installing Debian packages:$$missing ..."; \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
-			clickhouse-server clickhouse-client >/dev/null; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 $(VENV)/.installed: pyproject.toml

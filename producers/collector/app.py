@@ -18,6 +18,7 @@ import math
 import time
 import zlib
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 MAX_EVENT_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
 MAX_BATCH_EVENTS = 2500
+SNIPPET = Path(__file__).resolve().parent.parent / "browser" / "journey.js"
 _ENDPOINT_TYPES = {"/v1/track": "track", "/v1/page": "page", "/v1/identify": "identify"}
 _encoder = msgspec.json.Encoder()
 
@@ -66,6 +68,7 @@ class Collector:
         for path in ("/v1/track", "/v1/page", "/v1/identify", "/v1/batch", "/v1/import"):
             app.router.add_post(path, self._ingest)
             app.router.add_route("OPTIONS", path, self._preflight)
+        app.router.add_get("/journey.js", self._snippet)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.on_startup.append(self._start_producer)
@@ -117,6 +120,10 @@ class Collector:
             "Access-Control-Allow-Methods": "POST, OPTIONS",
             "Access-Control-Allow-Headers": "Authorization, Content-Type",
             "Access-Control-Max-Age": "86400"})
+
+    async def _snippet(self, request: web.Request) -> web.Response:
+        return web.Response(body=SNIPPET.read_bytes(), content_type="application/javascript",
+                            headers={"Cache-Control": "public, max-age=3600"})
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
