@@ -24,17 +24,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import msgspec
 from kafka import KafkaProducer
 from kafka.errors import KafkaConfigurationError, KafkaError
 
 from producers.spool import DiskSpool, SpoolFull
 from schemas import Touchpoint, encode_touchpoint, new_event_id, utcnow, validate
+from schemas.properties import SCHEMAS, Properties
 
 __all__ = ["JourneyClient", "PublishError"]
 
 log = logging.getLogger(__name__)
 
 _Record = tuple[bytes | None, bytes]
+_MODEL_KEYS = {model: key for key, model in SCHEMAS.items()}
 
 
 class PublishError(RuntimeError):
@@ -125,6 +128,20 @@ class JourneyClient:
             channel=channel,  # type: ignore[arg-type]  # validated in send()
             source=self.source, context=dict(context or {}), properties=dict(properties or {}))
         return self.send(tp)
+
+    def emit(self, properties: Properties, *, customer_id: str | None = None,
+             anonymous_id: str | None = None, **kwargs: Any) -> Touchpoint:
+        """Send a touchpoint from its typed properties model; type and version follow.
+
+            client.emit(DeliveryUpdated(order_id="o-1", status="late"), customer_id="c-1")
+
+        Every type of the taxonomy has its model in :mod:`schemas.properties`, so editors
+        and type checkers see each touchpoint's fields.
+        """
+        type_, version = _MODEL_KEYS[type(properties)]
+        return self.track(type_, customer_id=customer_id, anonymous_id=anonymous_id,
+                          properties=msgspec.to_builtins(properties), version=version,
+                          **kwargs)
 
     def identify(self, customer_id: str, anonymous_id: str | None = None,
                  traits: Mapping[str, Any] | None = None, **kwargs: Any) -> Touchpoint:

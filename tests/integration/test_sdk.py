@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 
@@ -10,6 +11,7 @@ import pytest
 from deploy.stack import Stack
 from producers import JourneyClient
 from schemas import SchemaError, decode_touchpoint
+from schemas.properties import DeliveryUpdated, OrderItem, OrderPlacedV2
 from schemas.settings import Settings
 from stream_processors.topics import ensure_topics
 from tests.conftest import free_port, read_topic, wait_for
@@ -36,6 +38,45 @@ def test_batches_and_keeps_each_customers_order(settings, tmp_path) -> None:
         assert values == sorted(values), customer
         assert len(partitions[customer]) == 1
     assert stats["records-per-request-avg"] > 5  # batched, not one request per event
+
+
+def test_typed_helpers_and_many_threads(settings, tmp_path) -> None:
+    ensure_topics(settings)
+    with JourneyClient(settings.bootstrap_servers, settings.touchpoints_topic,
+                       spool_dir=tmp_path / "spool", source="app") as sdk:
+        sdk.emit(OrderPlacedV2(order_id="o-1", revenue=30.0, currency="EUR",
+                               items=[OrderItem(sku="s-1", quantity=2, price=15.0)]),
+                 customer_id="c-1")
+        sdk.emit(DeliveryUpdated(order_id="o-1", status="late"), customer_id="c-1",
+                 channel="app")
+        sdk.identify("c-1", anonymous_id="dev-1", traits={"plan": "pro"})
+
+        def burst(worker: int) -> None:
+            for i in range(250):
+                sdk.track("page_view", anonymous_id=f"t-{worker}", properties={"seq": i})
+
+        threads = [threading.Thread(target=burst, args=(w,)) for w in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        sdk.flush()
+    events = [decode_touchpoint(r.value) for r in
+              read_topic(settings, settings.touchpoints_topic, 2003)]
+    assert len(events) == 2003
+    typed = {e.type: e for e in events if e.type != "page_view"}
+    assert typed["order_placed"].version == 2
+    assert typed["order_placed"].properties["items"] == [
+        {"sku": "s-1", "quantity": 2, "price": 15.0}]
+    assert (typed["delivery_updated"].properties, typed["delivery_updated"].channel) == \
+        ({"order_id": "o-1", "status": "late"}, "app")
+    assert typed["identify"].properties == {"traits": {"plan": "pro"}}
+    by_thread = defaultdict(list)
+    for e in events:
+        if e.type == "page_view":
+            by_thread[e.anonymous_id].append(e.properties["seq"])
+    assert all(seqs == list(range(250)) for seqs in by_thread.values())
+    assert len(by_thread) == 8
 
 
 def test_invalid_events_raise_at_the_call_site(settings, tmp_path) -> None:
