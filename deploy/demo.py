@@ -9,14 +9,17 @@ from decimal import Decimal
 
 from clickhouse_driver import Client
 
-from deploy.queries import load_queries
+from deploy.queries import QUERY_DIR, load_queries
 from deploy.stack import Stack, StackError
 from producers import JourneyClient
 from producers.simulator import in_time_order, simulate
 from schemas.settings import Settings
 from stream_processors.clickhouse.client import connect, migrate
 
-__all__ = ["run_demo"]
+__all__ = ["DEMO_QUERIES", "run_demo"]
+
+#: The queries the demo runs and prints; the rest are listed by name.
+DEMO_QUERIES = ("stage_funnel_conversion", "campaign_attribution", "service_recovery_rate")
 
 
 def run_demo(settings: Settings, *, customers: int = 2000, seed: int = 7,
@@ -37,7 +40,7 @@ def run_demo(settings: Settings, *, customers: int = 2000, seed: int = 7,
         echo(f"\nSimulating {customers:,} customers' journeys (seed {seed}) ...")
         people = simulate(customers, seed=seed)
         events = list(in_time_order(people))
-        keys = {e.key for e in events}
+        journeys_expected = len(people)  # one each: the customer's, or the device's
         spool = stack.data_dir / "sdk-spool"
         shutil.rmtree(spool, ignore_errors=True)  # a previous run's leftovers, if any
         with JourneyClient(settings.bootstrap_servers, settings.touchpoints_topic,
@@ -48,19 +51,20 @@ def run_demo(settings: Settings, *, customers: int = 2000, seed: int = 7,
                 if i % step == 0 or i == len(events):
                     echo(f"  sent {i:>8,} / {len(events):,} touchpoints")
         echo(f"\nWaiting for ClickHouse to hold all {len(events):,} touchpoints "
-             f"and {len(keys):,} journeys ...")
+             f"and {journeys_expected:,} journeys ...")
         db_client = connect(settings.clickhouse_url, database=db)
         deadline = time.monotonic() + timeout
         last = (-1, -1)
         while True:
             counts = (
                 db_client.execute("SELECT count() FROM touchpoints FINAL")[0][0],
-                db_client.execute("SELECT count() FROM customer_journeys FINAL")[0][0],
+                db_client.execute("SELECT count() FROM customer_journeys FINAL "
+                                  "WHERE merged_into = ''")[0][0],
             )
             if counts != last:
                 echo(f"  {counts[0]:>8,} touchpoints, {counts[1]:>7,} journeys")
                 last = counts
-            if counts == (len(events), len(keys)):
+            if counts == (len(events), journeys_expected):
                 break
             if time.monotonic() > deadline:
                 raise StackError(f"ClickHouse holds {counts[0]:,} of {len(events):,} touchpoints "
@@ -89,17 +93,23 @@ def run_demo(settings: Settings, *, customers: int = 2000, seed: int = 7,
 def _summary(client: Client, sent: int, elapsed: float, echo: Callable[[str], None]) -> None:
     journeys, identified, orders, revenue = client.execute(
         "SELECT count(), countIf(customer_id != ''), sum(orders), sum(revenue) "
-        "FROM customer_journeys FINAL")[0]
+        "FROM customer_journeys FINAL WHERE merged_into = ''")[0]
     dead = client.execute("SELECT count() FROM dead_letters")[0][0]
     echo(f"\nDone in {elapsed:.0f} s: {sent:,} touchpoints, {journeys:,} journeys "
          f"({identified:,} identified customers), {orders:,} orders, "
          f"EUR {revenue:,.2f} revenue, {dead} dead letters.\n")
-    for _name, (title, sql) in load_queries().items():
+    queries = load_queries()
+    for name in DEMO_QUERIES:
+        title, sql = queries[name]
         rows, columns = client.execute(sql, with_column_types=True)
         echo(f"-- {title}")
         echo(_indent(sql.split("\n", 1)[1] if sql.startswith("--") else sql))
         echo(_table([c for c, _ in columns], rows))
         echo("")
+
+
+    others = ", ".join(f"{n}.sql" for n in queries if n not in DEMO_QUERIES)
+    echo(f"More analyst queries in {QUERY_DIR}: {others}\n")
 
 
 def _indent(text: str) -> str:

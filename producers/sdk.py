@@ -94,6 +94,8 @@ class JourneyClient:
                                                    + self._config["request_timeout_ms"]):
             raise ValueError("delivery_timeout_ms must exceed linger_ms + request_timeout_ms")
         self._fatal: Exception | None = None
+        #: Set by any delivery failure: drain the spool only through a new producer.
+        self._reconnect = False
         self._queue: queue.Queue[_Record] = queue.Queue(max_queue)
         self._spool = DiskSpool(spool_dir or _default_spool_dir(topic), spool_max_bytes)
         self._producer: KafkaProducer | None = None
@@ -234,6 +236,7 @@ class JourneyClient:
             try:
                 if self._producer is None:
                     self._producer = KafkaProducer(**self._config)
+                    self._reconnect = False
                 if len(self._spool):
                     self._drain_queue_to_spool()
                     if self._send_spooled():
@@ -254,6 +257,7 @@ class JourneyClient:
                 self._drain_queue_to_spool()
                 return
             except KafkaError as exc:
+                self._reconnect = True
                 # No broker yet (bootstrap) or no metadata: keep events on disk meanwhile.
                 log.warning("broker unavailable (%s); spooling to %s", exc,
                             self._spool.directory)
@@ -286,6 +290,7 @@ class JourneyClient:
     def _undelivered(self, record: _Record, exc: BaseException) -> None:
         # kafka-python calls errback(*args, exception): the record comes first.
         self._failures += 1
+        self._reconnect = True
         try:
             self._spool.append(*record)
         except SpoolFull:
@@ -306,6 +311,13 @@ class JourneyClient:
     def _send_spooled(self, chunk: int = 5000) -> bool:
         """Send the oldest spooled records; commit those acknowledged. True on success."""
         assert self._producer is not None
+        if self._reconnect:
+            # After an outage the broker may be a new one that lost its topics, and
+            # Tansu 0.6 then acknowledges sends made with the old metadata and keeps
+            # nothing. A new producer asks for the topic's metadata before its first send.
+            self._producer.close(timeout=1)
+            self._producer = None
+            return True
         records = self._spool.peek(chunk)
         futures = [self._producer.send(self.topic, key=k, value=v) for k, v in records]
         self._producer.flush(timeout=self._config["delivery_timeout_ms"] / 1000 + 5)

@@ -105,9 +105,13 @@ def _journey(rng: random.Random, n: int, start: datetime, prefix: str) -> Simula
     j.emit("identify", traits={"email_domain": "example.com"})
     orders = 1 + (rng.random() < 0.3)
     for o in range(orders):
-        if o:  # a repeat purchase, days later, in a new session
+        if o:  # a repeat purchase, days later, often after a newsletter, in a new session
             j.wait(86400 * 2, 86400 * 20)
             j.session = f"{j.c.customer_id}-s{o}"
+            if rng.random() < 0.6:
+                news = {"utm_campaign": "newsletter", "utm_source": "newsletter"}
+                j.emit("email_clicked", "email", {"campaign": news}, email_id="em-newsletter")
+                j.wait(5, 60)
             j.emit("page_view", context={"page": {"url": "https://shop.example/"}})
             j.wait(30, 600)
         if rng.random() < 0.05:

@@ -66,6 +66,12 @@ class Settings:
     sink_max_retry_seconds: float = _setting(
         30.0, "JOURNEY_SINK_MAX_RETRY_SECONDS",
         "Cap of the exponential backoff between insert retries while ClickHouse is down.")
+    churn_inactive_days: float = _setting(
+        90.0, "JOURNEY_CHURN_INACTIVE_DAYS",
+        "A journey with no touchpoint for this many days counts as churned (0 turns it off).")
+    churn_sweep_seconds: float = _setting(
+        3600.0, "JOURNEY_CHURN_SWEEP_SECONDS",
+        "How often the worker looks for journeys that went quiet past the churn period.")
     broker_session_timeout: float = _setting(
         6.0, "JOURNEY_BROKER_SESSION_TIMEOUT",
         "Consumer-group session timeout in seconds. Tansu delays a group join by half of "
@@ -135,6 +141,16 @@ class Settings:
     @property
     def dead_letter_topic(self) -> str:
         return f"{self.topic_prefix}.dead-letters"
+
+    @property
+    def by_device_topic(self) -> str:
+        """Internal: touchpoints re-keyed by anonymous id, for identity resolution."""
+        return f"{self.topic_prefix}.touchpoints-by-device"
+
+    @property
+    def journey_events_topic(self) -> str:
+        """Internal: resolved touchpoints and merges, keyed by journey."""
+        return f"{self.topic_prefix}.journey-events"
 
     @property
     def bootstrap_servers(self) -> list[str]:

@@ -1,5 +1,5 @@
-"""The Faust worker: journey state, ClickHouse sink, worker metrics."""
+"""The Faust worker: identity stitching, journey state, ClickHouse sink, worker metrics."""
 
-from stream_processors.journey import JourneyState, apply_touchpoint
+from stream_processors.journey import Journey, JourneyLog, fold
 
-__all__ = ["JourneyState", "apply_touchpoint"]
+__all__ = ["Journey", "JourneyLog", "fold"]

@@ -1,78 +1,405 @@
-"""How a touchpoint changes a customer's journey: pure functions over plain data.
+"""How touchpoints make a customer's journey: pure functions over plain data.
 
-No broker, table or database here, so every rule is tested directly
-(tests/unit/test_journey.py). The agent in ``topology.py`` only loads a state,
-calls :func:`apply_touchpoint` and stores the result.
+A journey keeps its touchpoints (deduplicated by event id) and every derived value is
+a fold over them in event-time order (:func:`fold`). That one choice gives the
+guarantees the service promises without special cases:
+
+- **event time, not arrival order**: a late or out-of-order touchpoint is inserted
+  where it belongs and the fold runs again;
+- **duplicates change nothing**: a redelivered event id is already in the log;
+- **identity stitching**: merging a device's anonymous journey into the customer's is
+  the union of two logs.
+
+No broker, table or database here; tests/unit/test_journey.py covers the rules.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import bisect
+from datetime import datetime, timedelta
+from typing import Any, Final
 
 import msgspec
 
-from schemas import TOUCHPOINT_TYPES, Touchpoint
+from schemas import Touchpoint
 
-__all__ = ["FUNNEL", "JourneyState", "apply_touchpoint", "decode_state", "encode_state"]
+__all__ = [
+    "FUNNEL", "STAGES", "Journey", "JourneyEvent", "JourneyLog", "Ticket", "Transition",
+    "add_events", "decode_log", "encode_log", "event_of", "fold", "merge_logs",
+]
 
-#: The funnel stages in order; a journey's stage is the furthest one it reached.
-FUNNEL = ("awareness", "consideration", "purchase", "fulfilment", "post_purchase")
-_FUNNEL_RANK = {stage: rank for rank, stage in enumerate(FUNNEL)}
+#: The funnel, in order; ``loyal`` and ``churned`` come after it.
+FUNNEL: Final = ("awareness", "consideration", "purchase", "fulfilment", "post_purchase")
+STAGES: Final = (*FUNNEL, "loyal", "churned")
+_RANK: Final = {stage: rank for rank, stage in enumerate(FUNNEL)}
+_AWARENESS = frozenset({"ad_impression", "ad_click", "email_opened", "email_clicked",
+                        "social_engaged"})
+_CONSIDERATION = frozenset({"page_view", "product_viewed", "cart_updated", "checkout_started"})
+_DELIVERED = frozenset({"on_time", "late", "damaged"})
+_BAD_DELIVERY = frozenset({"late", "damaged", "failed"})
 
 
-class JourneyState(msgspec.Struct, kw_only=True, frozen=True):
-    """The live picture of one journey, keyed like its touchpoints (customer or device)."""
+class JourneyEvent(msgspec.Struct, array_like=True, frozen=True):
+    """What a journey keeps of a touchpoint (compact: array-encoded in the table)."""
+
+    at: datetime
+    event_id: str
+    type: str
+    channel: str
+    anonymous_id: str | None = None
+    properties: dict[str, Any] = {}
+    #: The touchpoint as received, kept only while the journey is anonymous: when the
+    #: device is identified, its rows are written again under the customer.
+    raw: bytes = b""
+
+
+class JourneyLog(msgspec.Struct, kw_only=True):
+    """The stored state of one journey: its identity and its touchpoints, in time order."""
 
     key: str
     customer_id: str | None = None
-    anonymous_ids: tuple[str, ...] = ()
+    anonymous_ids: list[str] = []
+    events: list[JourneyEvent] = []
+    #: Set when this anonymous journey was merged into a customer's.
+    merged_into: str | None = None
+    #: Bumped on every change: the snapshot version, so the newest row wins.
+    version: int = 0
+    #: How many transition rows were last written (to delete those a refold dropped).
+    emitted_transitions: int = 0
+    #: Set once the inactivity churn of the current quiet spell was written.
+    inactivity_emitted: bool = False
+
+
+class Transition(msgspec.Struct, frozen=True):
+    seq: int
+    from_stage: str
+    to_stage: str
+    at: datetime
+    event_id: str
+    reason: str
+
+
+class Ticket(msgspec.Struct, kw_only=True):
+    ticket_id: str
+    opened_at: datetime
+    channel: str = ""
+    order_id: str = ""
+    first_response_at: datetime | None = None
+    resolved_at: datetime | None = None
+    reopened: int = 0
+    status: str = "open"
+    messages: int = 0
+
+    @property
+    def first_response_seconds(self) -> float | None:
+        if self.first_response_at is None:
+            return None
+        return (self.first_response_at - self.opened_at).total_seconds()
+
+    @property
+    def resolution_seconds(self) -> float | None:
+        if self.resolved_at is None or self.status != "resolved":
+            return None
+        return (self.resolved_at - self.opened_at).total_seconds()
+
+
+class Journey(msgspec.Struct, kw_only=True):
+    """Everything derived from a journey's touchpoints (see :func:`fold`)."""
+
+    key: str
+    customer_id: str | None
+    anonymous_ids: list[str]
     first_seen: datetime
     last_seen: datetime
-    stage: str = "awareness"
-    touchpoints: int = 0
-    counts_by_type: dict[str, int] = {}
-    counts_by_channel: dict[str, int] = {}
+    stage: str
+    stage_entered_at: dict[str, datetime]
+    transitions: list[Transition]
+    stage_at_event: dict[str, str]
+    touchpoints: int
+    counts_by_type: dict[str, int]
+    counts_by_channel: dict[str, int]
     orders: int = 0
     revenue: float = 0.0
-    #: Touchpoints applied so far: the snapshot version, so the newest row wins.
-    version: int = 0
+    first_order_at: datetime | None = None
+    deliveries: dict[str, int] = {}
+    tickets: dict[str, Ticket] = {}
+    nps: int | None = None
+    csat: int | None = None
+    ces: int | None = None
+    churned: bool = False
+    churn_reason: str = ""
+    recovery: str = ""
+    churn_risk: int = 0
+    churn_risk_reasons: list[str] = []
+
+    @property
+    def relationship_days(self) -> float:
+        return (self.last_seen - self.first_seen).total_seconds() / 86400
+
+    @property
+    def open_tickets(self) -> int:
+        return sum(1 for t in self.tickets.values() if t.status == "open")
+
+    @property
+    def nps_category(self) -> str:
+        if self.nps is None:
+            return ""
+        return "promoter" if self.nps >= 9 else "passive" if self.nps >= 7 else "detractor"
 
 
-def apply_touchpoint(state: JourneyState | None, tp: Touchpoint) -> JourneyState:
-    """Return the journey after ``tp``; ``state`` is None for a journey's first touchpoint."""
-    if state is None:
-        state = JourneyState(key=tp.key, first_seen=tp.occurred_at, last_seen=tp.occurred_at)
-    by_type = dict(state.counts_by_type)
-    by_type[tp.type] = by_type.get(tp.type, 0) + 1
-    by_channel = dict(state.counts_by_channel)
-    by_channel[tp.channel] = by_channel.get(tp.channel, 0) + 1
-    anonymous_ids = state.anonymous_ids
-    if tp.anonymous_id and tp.anonymous_id not in anonymous_ids:
-        anonymous_ids = (*anonymous_ids, tp.anonymous_id)
-    orders, revenue = state.orders, state.revenue
-    if tp.type == "order_placed":
-        orders += 1
-        revenue = round(revenue + _number(tp.properties.get("revenue")), 2)
-    return msgspec.structs.replace(
-        state,
-        customer_id=tp.customer_id or state.customer_id,
-        anonymous_ids=anonymous_ids,
-        first_seen=min(state.first_seen, tp.occurred_at),
-        last_seen=max(state.last_seen, tp.occurred_at),
-        stage=_furthest(state.stage, TOUCHPOINT_TYPES[tp.type]),
-        touchpoints=state.touchpoints + 1,
-        counts_by_type=by_type,
-        counts_by_channel=by_channel,
-        orders=orders,
-        revenue=revenue,
-        version=state.version + 1,
-    )
+# ── the log ──────────────────────────────────────────────────────────────────
+def event_of(tp: Touchpoint, raw: bytes = b"") -> JourneyEvent:
+    return JourneyEvent(at=tp.occurred_at, event_id=tp.event_id, type=tp.type,
+                        channel=tp.channel, anonymous_id=tp.anonymous_id,
+                        properties=tp.properties, raw=raw)
 
 
-def _furthest(current: str, candidate: str) -> str:
-    if candidate in _FUNNEL_RANK and _FUNNEL_RANK[candidate] > _FUNNEL_RANK.get(current, -1):
-        return candidate
-    return current
+def add_events(log: JourneyLog, events: list[JourneyEvent],
+               customer_id: str | None = None) -> bool:
+    """Insert events in time order, skipping known event ids; True if anything changed."""
+    known = {e.event_id for e in log.events}
+    changed = False
+    for event in events:
+        if event.event_id in known:
+            continue
+        known.add(event.event_id)
+        bisect.insort(log.events, event, key=lambda e: (e.at, e.event_id))
+        if event.anonymous_id and event.anonymous_id not in log.anonymous_ids:
+            log.anonymous_ids.append(event.anonymous_id)
+        changed = True
+    if customer_id and log.customer_id != customer_id:
+        log.customer_id = customer_id
+        changed = True
+    if changed:
+        log.version += 1
+    return changed
+
+
+def merge_logs(into: JourneyLog, other: JourneyLog) -> bool:
+    """Fold a device's anonymous journey into the customer's journey."""
+    changed = add_events(into, other.events)
+    for anonymous_id in other.anonymous_ids:
+        if anonymous_id not in into.anonymous_ids:
+            into.anonymous_ids.append(anonymous_id)
+            changed = True
+    return changed
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(JourneyLog)
+
+
+def encode_log(log: JourneyLog) -> bytes:
+    """Compact binary form kept in the Faust table and its changelog."""
+    return _encoder.encode(log)
+
+
+def decode_log(data: bytes) -> JourneyLog:
+    return _decoder.decode(data)
+
+
+# ── the fold ─────────────────────────────────────────────────────────────────
+def fold(log: JourneyLog, *, inactive_after: timedelta | None = None,
+         now: datetime | None = None) -> Journey:
+    """Derive the journey from its touchpoints, oldest first.
+
+    ``inactive_after`` with ``now``: a journey whose last touchpoint is older than that
+    counts as churned (reason ``inactive``) from ``last_seen + inactive_after``.
+    """
+    if not log.events:
+        raise ValueError(f"journey {log.key} has no touchpoints")
+    j = _Fold(log)
+    for event in log.events:
+        j.apply(event)
+    if (inactive_after is not None and now is not None and not j.churned
+            and now - j.last_seen > inactive_after):
+        at = j.last_seen + inactive_after
+        j.churned, j.churn_reason = True, "inactive"
+        j.move("churned", at, log.events[-1].event_id, "inactive")
+        if j.recovery == "pending":
+            j.recovery = "lost"
+    return j.result()
+
+
+class _Fold:
+    def __init__(self, log: JourneyLog) -> None:
+        self.log = log
+        first = log.events[0]
+        self.first_seen = self.last_seen = first.at
+        self.stage = ""
+        self.entered: dict[str, datetime] = {}
+        self.transitions: list[Transition] = []
+        self.stage_at_event: dict[str, str] = {}
+        self.by_type: dict[str, int] = {}
+        self.by_channel: dict[str, int] = {}
+        self.orders = 0
+        self.revenue = 0.0
+        self.first_order_at: datetime | None = None
+        self.deliveries: dict[str, int] = {}
+        self.tickets: dict[str, Ticket] = {}
+        self.nps: int | None = None
+        self.csat: int | None = None
+        self.ces: int | None = None
+        self.churned = False
+        self.churn_reason = ""
+        self.bad_at: datetime | None = None
+        self.recovery = ""
+        self.payment_failed_pending = False
+
+    def move(self, stage: str, at: datetime, event_id: str, reason: str) -> None:
+        if stage == self.stage:
+            return
+        self.transitions.append(Transition(len(self.transitions) + 1, self.stage, stage, at,
+                                           event_id, reason))
+        self.entered.setdefault(stage, at)
+        self.stage = stage
+
+    def advance(self, stage: str, at: datetime, event_id: str, reason: str) -> None:
+        """Move forward in the funnel only (a page view does not undo a purchase)."""
+        if self.stage in ("loyal", "churned"):
+            return
+        if _RANK[stage] > _RANK.get(self.stage, -1):
+            self.move(stage, at, event_id, reason)
+
+    def apply(self, e: JourneyEvent) -> None:
+        p, t = e.properties, e.type
+        self.last_seen = max(self.last_seen, e.at)
+        self.by_type[t] = self.by_type.get(t, 0) + 1
+        self.by_channel[e.channel] = self.by_channel.get(e.channel, 0) + 1
+        if t in _AWARENESS:
+            if not self.stage:
+                self.move("awareness", e.at, e.event_id, t)
+        elif t in _CONSIDERATION:
+            self.advance("consideration", e.at, e.event_id, t)
+        elif t == "order_placed":
+            self.orders += 1
+            self.revenue = round(self.revenue + _number(p.get("revenue")), 2)
+            self.first_order_at = self.first_order_at or e.at
+            self.payment_failed_pending = False
+            if self.churned:  # a win-back
+                self.churned, self.churn_reason = False, ""
+                self.move("purchase", e.at, e.event_id, "win_back")
+            elif self.orders >= 2:
+                self.move("loyal", e.at, e.event_id, "repeat_purchase")
+            else:
+                self.advance("purchase", e.at, e.event_id, "first_order")
+            if self.recovery == "pending":
+                self.recovery = "recovered"
+        elif t == "payment_failed":
+            self.payment_failed_pending = True
+        elif t == "order_shipped":
+            self.advance("fulfilment", e.at, e.event_id, t)
+        elif t == "delivery_updated":
+            status = str(p.get("status", ""))
+            self.deliveries[status] = self.deliveries.get(status, 0) + 1
+            if status in _DELIVERED or status == "returned":
+                self.advance("post_purchase", e.at, e.event_id, f"delivered_{status}")
+            else:
+                self.advance("fulfilment", e.at, e.event_id, f"delivery_{status}")
+            if status in _BAD_DELIVERY and self.recovery != "pending":
+                self.bad_at, self.recovery = e.at, "unaddressed"
+        elif t in ("return_requested", "return_completed", "review_submitted",
+                   "package_opened"):
+            if self.orders:
+                self.advance("post_purchase", e.at, e.event_id, t)
+        elif t == "support_ticket_opened":
+            ticket_id = str(p.get("ticket_id"))
+            self.tickets.setdefault(ticket_id, Ticket(
+                ticket_id=ticket_id, opened_at=e.at, channel=str(p.get("channel", "")),
+                order_id=str(p.get("order_id") or "")))
+            if self.recovery == "unaddressed":
+                self.recovery = "pending"
+        elif t == "support_message":
+            ticket = self.tickets.get(str(p.get("ticket_id")))
+            if ticket is not None:
+                ticket.messages += 1
+                if p.get("author") == "agent" and ticket.first_response_at is None:
+                    ticket.first_response_at = e.at
+        elif t == "support_ticket_resolved":
+            ticket = self.tickets.get(str(p.get("ticket_id")))
+            if ticket is not None:
+                ticket.resolved_at, ticket.status = e.at, "resolved"
+        elif t == "support_ticket_reopened":
+            ticket = self.tickets.get(str(p.get("ticket_id")))
+            if ticket is not None:
+                ticket.reopened += 1
+                ticket.status = "open"
+        elif t == "survey_response":
+            score = int(p.get("score", 0))
+            survey = p.get("survey")
+            if survey == "nps":
+                self.nps = score
+                if score >= 9 and self.orders and not self.churned:
+                    self.move("loyal", e.at, e.event_id, "promoter")
+                if score >= 9 and self.recovery == "pending":
+                    self.recovery = "recovered"
+            elif survey == "csat":
+                self.csat = score
+            elif survey == "ces":
+                self.ces = score
+        elif t == "subscription_cancelled":
+            self.churned, self.churn_reason = True, "cancelled"
+            self.move("churned", e.at, e.event_id, "cancelled")
+            if self.recovery == "pending":
+                self.recovery = "lost"
+        if not self.stage:  # lifecycle-only journeys start somewhere too
+            self.move("awareness", e.at, e.event_id, t)
+        self.stage_at_event[e.event_id] = self.stage
+
+    def result(self) -> Journey:
+        score, reasons = churn_risk(self)
+        log = self.log
+        return Journey(
+            key=log.key, customer_id=log.customer_id, anonymous_ids=list(log.anonymous_ids),
+            first_seen=self.first_seen, last_seen=self.last_seen, stage=self.stage,
+            stage_entered_at=self.entered, transitions=self.transitions,
+            stage_at_event=self.stage_at_event, touchpoints=len(log.events),
+            counts_by_type=self.by_type, counts_by_channel=self.by_channel,
+            orders=self.orders, revenue=self.revenue, first_order_at=self.first_order_at,
+            deliveries=self.deliveries, tickets=self.tickets, nps=self.nps, csat=self.csat,
+            ces=self.ces, churned=self.churned, churn_reason=self.churn_reason,
+            recovery=self.recovery, churn_risk=score, churn_risk_reasons=reasons)
+
+
+#: (points, reason): a simple score whose every point has a reason a person can act on.
+RISK_POINTS: Final = {
+    "cancelled": 100,
+    "detractor": 35,
+    "open_ticket": 20,
+    "reopened_ticket": 15,
+    "bad_delivery_unaddressed": 25,
+    "recovery_lost": 30,
+    "low_csat": 15,
+    "high_effort": 10,
+    "payment_failed": 10,
+    "inactive": 40,
+}
+
+
+def churn_risk(j: _Fold) -> tuple[int, list[str]]:
+    """0 to 100, and the reasons that make it up (a reason per rule that fired)."""
+    reasons = []
+    if j.churn_reason == "cancelled":
+        reasons.append("cancelled")
+    if j.churn_reason == "inactive":
+        reasons.append("inactive")
+    if j.nps is not None and j.nps <= 6:
+        reasons.append("detractor")
+    if any(t.status == "open" for t in j.tickets.values()):
+        reasons.append("open_ticket")
+    if any(t.reopened for t in j.tickets.values()):
+        reasons.append("reopened_ticket")
+    if j.recovery == "unaddressed":
+        reasons.append("bad_delivery_unaddressed")
+    if j.recovery == "lost" and "cancelled" not in reasons:
+        reasons.append("recovery_lost")
+    if j.csat is not None and j.csat <= 2:
+        reasons.append("low_csat")
+    if j.ces is not None and j.ces >= 5:
+        reasons.append("high_effort")
+    if j.payment_failed_pending:
+        reasons.append("payment_failed")
+    return min(100, sum(RISK_POINTS[r] for r in reasons)), reasons
 
 
 def _number(value: object) -> float:
@@ -80,16 +407,3 @@ def _number(value: object) -> float:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return 0.0
-
-
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(JourneyState)
-
-
-def encode_state(state: JourneyState) -> bytes:
-    """Compact binary form kept in the Faust table and its changelog."""
-    return _encoder.encode(state)
-
-
-def decode_state(data: bytes) -> JourneyState:
-    return _decoder.decode(data)

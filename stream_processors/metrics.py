@@ -24,7 +24,7 @@ class WorkerMetrics(NamedTuple):
     def create(cls, registry: CollectorRegistry, prefix: str = "journey") -> WorkerMetrics:
         return cls(
             touchpoints_processed=Counter(
-                f"{prefix}_touchpoints_processed", "Valid touchpoints applied to journeys.",
+                f"{prefix}_touchpoints_processed", "Valid touchpoints taken in by the worker.",
                 ["type"], registry=registry),
             dead_letters=Counter(
                 f"{prefix}_dead_letters", "Touchpoints rejected and sent to the dead-letter "

@@ -25,7 +25,11 @@ class BrokerUnavailable(RuntimeError):
 
 
 def ensure_topics(settings: Settings, timeout: float = 60.0) -> list[str]:
-    """Create the touchpoint and dead-letter topics when missing; returns those created."""
+    """Create the service's topics when missing; returns those created.
+
+    The internal topics are created here too, with the same partition count as the
+    touchpoints, so that re-keyed streams and table changelogs stay co-partitioned.
+    """
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -41,10 +45,9 @@ def ensure_topics(settings: Settings, timeout: float = 60.0) -> list[str]:
     try:
         existing = set(admin.list_topics())
         wanted = [
-            NewTopic(settings.touchpoints_topic, settings.topic_partitions,
-                     settings.topic_replication),
-            NewTopic(settings.dead_letter_topic, settings.topic_partitions,
-                     settings.topic_replication),
+            NewTopic(name, settings.topic_partitions, settings.topic_replication)
+            for name in (settings.touchpoints_topic, settings.dead_letter_topic,
+                         settings.by_device_topic, settings.journey_events_topic)
         ]
         missing = [t for t in wanted if t.name not in existing]
         if missing:

@@ -1,29 +1,62 @@
-"""The stream topology, top to bottom: touchpoints in, journeys and ClickHouse rows out.
+"""The stream topology, top to bottom: validate → resolve identity → update journey → emit.
 
-    <prefix>.touchpoints ──validate──► journeys table ──► ClickHouse
-             │                           (per customer)   touchpoints, customer_journeys
-             └── invalid ──► <prefix>.dead-letters + ClickHouse dead_letters
+    <prefix>.touchpoints
+        │  route_by_device: validate; invalid → <prefix>.dead-letters + ClickHouse
+        ├──── has an anonymous id ──► <prefix>.touchpoints-by-device (key: device)
+        │                                 │  resolve_identity: `devices` table
+        │                                 │  (device → customer); the first identify of a
+        │                                 │  device sends MergeInto to its anonymous journey
+        └──── customer only ─────┐        │
+                                 ▼        ▼
+                          <prefix>.journey-events (key: customer, or anon:<device>)
+                                 │  update_journey: `journeys` table (each journey's
+                                 │  touchpoints); refold; an anonymous journey told to
+                                 │  merge sends its log to the customer's
+                                 ▼
+        ClickHouse: touchpoints, customer_journeys, journey_transitions, support_tickets
 
-One agent, ``update_journey``, reads batches (size *and* time bound), applies the
-pure rules of ``journey.py``, writes the table, and hands the batch's rows to the
-sink before Faust acks the batch's offsets.
+Each agent reads batches bounded by size *and* time, and the batch's offsets are acked
+only after its outputs were handed on (Faust flushes the producer before it commits;
+the sink returns only once ClickHouse has the rows). Identity lives with the device's
+partition and a journey with its own, so results do not depend on how partitions are
+spread over workers.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import defaultdict
 from collections.abc import Sequence
+from datetime import timedelta
 
 import msgspec
 from faust.types import EventT, StreamT
 from faust.web import Request, Response, Web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from schemas import SchemaError, decode_touchpoint, utcnow
+from schemas import SchemaError, Touchpoint, decode_touchpoint, utcnow
 from stream_processors.app import app, settings
-from stream_processors.clickhouse.rows import dead_letter_row, snapshot_row, touchpoint_row
+from stream_processors.clickhouse.rows import (
+    dead_letter_row,
+    deleted_transitions,
+    journey_row,
+    merged_row,
+    ticket_rows,
+    touchpoint_row,
+    transition_rows,
+)
 from stream_processors.clickhouse.sink import ClickHouseSink
-from stream_processors.journey import JourneyState, apply_touchpoint, decode_state, encode_state
+from stream_processors.commands import Merge, MergeInto, Touch, decode_command, encode_command
+from stream_processors.journey import (
+    JourneyLog,
+    add_events,
+    decode_log,
+    encode_log,
+    event_of,
+    fold,
+    merge_logs,
+)
 from stream_processors.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -32,74 +65,188 @@ registry = CollectorRegistry()
 metrics = WorkerMetrics.create(registry)
 sink = ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database, metrics,
                       max_retry_seconds=settings.sink_max_retry_seconds)
+INACTIVE_AFTER = (timedelta(days=settings.churn_inactive_days)
+                  if settings.churn_inactive_days > 0 else None)
+BATCH, WITHIN = settings.sink_batch_size, settings.sink_flush_seconds
 
 # ── topics ───────────────────────────────────────────────────────────────────
-touchpoints_topic = app.topic(settings.touchpoints_topic, key_serializer="raw",
-                              value_serializer="raw", partitions=settings.topic_partitions)
-dead_letters_topic = app.topic(settings.dead_letter_topic, key_serializer="raw",
-                               value_serializer="raw", partitions=settings.topic_partitions)
+_raw = {"key_serializer": "raw", "value_serializer": "raw",
+        "partitions": settings.topic_partitions}
+touchpoints_topic = app.topic(settings.touchpoints_topic, **_raw)
+by_device_topic = app.topic(settings.by_device_topic, **_raw)
+journey_events_topic = app.topic(settings.journey_events_topic, **_raw)
+dead_letters_topic = app.topic(settings.dead_letter_topic, **_raw)
 
 # ── tables ───────────────────────────────────────────────────────────────────
-# Keys and values are bytes (msgpack states). use_partitioner: a batch holds events
-# of several partitions, so the changelog partition must follow the key (as the
-# producer's partitioner placed it), not "the current event".
+# Keys and values are bytes. use_partitioner: a batch holds events of several
+# partitions, so a changelog record must follow its key, not "the current event".
+devices = app.Table("devices", partitions=settings.topic_partitions, key_type=bytes,
+                    value_type=bytes, use_partitioner=True)
 journeys = app.Table("journeys", partitions=settings.topic_partitions, key_type=bytes,
                      value_type=bytes, use_partitioner=True)
 
 
 # ── agents ───────────────────────────────────────────────────────────────────
 @app.agent(touchpoints_topic)
+async def route_by_device(stream: StreamT) -> None:
+    async for events in stream.take_events(BATCH, within=WITHIN):
+        dead_rows = []
+        for event in events:
+            try:
+                tp = decode_touchpoint(event.value)
+            except SchemaError as exc:
+                dead_rows.append(await _dead_letter(event, exc))
+                continue
+            metrics.touchpoints_processed.labels(tp.type).inc()
+            if tp.anonymous_id:
+                await by_device_topic.send(key=tp.anonymous_id.encode(), value=event.value)
+            else:
+                await _to_journey(tp.key, Touch(tp.customer_id, [event.value]))
+        if dead_rows:
+            await sink.write({"dead_letters": dead_rows})
+
+
+@app.agent(by_device_topic)
+async def resolve_identity(stream: StreamT) -> None:
+    async for events in stream.take_events(BATCH, within=WITHIN):
+        for event in events:
+            tp = decode_touchpoint(event.value)
+            device = event.key
+            linked = devices.get(device)
+            customer = tp.customer_id
+            if customer:
+                if linked is None:  # first identification: the past comes along
+                    await _to_journey(f"anon:{tp.anonymous_id}", MergeInto(customer))
+                if linked != customer.encode():  # later anonymous visits follow the login
+                    devices[device] = customer.encode()
+            elif linked is not None:
+                customer = linked.decode()
+            key = customer or f"anon:{tp.anonymous_id}"
+            await _to_journey(key, Touch(customer, [event.value]))
+
+
+@app.agent(journey_events_topic)
 async def update_journey(stream: StreamT) -> None:
-    async for events in stream.take_events(settings.sink_batch_size,
-                                           within=settings.sink_flush_seconds):
-        rows, dead = _apply_batch(events)
-        for value in dead["messages"]:
-            await dead_letters_topic.send(key=value[0], value=value[1])
-        await sink.write({"touchpoints": rows["touchpoints"],
-                          "customer_journeys": rows["customer_journeys"],
-                          "dead_letters": dead["rows"]})
+    async for events in stream.take_events(BATCH, within=WITHIN):
+        await _update_journeys(events)
 
 
-def _apply_batch(events: Sequence[EventT]) -> tuple[dict[str, list], dict[str, list]]:
-    """Apply a batch to the table; return ClickHouse rows and dead letters."""
+@app.timer(interval=settings.churn_sweep_seconds)
+async def sweep_inactive() -> None:
+    """Journeys that went quiet churn without a touchpoint to tell us: look for them."""
+    if INACTIVE_AFTER is None:
+        return
     now = utcnow()
-    touched: dict[bytes, JourneyState] = {}
-    tp_rows: list[tuple] = []
-    dead_rows: list[tuple] = []
-    dead_messages: list[tuple[bytes | None, bytes]] = []
-    for event in events:
-        raw: bytes = event.value
-        message = event.message
-        try:
-            tp = decode_touchpoint(raw)
-        except SchemaError as exc:
-            metrics.dead_letters.labels(exc.reason).inc()
-            log.warning("dead letter %s[%d]@%d: %s", message.topic, message.partition,
-                        message.offset, exc)
-            dead_rows.append(dead_letter_row(now, message.topic, message.partition,
-                                             message.offset, exc.reason, exc.field,
-                                             exc.detail, raw))
-            dead_messages.append((message.key, msgspec.json.encode({
-                "reason": exc.reason, "field": exc.field, "error": exc.detail,
-                "topic": message.topic, "partition": message.partition,
-                "offset": message.offset, "payload": raw.decode("utf-8", errors="replace"),
-            })))
+    rows: dict[str, list] = defaultdict(list)
+    version = _row_version()
+    for key, value in list(journeys.items()):
+        journey_log = decode_log(value)
+        if (journey_log.merged_into or not journey_log.events or journey_log.inactivity_emitted
+                or now - journey_log.events[-1].at <= INACTIVE_AFTER):
             continue
-        key = tp.key.encode()
-        state = touched.get(key)
-        if state is None:
-            stored = journeys.get(key)
-            state = decode_state(stored) if stored is not None else None
-        state = apply_touchpoint(state, tp)
-        touched[key] = state
-        tp_rows.append(touchpoint_row(tp, state, now))
-        metrics.touchpoints_processed.labels(tp.type).inc()
-    # One table write per journey per batch, not per event: fewer changelog records.
-    for key, state in touched.items():
-        journeys[key] = encode_state(state)
-    rows = {"touchpoints": tp_rows,
-            "customer_journeys": [snapshot_row(s, now) for s in touched.values()]}
-    return rows, {"rows": dead_rows, "messages": dead_messages}
+        journey_log.inactivity_emitted = True
+        journey_log.version += 1
+        _emit_journey(journey_log, [], rows, now, version)
+        journeys[key] = encode_log(journey_log)
+    if rows:
+        log.info("inactivity sweep: %d journeys churned", len(rows["customer_journeys"]))
+        await sink.write(rows)
+
+
+# ── what the agents call ─────────────────────────────────────────────────────
+async def _to_journey(key: str, command: Touch | MergeInto | Merge) -> None:
+    await journey_events_topic.send(key=key.encode(), value=encode_command(command))
+
+
+async def _update_journeys(events: Sequence[EventT]) -> None:
+    now, version = utcnow(), _row_version()
+    logs: dict[bytes, JourneyLog] = {}
+    fresh: dict[bytes, list[Touchpoint]] = defaultdict(list)
+    outgoing: list[tuple[str, Merge]] = []
+    rows: dict[str, list] = defaultdict(list)
+    for event in events:
+        key: bytes = event.key
+        journey_log = logs.get(key) or _load(key)
+        logs[key] = journey_log
+        command = decode_command(event.value)
+        if isinstance(command, Touch):
+            anonymous = journey_log.customer_id is None and command.customer_id is None
+            tps = [decode_touchpoint(raw) for raw in command.touchpoints]
+            known = {e.event_id for e in journey_log.events}
+            add_events(journey_log, [event_of(tp, raw if anonymous else b"")
+                                     for tp, raw in zip(tps, command.touchpoints, strict=True)],
+                       command.customer_id)
+            fresh[key] += [tp for tp in tps if tp.event_id not in known]
+            journey_log.inactivity_emitted = False
+        elif isinstance(command, MergeInto):
+            if journey_log.merged_into or not journey_log.events:
+                continue
+            outgoing.append((command.customer_id, Merge(msgspec.structs.replace(journey_log))))
+            rows["customer_journeys"].append(merged_row(
+                journey_log.key, command.customer_id, journey_log.anonymous_ids,
+                journey_log.events[0].at, journey_log.version + 1, now))
+            rows["journey_transitions"] += deleted_transitions(
+                journey_log.key, None, 0, journey_log.emitted_transitions,
+                journey_log.events[0].at, version)
+            journey_log.merged_into = command.customer_id
+            journey_log.events, journey_log.emitted_transitions = [], 0
+            journey_log.version += 1
+            fresh.pop(key, None)  # their rows are written under the customer instead
+        else:
+            known = {e.event_id for e in journey_log.events}
+            merge_logs(journey_log, command.log)
+            fresh[key] += [decode_touchpoint(e.raw) for e in command.log.events
+                           if e.event_id not in known and e.raw]
+    for key, journey_log in logs.items():
+        if journey_log.events and not journey_log.merged_into:
+            _emit_journey(journey_log, fresh.get(key, []), rows, now, version)
+        journeys[key] = encode_log(journey_log)
+    for customer, merge in outgoing:
+        await _to_journey(customer, merge)
+    await sink.write(rows)
+
+
+def _emit_journey(journey_log: JourneyLog, fresh: list[Touchpoint], rows: dict[str, list],
+                  now: object, version: int) -> None:
+    j = fold(journey_log, inactive_after=INACTIVE_AFTER, now=now)  # type: ignore[arg-type]
+    rows["customer_journeys"].append(journey_row(j, journey_log.version, now))  # type: ignore[arg-type]
+    rows["journey_transitions"] += transition_rows(j, journey_log.emitted_transitions, version)
+    rows["support_tickets"] += ticket_rows(j, version)
+    for tp in fresh:
+        rows["touchpoints"].append(touchpoint_row(
+            tp, j.key, journey_log.customer_id, j.stage_at_event.get(tp.event_id, j.stage),
+            now, version))  # type: ignore[arg-type]
+    journey_log.emitted_transitions = len(j.transitions)
+    if journey_log.customer_id:  # identified: its events never move again
+        journey_log.events = [msgspec.structs.replace(e, raw=b"") if e.raw else e
+                              for e in journey_log.events]
+
+
+def _load(key: bytes) -> JourneyLog:
+    stored = journeys.get(key)
+    if stored is not None:
+        return decode_log(stored)
+    text = key.decode()
+    return JourneyLog(key=text, customer_id=None if text.startswith("anon:") else text)
+
+
+async def _dead_letter(event: EventT, exc: SchemaError) -> tuple:
+    message = event.message
+    raw: bytes = event.value
+    metrics.dead_letters.labels(exc.reason).inc()
+    log.warning("dead letter %s[%d]@%d: %s", message.topic, message.partition, message.offset,
+                exc)
+    await dead_letters_topic.send(key=message.key, value=msgspec.json.encode({
+        "reason": exc.reason, "field": exc.field, "error": exc.detail, "topic": message.topic,
+        "partition": message.partition, "offset": message.offset,
+        "payload": raw.decode("utf-8", errors="replace")}))
+    return dead_letter_row(utcnow(), message.topic, message.partition, message.offset,
+                           exc.reason, exc.field, exc.detail, raw)
+
+
+def _row_version() -> int:
+    """Later writes of the same fact win: microseconds since the epoch."""
+    return time.time_ns() // 1000
 
 
 # ── web ──────────────────────────────────────────────────────────────────────
@@ -111,4 +258,3 @@ async def metrics_page(web: Web, request: Request) -> Response:
 @app.page("/healthz")
 async def healthz(web: Web, request: Request) -> Response:
     return web.json({"status": "ok"})
-

@@ -53,11 +53,13 @@ class Migration:
 
 
 def _touchpoints(d: Dialect, db: str) -> list[str]:
+    # Sorting key without the customer: an anonymous event is written again, with the
+    # resolved customer and a higher row_version, once its device is identified.
     return [f"""CREATE TABLE IF NOT EXISTS {db}.touchpoints
 (
     event_id String,
     type {d.lc()},
-    version UInt16,
+    schema_version UInt16,
     occurred_at {d.time},
     received_at {d.time},
     ingested_at {d.time},
@@ -69,11 +71,12 @@ def _touchpoints(d: Dialect, db: str) -> list[str]:
     source {d.lc()},
     stage {d.lc()},
     context String,
-    properties String
+    properties String,
+    row_version UInt64
 )
-ENGINE = ReplacingMergeTree()
+ENGINE = ReplacingMergeTree(row_version)
 PARTITION BY toYYYYMM(occurred_at)
-ORDER BY (journey_key, occurred_at, event_id)"""]
+ORDER BY (type, occurred_at, event_id)"""]
 
 
 def _customer_journeys(d: Dialect, db: str) -> list[str]:
@@ -82,9 +85,13 @@ def _customer_journeys(d: Dialect, db: str) -> list[str]:
     journey_key String,
     customer_id String,
     anonymous_ids Array(String),
+    merged_into String,
     first_seen {d.time},
     last_seen {d.time},
+    relationship_days Float64,
     stage {d.lc()},
+    stage_names Array(String),
+    stage_entered_at Array(DateTime('UTC')),
     touchpoints UInt64,
     type_names Array(String),
     type_counts Array(UInt64),
@@ -92,11 +99,70 @@ def _customer_journeys(d: Dialect, db: str) -> list[str]:
     channel_counts Array(UInt64),
     orders UInt32,
     revenue Decimal(18, 2),
+    first_order_at Nullable(DateTime('UTC')),
+    deliveries_on_time UInt32,
+    deliveries_late UInt32,
+    deliveries_damaged UInt32,
+    deliveries_failed UInt32,
+    deliveries_returned UInt32,
+    tickets UInt32,
+    open_tickets UInt32,
+    nps Nullable(UInt8),
+    nps_category {d.lc()},
+    csat Nullable(UInt8),
+    ces Nullable(UInt8),
+    churned UInt8,
+    churn_reason {d.lc()},
+    recovery {d.lc()},
+    churn_risk UInt8,
+    churn_risk_reasons Array(String),
     version UInt64,
     updated_at {d.time}
 )
 ENGINE = ReplacingMergeTree(version)
 ORDER BY journey_key"""]
+
+
+def _journey_transitions(d: Dialect, db: str) -> list[str]:
+    # One row per stage change; seq numbers a journey's changes in event time. A later
+    # event can shorten the list: the rows past its end come back with is_deleted = 1.
+    return [f"""CREATE TABLE IF NOT EXISTS {db}.journey_transitions
+(
+    journey_key String,
+    customer_id String,
+    seq UInt32,
+    from_stage {d.lc()},
+    to_stage {d.lc()},
+    at {d.time},
+    event_id String,
+    reason {d.lc()},
+    is_deleted UInt8,
+    row_version UInt64
+)
+ENGINE = ReplacingMergeTree(row_version)
+ORDER BY (journey_key, seq)"""]
+
+
+def _support_tickets(d: Dialect, db: str) -> list[str]:
+    return [f"""CREATE TABLE IF NOT EXISTS {db}.support_tickets
+(
+    ticket_id String,
+    journey_key String,
+    customer_id String,
+    channel {d.lc()},
+    order_id String,
+    opened_at {d.time},
+    first_response_at Nullable(DateTime('UTC')),
+    resolved_at Nullable(DateTime('UTC')),
+    first_response_seconds Nullable(Float64),
+    resolution_seconds Nullable(Float64),
+    reopened UInt16,
+    messages UInt32,
+    status {d.lc()},
+    row_version UInt64
+)
+ENGINE = ReplacingMergeTree(row_version)
+ORDER BY ticket_id"""]
 
 
 def _dead_letters(d: Dialect, db: str) -> list[str]:
@@ -120,6 +186,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "touchpoints", _touchpoints),
     Migration(2, "customer_journeys", _customer_journeys),
     Migration(3, "dead_letters", _dead_letters),
+    Migration(4, "journey_transitions", _journey_transitions),
+    Migration(5, "support_tickets", _support_tickets),
 )
 
 

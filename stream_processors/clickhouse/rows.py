@@ -1,4 +1,4 @@
-"""Rows for the ClickHouse tables, built from touchpoints and journey states (pure)."""
+"""Rows for the ClickHouse tables, built from touchpoints and journeys (pure)."""
 
 from __future__ import annotations
 
@@ -8,43 +8,90 @@ from decimal import Decimal
 import msgspec
 
 from schemas import Touchpoint
-from stream_processors.journey import JourneyState
+from stream_processors.journey import STAGES, Journey
 
-__all__ = ["COLUMNS", "dead_letter_row", "snapshot_row", "touchpoint_row"]
+__all__ = ["COLUMNS", "dead_letter_row", "journey_row", "merged_row", "ticket_rows",
+           "touchpoint_row", "transition_rows"]
 
 #: Insert column order per table; tests check it against the live DDL.
 COLUMNS: dict[str, tuple[str, ...]] = {
     "touchpoints": (
-        "event_id", "type", "version", "occurred_at", "received_at", "ingested_at",
+        "event_id", "type", "schema_version", "occurred_at", "received_at", "ingested_at",
         "journey_key", "customer_id", "anonymous_id", "session_id", "channel", "source",
-        "stage", "context", "properties"),
+        "stage", "context", "properties", "row_version"),
     "customer_journeys": (
-        "journey_key", "customer_id", "anonymous_ids", "first_seen", "last_seen", "stage",
+        "journey_key", "customer_id", "anonymous_ids", "merged_into", "first_seen",
+        "last_seen", "relationship_days", "stage", "stage_names", "stage_entered_at",
         "touchpoints", "type_names", "type_counts", "channel_names", "channel_counts",
-        "orders", "revenue", "version", "updated_at"),
+        "orders", "revenue", "first_order_at", "deliveries_on_time", "deliveries_late",
+        "deliveries_damaged", "deliveries_failed", "deliveries_returned", "tickets",
+        "open_tickets", "nps", "nps_category", "csat", "ces", "churned", "churn_reason",
+        "recovery", "churn_risk", "churn_risk_reasons", "version", "updated_at"),
     "dead_letters": (
         "received_at", "topic", "partition", "offset", "reason", "field", "error", "payload"),
+    "journey_transitions": (
+        "journey_key", "customer_id", "seq", "from_stage", "to_stage", "at", "event_id",
+        "reason", "is_deleted", "row_version"),
+    "support_tickets": (
+        "ticket_id", "journey_key", "customer_id", "channel", "order_id", "opened_at",
+        "first_response_at", "resolved_at", "first_response_seconds", "resolution_seconds",
+        "reopened", "messages", "status", "row_version"),
 }
 
 
-def touchpoint_row(tp: Touchpoint, state: JourneyState, now: datetime) -> tuple:
+def touchpoint_row(tp: Touchpoint, journey_key: str, customer_id: str | None, stage: str,
+                   now: datetime, row_version: int) -> tuple:
     return (
         tp.event_id, tp.type, tp.version, tp.occurred_at, tp.received_at or now, now,
-        state.key, state.customer_id or "", tp.anonymous_id or "", tp.session_id or "",
-        tp.channel, tp.source, state.stage, _json(tp.context), _json(tp.properties),
+        journey_key, customer_id or "", tp.anonymous_id or "", tp.session_id or "",
+        tp.channel, tp.source, stage, _json(tp.context), _json(tp.properties), row_version,
     )
 
 
-def snapshot_row(state: JourneyState, now: datetime) -> tuple:
-    types = sorted(state.counts_by_type.items())
-    channels = sorted(state.counts_by_channel.items())
+def journey_row(j: Journey, version: int, now: datetime) -> tuple:
+    types = sorted(j.counts_by_type.items())
+    channels = sorted(j.counts_by_channel.items())
+    entered = sorted(j.stage_entered_at.items(), key=lambda kv: STAGES.index(kv[0]))
+    d = j.deliveries
     return (
-        state.key, state.customer_id or "", list(state.anonymous_ids),
-        state.first_seen, state.last_seen, state.stage, state.touchpoints,
-        [t for t, _ in types], [n for _, n in types],
+        j.key, j.customer_id or "", list(j.anonymous_ids), "", j.first_seen, j.last_seen,
+        round(j.relationship_days, 6), j.stage, [s for s, _ in entered], [t for _, t in entered],
+        j.touchpoints, [t for t, _ in types], [n for _, n in types],
         [c for c, _ in channels], [n for _, n in channels],
-        state.orders, Decimal(str(state.revenue)), state.version, now,
+        j.orders, Decimal(str(j.revenue)), j.first_order_at,
+        d.get("on_time", 0), d.get("late", 0), d.get("damaged", 0), d.get("failed", 0),
+        d.get("returned", 0), len(j.tickets), j.open_tickets, j.nps, j.nps_category, j.csat,
+        j.ces, int(j.churned), j.churn_reason, j.recovery, j.churn_risk,
+        list(j.churn_risk_reasons), version, now,
     )
+
+
+def merged_row(key: str, into: str, anonymous_ids: list[str], first_seen: datetime,
+               version: int, now: datetime) -> tuple:
+    """The last row of an anonymous journey: it now lives on as ``into``'s journey."""
+    return (key, into, list(anonymous_ids), into, first_seen, first_seen, 0.0, "", [], [], 0,
+            [], [], [], [], 0, Decimal(0), None, 0, 0, 0, 0, 0, 0, 0, None, "", None, None,
+            0, "", "", 0, [], version, now)
+
+
+def transition_rows(j: Journey, previous_count: int, row_version: int) -> list[tuple]:
+    rows = [(j.key, j.customer_id or "", t.seq, t.from_stage, t.to_stage, t.at, t.event_id,
+             t.reason, 0, row_version) for t in j.transitions]
+    rows += deleted_transitions(j.key, j.customer_id, len(j.transitions), previous_count,
+                                j.first_seen, row_version)
+    return rows
+
+
+def deleted_transitions(key: str, customer_id: str | None, keep: int, previous_count: int,
+                        at: datetime, row_version: int) -> list[tuple]:
+    return [(key, customer_id or "", seq, "", "", at, "", "", 1, row_version)
+            for seq in range(keep + 1, previous_count + 1)]
+
+
+def ticket_rows(j: Journey, row_version: int) -> list[tuple]:
+    return [(t.ticket_id, j.key, j.customer_id or "", t.channel, t.order_id, t.opened_at,
+             t.first_response_at, t.resolved_at, t.first_response_seconds, t.resolution_seconds,
+             t.reopened, t.messages, t.status, row_version) for t in j.tickets.values()]
 
 
 def dead_letter_row(now: datetime, topic: str, partition: int, offset: int, reason: str,

@@ -13,7 +13,7 @@ CREATE TABLE IF NOT EXISTS journey.touchpoints
 (
     event_id String,
     type String,
-    version UInt16,
+    schema_version UInt16,
     occurred_at DateTime('UTC'),
     received_at DateTime('UTC'),
     ingested_at DateTime('UTC'),
@@ -25,20 +25,25 @@ CREATE TABLE IF NOT EXISTS journey.touchpoints
     source String,
     stage String,
     context String,
-    properties String
+    properties String,
+    row_version UInt64
 )
-ENGINE = ReplacingMergeTree()
+ENGINE = ReplacingMergeTree(row_version)
 PARTITION BY toYYYYMM(occurred_at)
-ORDER BY (journey_key, occurred_at, event_id);
+ORDER BY (type, occurred_at, event_id);
 
 CREATE TABLE IF NOT EXISTS journey.customer_journeys
 (
     journey_key String,
     customer_id String,
     anonymous_ids Array(String),
+    merged_into String,
     first_seen DateTime('UTC'),
     last_seen DateTime('UTC'),
+    relationship_days Float64,
     stage String,
+    stage_names Array(String),
+    stage_entered_at Array(DateTime('UTC')),
     touchpoints UInt64,
     type_names Array(String),
     type_counts Array(UInt64),
@@ -46,6 +51,23 @@ CREATE TABLE IF NOT EXISTS journey.customer_journeys
     channel_counts Array(UInt64),
     orders UInt32,
     revenue Decimal(18, 2),
+    first_order_at Nullable(DateTime('UTC')),
+    deliveries_on_time UInt32,
+    deliveries_late UInt32,
+    deliveries_damaged UInt32,
+    deliveries_failed UInt32,
+    deliveries_returned UInt32,
+    tickets UInt32,
+    open_tickets UInt32,
+    nps Nullable(UInt8),
+    nps_category String,
+    csat Nullable(UInt8),
+    ces Nullable(UInt8),
+    churned UInt8,
+    churn_reason String,
+    recovery String,
+    churn_risk UInt8,
+    churn_risk_reasons Array(String),
     version UInt64,
     updated_at DateTime('UTC')
 )
@@ -66,3 +88,39 @@ CREATE TABLE IF NOT EXISTS journey.dead_letters
 ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(received_at)
 ORDER BY (topic, partition, offset);
+
+CREATE TABLE IF NOT EXISTS journey.journey_transitions
+(
+    journey_key String,
+    customer_id String,
+    seq UInt32,
+    from_stage String,
+    to_stage String,
+    at DateTime('UTC'),
+    event_id String,
+    reason String,
+    is_deleted UInt8,
+    row_version UInt64
+)
+ENGINE = ReplacingMergeTree(row_version)
+ORDER BY (journey_key, seq);
+
+CREATE TABLE IF NOT EXISTS journey.support_tickets
+(
+    ticket_id String,
+    journey_key String,
+    customer_id String,
+    channel String,
+    order_id String,
+    opened_at DateTime('UTC'),
+    first_response_at Nullable(DateTime('UTC')),
+    resolved_at Nullable(DateTime('UTC')),
+    first_response_seconds Nullable(Float64),
+    resolution_seconds Nullable(Float64),
+    reopened UInt16,
+    messages UInt32,
+    status String,
+    row_version UInt64
+)
+ENGINE = ReplacingMergeTree(row_version)
+ORDER BY ticket_id;

@@ -13,7 +13,7 @@ CREATE TABLE IF NOT EXISTS journey.touchpoints
 (
     event_id String,
     type LowCardinality(String),
-    version UInt16,
+    schema_version UInt16,
     occurred_at DateTime64(3, 'UTC'),
     received_at DateTime64(3, 'UTC'),
     ingested_at DateTime64(3, 'UTC'),
@@ -25,20 +25,25 @@ CREATE TABLE IF NOT EXISTS journey.touchpoints
     source LowCardinality(String),
     stage LowCardinality(String),
     context String,
-    properties String
+    properties String,
+    row_version UInt64
 )
-ENGINE = ReplacingMergeTree()
+ENGINE = ReplacingMergeTree(row_version)
 PARTITION BY toYYYYMM(occurred_at)
-ORDER BY (journey_key, occurred_at, event_id);
+ORDER BY (type, occurred_at, event_id);
 
 CREATE TABLE IF NOT EXISTS journey.customer_journeys
 (
     journey_key String,
     customer_id String,
     anonymous_ids Array(String),
+    merged_into String,
     first_seen DateTime64(3, 'UTC'),
     last_seen DateTime64(3, 'UTC'),
+    relationship_days Float64,
     stage LowCardinality(String),
+    stage_names Array(String),
+    stage_entered_at Array(DateTime('UTC')),
     touchpoints UInt64,
     type_names Array(String),
     type_counts Array(UInt64),
@@ -46,6 +51,23 @@ CREATE TABLE IF NOT EXISTS journey.customer_journeys
     channel_counts Array(UInt64),
     orders UInt32,
     revenue Decimal(18, 2),
+    first_order_at Nullable(DateTime('UTC')),
+    deliveries_on_time UInt32,
+    deliveries_late UInt32,
+    deliveries_damaged UInt32,
+    deliveries_failed UInt32,
+    deliveries_returned UInt32,
+    tickets UInt32,
+    open_tickets UInt32,
+    nps Nullable(UInt8),
+    nps_category LowCardinality(String),
+    csat Nullable(UInt8),
+    ces Nullable(UInt8),
+    churned UInt8,
+    churn_reason LowCardinality(String),
+    recovery LowCardinality(String),
+    churn_risk UInt8,
+    churn_risk_reasons Array(String),
     version UInt64,
     updated_at DateTime64(3, 'UTC')
 )
@@ -67,3 +89,39 @@ ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(received_at)
 ORDER BY (topic, partition, offset)
 TTL toDateTime(received_at) + INTERVAL 90 DAY;
+
+CREATE TABLE IF NOT EXISTS journey.journey_transitions
+(
+    journey_key String,
+    customer_id String,
+    seq UInt32,
+    from_stage LowCardinality(String),
+    to_stage LowCardinality(String),
+    at DateTime64(3, 'UTC'),
+    event_id String,
+    reason LowCardinality(String),
+    is_deleted UInt8,
+    row_version UInt64
+)
+ENGINE = ReplacingMergeTree(row_version)
+ORDER BY (journey_key, seq);
+
+CREATE TABLE IF NOT EXISTS journey.support_tickets
+(
+    ticket_id String,
+    journey_key String,
+    customer_id String,
+    channel LowCardinality(String),
+    order_id String,
+    opened_at DateTime64(3, 'UTC'),
+    first_response_at Nullable(DateTime('UTC')),
+    resolved_at Nullable(DateTime('UTC')),
+    first_response_seconds Nullable(Float64),
+    resolution_seconds Nullable(Float64),
+    reopened UInt16,
+    messages UInt32,
+    status LowCardinality(String),
+    row_version UInt64
+)
+ENGINE = ReplacingMergeTree(row_version)
+ORDER BY ticket_id;

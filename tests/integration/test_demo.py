@@ -18,7 +18,9 @@ def test_demo_runs_and_reports(tmp_path) -> None:
     sent = int(out.split(" / ")[1].split(" ")[0].replace(",", ""))
     assert "Done in" in out and f"{sent:,} touchpoints, " in out
     assert "0 dead letters" in out
-    assert "-- Journeys by the furthest funnel stage" in out
+    assert "-- Stage funnel: how many journeys ever reached each stage" in out
+    assert "first_touch" in out and "recovery_rate_pct" in out
+    assert "top_paths_before_order.sql" in out
     assert "clickhouse-client --host 127.0.0.1 --port" in out
     assert out.rstrip().endswith("stopped broker")
     assert (tmp_path / "clickhouse" / "data").is_dir()  # the data stays

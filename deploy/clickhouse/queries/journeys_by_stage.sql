@@ -1,4 +1,4 @@
--- Journeys by the furthest funnel stage they reached, with orders and revenue.
+-- Journeys by their current stage, with orders and revenue.
 SELECT
     stage,
     count() AS journeys,
@@ -6,5 +6,6 @@ SELECT
     sum(orders) AS orders,
     sum(revenue) AS revenue
 FROM customer_journeys FINAL
+WHERE merged_into = ''
 GROUP BY stage
-ORDER BY indexOf(['awareness', 'consideration', 'purchase', 'fulfilment', 'post_purchase'], stage)
+ORDER BY indexOf(['awareness', 'consideration', 'purchase', 'fulfilment', 'post_purchase', 'loyal', 'churned'], stage)
