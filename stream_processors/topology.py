@@ -193,10 +193,12 @@ async def _update_journeys(events: Sequence[EventT]) -> None:
             journey_log.version += 1
             fresh.pop(key, None)  # their rows are written under the customer instead
         else:
-            known = {e.event_id for e in journey_log.events}
             merge_logs(journey_log, command.log)
-            fresh[key] += [decode_touchpoint(e.raw) for e in command.log.events
-                           if e.event_id not in known and e.raw]
+            # Every touchpoint the device journey held is written again under the
+            # customer, even one the customer's journey already had (a duplicate routed
+            # here after the link): the device journey may have written its row later,
+            # and this merge comes after that journey's last write.
+            fresh[key] += [decode_touchpoint(e.raw) for e in command.log.events if e.raw]
     for key, journey_log in logs.items():
         if journey_log.events and not journey_log.merged_into:
             _emit_journey(journey_log, fresh.get(key, []), rows, now, version)
@@ -212,7 +214,7 @@ def _emit_journey(journey_log: JourneyLog, fresh: list[Touchpoint], rows: dict[s
     rows["customer_journeys"].append(journey_row(j, journey_log.version, now))  # type: ignore[arg-type]
     rows["journey_transitions"] += transition_rows(j, journey_log.emitted_transitions, version)
     rows["support_tickets"] += ticket_rows(j, version)
-    for tp in fresh:
+    for tp in {tp.event_id: tp for tp in fresh}.values():
         rows["touchpoints"].append(touchpoint_row(
             tp, j.key, journey_log.customer_id, j.stage_at_event.get(tp.event_id, j.stage),
             now, version))  # type: ignore[arg-type]

@@ -137,7 +137,14 @@ def test_journeys_equal_the_simulators_truth(settings, clickhouse, start_worker,
     rows = dict(clickhouse.execute("SELECT event_id, customer_id FROM touchpoints FINAL"))
     for person in people:
         if any(e.customer_id for e in person.events):
-            assert {rows[e.event_id] for e in person.events} == {person.customer_id}
+            unresolved = [(e.event_id, e.type, e.customer_id, str(e.occurred_at))
+                          for e in person.events if rows[e.event_id] != person.customer_id]
+            if unresolved:
+                ids = ", ".join(f"'{u[0]}'" for u in unresolved)
+                raw_rows = clickhouse.execute(
+                    "SELECT event_id, journey_key, customer_id, row_version, ingested_at "
+                    f"FROM touchpoints WHERE event_id IN ({ids}) ORDER BY event_id, row_version")
+                raise AssertionError(f"{person.customer_id}: {unresolved} rows: {raw_rows}")
     identified = sum(1 for k in truth if not k.startswith("anon:"))
     assert identified > 100
     assert 'journey_touchpoints_processed_total{type="identify"}' in worker.metrics()
