@@ -66,6 +66,11 @@ class Settings:
     sink_max_retry_seconds: float = _setting(
         30.0, "JOURNEY_SINK_MAX_RETRY_SECONDS",
         "Cap of the exponential backoff between insert retries while ClickHouse is down.")
+    lateness_seconds: float = _setting(
+        3600.0, "JOURNEY_LATENESS_SECONDS",
+        "Touchpoints arriving more than this far behind their journey's latest one are "
+        "counted as late (journey_late_touchpoints_total). Journeys still place them "
+        "exactly: a journey keeps its touchpoints and refolds.")
     churn_inactive_days: float = _setting(
         90.0, "JOURNEY_CHURN_INACTIVE_DAYS",
         "A journey with no touchpoint for this many days counts as churned (0 turns it off).")

@@ -66,8 +66,6 @@ class JourneyLog(msgspec.Struct, kw_only=True):
     version: int = 0
     #: How many transition rows were last written (to delete those a refold dropped).
     emitted_transitions: int = 0
-    #: Set once the inactivity churn of the current quiet spell was written.
-    inactivity_emitted: bool = False
 
 
 class Transition(msgspec.Struct, frozen=True):

@@ -15,6 +15,7 @@ _SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 class WorkerMetrics(NamedTuple):
     touchpoints_processed: Counter
     dead_letters: Counter
+    late_touchpoints: Counter
     sink_rows: Counter
     sink_batch_rows: Histogram
     sink_insert_seconds: Histogram
@@ -29,6 +30,9 @@ class WorkerMetrics(NamedTuple):
             dead_letters=Counter(
                 f"{prefix}_dead_letters", "Touchpoints rejected and sent to the dead-letter "
                 "topic.", ["reason"], registry=registry),
+            late_touchpoints=Counter(
+                f"{prefix}_late_touchpoints", "Touchpoints that arrived more than the "
+                "lateness bound behind their journey's latest touchpoint.", registry=registry),
             sink_rows=Counter(
                 f"{prefix}_sink_rows", "Rows inserted into ClickHouse.", ["table"],
                 registry=registry),

@@ -24,13 +24,16 @@ spread over workers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+import weakref
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 
 import msgspec
+from faust.streams import _current_event
 from faust.types import EventT, StreamT
 from faust.web import Request, Response, Web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -65,8 +68,11 @@ registry = CollectorRegistry()
 metrics = WorkerMetrics.create(registry)
 sink = ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database, metrics,
                       max_retry_seconds=settings.sink_max_retry_seconds)
+#: Journeys the inactivity sweep already wrote as churned (until they move again).
+swept: set[bytes] = set()
 INACTIVE_AFTER = (timedelta(days=settings.churn_inactive_days)
                   if settings.churn_inactive_days > 0 else None)
+LATENESS = timedelta(seconds=settings.lateness_seconds)
 BATCH, WITHIN = settings.sink_batch_size, settings.sink_flush_seconds
 
 # ── topics ───────────────────────────────────────────────────────────────────
@@ -118,7 +124,8 @@ async def resolve_identity(stream: StreamT) -> None:
                 if linked is None:  # first identification: the past comes along
                     await _to_journey(f"anon:{tp.anonymous_id}", MergeInto(customer))
                 if linked != customer.encode():  # later anonymous visits follow the login
-                    devices[device] = customer.encode()
+                    with _writing_for(event):
+                        devices[device] = customer.encode()
             elif linked is not None:
                 customer = linked.decode()
             key = customer or f"anon:{tp.anonymous_id}"
@@ -133,21 +140,25 @@ async def update_journey(stream: StreamT) -> None:
 
 @app.timer(interval=settings.churn_sweep_seconds)
 async def sweep_inactive() -> None:
-    """Journeys that went quiet churn without a touchpoint to tell us: look for them."""
+    """Journeys that went quiet churn without a touchpoint to tell us: look for them.
+
+    Writes rows only, never the table (a table write needs the event that carried the
+    key); ``swept`` remembers what was written until the journey moves again.
+    """
     if INACTIVE_AFTER is None:
         return
     now = utcnow()
     rows: dict[str, list] = defaultdict(list)
     version = _row_version()
     for key, value in list(journeys.items()):
+        if key in swept:
+            continue
         journey_log = decode_log(value)
-        if (journey_log.merged_into or not journey_log.events or journey_log.inactivity_emitted
+        if (journey_log.merged_into or not journey_log.events
                 or now - journey_log.events[-1].at <= INACTIVE_AFTER):
             continue
-        journey_log.inactivity_emitted = True
-        journey_log.version += 1
+        swept.add(key)
         _emit_journey(journey_log, [], rows, now, version)
-        journeys[key] = encode_log(journey_log)
     if rows:
         log.info("inactivity sweep: %d journeys churned", len(rows["customer_journeys"]))
         await sink.write(rows)
@@ -164,27 +175,32 @@ async def _update_journeys(events: Sequence[EventT]) -> None:
     fresh: dict[bytes, list[Touchpoint]] = defaultdict(list)
     outgoing: list[tuple[str, Merge]] = []
     rows: dict[str, list] = defaultdict(list)
+    carriers: dict[bytes, EventT] = {}
     for event in events:
         key: bytes = event.key
         journey_log = logs.get(key) or _load(key)
         logs[key] = journey_log
+        carriers[key] = event
         command = decode_command(event.value)
         if isinstance(command, Touch):
             anonymous = journey_log.customer_id is None and command.customer_id is None
             tps = [decode_touchpoint(raw) for raw in command.touchpoints]
+            if journey_log.events:
+                horizon = journey_log.events[-1].at - LATENESS
+                metrics.late_touchpoints.inc(sum(1 for tp in tps if tp.occurred_at < horizon))
             known = {e.event_id for e in journey_log.events}
             add_events(journey_log, [event_of(tp, raw if anonymous else b"")
                                      for tp, raw in zip(tps, command.touchpoints, strict=True)],
                        command.customer_id)
             fresh[key] += [tp for tp in tps if tp.event_id not in known]
-            journey_log.inactivity_emitted = False
+            swept.discard(key)
         elif isinstance(command, MergeInto):
             if journey_log.merged_into or not journey_log.events:
                 continue
             outgoing.append((command.customer_id, Merge(msgspec.structs.replace(journey_log))))
             rows["customer_journeys"].append(merged_row(
                 journey_log.key, command.customer_id, journey_log.anonymous_ids,
-                journey_log.events[0].at, journey_log.version + 1, now))
+                journey_log.events[0].at, (journey_log.version + 1) * 2, now))
             rows["journey_transitions"] += deleted_transitions(
                 journey_log.key, None, 0, journey_log.emitted_transitions,
                 journey_log.events[0].at, version)
@@ -202,7 +218,8 @@ async def _update_journeys(events: Sequence[EventT]) -> None:
     for key, journey_log in logs.items():
         if journey_log.events and not journey_log.merged_into:
             _emit_journey(journey_log, fresh.get(key, []), rows, now, version)
-        journeys[key] = encode_log(journey_log)
+        with _writing_for(carriers[key]):
+            journeys[key] = encode_log(journey_log)
     for customer, merge in outgoing:
         await _to_journey(customer, merge)
     await sink.write(rows)
@@ -211,7 +228,10 @@ async def _update_journeys(events: Sequence[EventT]) -> None:
 def _emit_journey(journey_log: JourneyLog, fresh: list[Touchpoint], rows: dict[str, list],
                   now: object, version: int) -> None:
     j = fold(journey_log, inactive_after=INACTIVE_AFTER, now=now)  # type: ignore[arg-type]
-    rows["customer_journeys"].append(journey_row(j, journey_log.version, now))  # type: ignore[arg-type]
+    # Twice the log version, plus one once inactivity churned it: the sweep's row (no
+    # new touchpoint, same log version) wins over the last one, and loses to the next.
+    snapshot_version = journey_log.version * 2 + int(j.churn_reason == "inactive")
+    rows["customer_journeys"].append(journey_row(j, snapshot_version, now))  # type: ignore[arg-type]
     rows["journey_transitions"] += transition_rows(j, journey_log.emitted_transitions, version)
     rows["support_tickets"] += ticket_rows(j, version)
     for tp in {tp.event_id: tp for tp in fresh}.values():
@@ -222,6 +242,21 @@ def _emit_journey(journey_log: JourneyLog, fresh: list[Touchpoint], rows: dict[s
     if journey_log.customer_id:  # identified: its events never move again
         journey_log.events = [msgspec.structs.replace(e, raw=b"") if e.raw else e
                               for e in journey_log.events]
+
+
+@contextlib.contextmanager
+def _writing_for(event: EventT) -> Iterator[None]:
+    """Make ``event`` Faust's current event for a table write.
+
+    A batch is processed after its events were iterated, but Faust's RocksDB store picks
+    the partition's database from the current event (the memory store does not care).
+    The event given is the one that carried the key, so the partition is the key's.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
 
 
 def _load(key: bytes) -> JourneyLog:

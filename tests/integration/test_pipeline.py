@@ -11,6 +11,7 @@ import json
 import random
 from datetime import timedelta
 
+import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from producers import JourneyClient
@@ -98,10 +99,11 @@ def _s(t):
     return t.replace(microsecond=0, tzinfo=None) if t else t
 
 
-def run_and_compare(settings, clickhouse, start_worker, tmp_path, people, workers=1):
+def run_and_compare(settings, clickhouse, start_worker, tmp_path, people, workers=1,
+                    store="memory://"):
     truth = true_journeys(people)
     events = delivery_order(people, seed=5)
-    started = [start_worker(churn_inactive_days=0.0) for _ in range(workers)]
+    started = [start_worker(churn_inactive_days=0.0, store=store) for _ in range(workers)]
     with JourneyClient(settings.bootstrap_servers, settings.touchpoints_topic,
                        spool_dir=tmp_path / "spool") as sdk:
         for e in events:
@@ -128,10 +130,12 @@ def run_and_compare(settings, clickhouse, start_worker, tmp_path, people, worker
     return truth, started
 
 
-def test_journeys_equal_the_simulators_truth(settings, clickhouse, start_worker,
-                                             tmp_path) -> None:
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+def test_journeys_equal_the_simulators_truth(settings, clickhouse, start_worker, tmp_path,
+                                             store) -> None:
     people = simulate(250, seed=21, prefix="e2e-")
-    truth, (worker,) = run_and_compare(settings, clickhouse, start_worker, tmp_path, people)
+    truth, (worker,) = run_and_compare(settings, clickhouse, start_worker, tmp_path, people,
+                                       store=store)
     # Stitching: every touchpoint of an identified person, anonymous ones included,
     # carries the customer; and their device journeys were merged away.
     rows = dict(clickhouse.execute("SELECT event_id, customer_id FROM touchpoints FINAL"))
@@ -147,7 +151,15 @@ def test_journeys_equal_the_simulators_truth(settings, clickhouse, start_worker,
                 raise AssertionError(f"{person.customer_id}: {unresolved} rows: {raw_rows}")
     identified = sum(1 for k in truth if not k.startswith("anon:"))
     assert identified > 100
-    assert 'journey_touchpoints_processed_total{type="identify"}' in worker.metrics()
+    metrics = worker.metrics()
+    assert 'journey_touchpoints_processed_total{type="identify"}' in metrics
+    # Sent up to LATENESS out of order against a 1 h bound: some count as late.
+    late = next(line for line in metrics.splitlines()
+                if line.startswith("journey_late_touchpoints_total"))
+    assert float(late.rsplit(" ", 1)[1]) > 0
+    if store == "rocksdb://":
+        assert list((tmp_path / "worker").rglob("*.sst")) or list(
+            (tmp_path / "worker").rglob("CURRENT")), "no RocksDB files written"
 
 
 def test_two_workers_share_the_partitions(settings, clickhouse, start_worker, tmp_path) -> None:
