@@ -9,8 +9,9 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 setup: system-deps $(VENV)/.installed
 
 # Debian packages: ClickHouse 18.16 backs the local stack and the tests; Chromium runs
-# the browser snippet's test. Installed only when missing.
-APT_PACKAGES := clickhouse-server clickhouse-client chromium
+# the browser snippet's test; promtool (prometheus) tests the alerting rules. Installed
+# only when missing.
+APT_PACKAGES := clickhouse-server clickhouse-client chromium prometheus
 
 system-deps:
 	@missing=""; \

@@ -10,6 +10,9 @@ __all__ = ["WorkerMetrics"]
 
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 _SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
+_RESPONSE_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800)
+_RESOLUTION_BUCKETS = (900, 3600, 14400, 28800, 86400, 172800, 345600, 604800)
 
 
 class WorkerMetrics(NamedTuple):
@@ -20,6 +23,14 @@ class WorkerMetrics(NamedTuple):
     sink_batch_rows: Histogram
     sink_insert_seconds: Histogram
     sink_failures: Counter
+    processing_lag_seconds: Histogram
+    cx_survey_responses: Counter
+    cx_ces_score: Histogram
+    cx_orders: Counter
+    cx_deliveries: Counter
+    cx_tickets_opened: Counter
+    cx_first_response_seconds: Histogram
+    cx_resolution_seconds: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry, prefix: str = "journey") -> WorkerMetrics:
@@ -45,4 +56,27 @@ class WorkerMetrics(NamedTuple):
             sink_failures=Counter(
                 f"{prefix}_sink_failures", "Failed ClickHouse inserts (each is retried).",
                 ["table"], registry=registry),
+            processing_lag_seconds=Histogram(
+                f"{prefix}_processing_lag_seconds", "Now minus occurred_at when the worker "
+                "takes a touchpoint in.", buckets=_LAG_BUCKETS, registry=registry),
+            # CX counts, not ratios: NPS, CSAT and quantiles are recording rules over
+            # them (deploy/prometheus/rules), so they aggregate across workers.
+            cx_survey_responses=Counter(
+                f"{prefix}_cx_survey_responses", "Survey answers: nps promoter/passive/"
+                "detractor, csat satisfied/unsatisfied, ces answered.",
+                ["survey", "category", "channel"], registry=registry),
+            cx_ces_score=Histogram(
+                f"{prefix}_cx_ces_score", "Customer effort scores (1 to 7).",
+                buckets=(1, 2, 3, 4, 5, 6, 7), registry=registry),
+            cx_orders=Counter(f"{prefix}_cx_orders", "Orders placed.", registry=registry),
+            cx_deliveries=Counter(f"{prefix}_cx_deliveries", "Delivery outcomes.", ["status"],
+                                  registry=registry),
+            cx_tickets_opened=Counter(f"{prefix}_cx_tickets_opened", "Support tickets opened.",
+                                      ["channel"], registry=registry),
+            cx_first_response_seconds=Histogram(
+                f"{prefix}_cx_first_response_seconds", "Ticket opened to first agent reply.",
+                buckets=_RESPONSE_BUCKETS, registry=registry),
+            cx_resolution_seconds=Histogram(
+                f"{prefix}_cx_resolution_seconds", "Ticket opened to resolved.",
+                buckets=_RESOLUTION_BUCKETS, registry=registry),
         )

@@ -51,7 +51,9 @@ from stream_processors.clickhouse.rows import (
 )
 from stream_processors.clickhouse.sink import ClickHouseSink
 from stream_processors.commands import Merge, MergeInto, Touch, decode_command, encode_command
+from stream_processors.cx_metrics import nps_category
 from stream_processors.journey import (
+    Journey,
     JourneyLog,
     add_events,
     decode_log,
@@ -97,6 +99,7 @@ journeys = app.Table("journeys", partitions=settings.topic_partitions, key_type=
 async def route_by_device(stream: StreamT) -> None:
     async for events in stream.take_events(BATCH, within=WITHIN):
         dead_rows = []
+        now = utcnow()
         for event in events:
             try:
                 tp = decode_touchpoint(event.value)
@@ -104,6 +107,8 @@ async def route_by_device(stream: StreamT) -> None:
                 dead_rows.append(await _dead_letter(event, exc))
                 continue
             metrics.touchpoints_processed.labels(tp.type).inc()
+            metrics.processing_lag_seconds.observe(max(0.0, (now - tp.occurred_at)
+                                                       .total_seconds()))
             if tp.anonymous_id:
                 await by_device_topic.send(key=tp.anonymous_id.encode(), value=event.value)
             else:
@@ -176,6 +181,7 @@ async def _update_journeys(events: Sequence[EventT]) -> None:
     outgoing: list[tuple[str, Merge]] = []
     rows: dict[str, list] = defaultdict(list)
     carriers: dict[bytes, EventT] = {}
+    counted: set[str] = set()
     for event in events:
         key: bytes = event.key
         journey_log = logs.get(key) or _load(key)
@@ -215,9 +221,10 @@ async def _update_journeys(events: Sequence[EventT]) -> None:
             # here after the link): the device journey may have written its row later,
             # and this merge comes after that journey's last write.
             fresh[key] += [decode_touchpoint(e.raw) for e in command.log.events if e.raw]
+            counted.update(e.event_id for e in command.log.events)  # in the device journey
     for key, journey_log in logs.items():
         if journey_log.events and not journey_log.merged_into:
-            _emit_journey(journey_log, fresh.get(key, []), rows, now, version)
+            _emit_journey(journey_log, fresh.get(key, []), rows, now, version, counted)
         with _writing_for(carriers[key]):
             journeys[key] = encode_log(journey_log)
     for customer, merge in outgoing:
@@ -226,7 +233,7 @@ async def _update_journeys(events: Sequence[EventT]) -> None:
 
 
 def _emit_journey(journey_log: JourneyLog, fresh: list[Touchpoint], rows: dict[str, list],
-                  now: object, version: int) -> None:
+                  now: object, version: int, counted: set[str] | None = None) -> None:
     j = fold(journey_log, inactive_after=INACTIVE_AFTER, now=now)  # type: ignore[arg-type]
     # Twice the log version, plus one once inactivity churned it: the sweep's row (no
     # new touchpoint, same log version) wins over the last one, and loses to the next.
@@ -238,6 +245,8 @@ def _emit_journey(journey_log: JourneyLog, fresh: list[Touchpoint], rows: dict[s
         rows["touchpoints"].append(touchpoint_row(
             tp, j.key, journey_log.customer_id, j.stage_at_event.get(tp.event_id, j.stage),
             now, version))  # type: ignore[arg-type]
+        if counted is None or tp.event_id not in counted:
+            _count_cx(tp, j)
     journey_log.emitted_transitions = len(j.transitions)
     if journey_log.customer_id:  # identified: its events never move again
         journey_log.events = [msgspec.structs.replace(e, raw=b"") if e.raw else e
@@ -257,6 +266,40 @@ def _writing_for(event: EventT) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
+
+
+def _count_cx(tp: Touchpoint, j: Journey) -> None:
+    """CX counters for a touchpoint new to its journey.
+
+    The journey log deduplicates, so replays do not count twice; touchpoints merged in
+    from a device journey were counted there. (A duplicate whose copies straddle the
+    identify, one in each journey, counts twice: rare, and noted.)
+    """
+    p = tp.properties
+    if tp.type == "survey_response":
+        survey, score = p["survey"], int(p["score"])
+        if survey == "nps":
+            category = nps_category(score)
+        elif survey == "csat":
+            category = "satisfied" if score >= 4 else "unsatisfied"
+        else:
+            category = "answered"
+            metrics.cx_ces_score.observe(score)
+        metrics.cx_survey_responses.labels(survey, category, tp.channel).inc()
+    elif tp.type == "order_placed":
+        metrics.cx_orders.inc()
+    elif tp.type == "delivery_updated":
+        metrics.cx_deliveries.labels(p["status"]).inc()
+    elif tp.type == "support_ticket_opened":
+        metrics.cx_tickets_opened.labels(p["channel"]).inc()
+    elif tp.type in ("support_message", "support_ticket_resolved"):
+        ticket = j.tickets.get(str(p.get("ticket_id")))
+        if ticket is None:
+            return
+        if ticket.first_response_at == tp.occurred_at and p.get("author") == "agent":
+            metrics.cx_first_response_seconds.observe(ticket.first_response_seconds or 0.0)
+        elif ticket.resolved_at == tp.occurred_at and ticket.status == "resolved":
+            metrics.cx_resolution_seconds.observe(ticket.resolution_seconds or 0.0)
 
 
 def _load(key: bytes) -> JourneyLog:
