@@ -34,6 +34,31 @@ class WorkerMetrics(NamedTuple):
 
     @classmethod
     def create(cls, registry: CollectorRegistry, prefix: str = "journey") -> WorkerMetrics:
+        metrics = cls._build(registry, prefix)
+        metrics._zero_cx_series()
+        return metrics
+
+    def _zero_cx_series(self) -> None:
+        """Every CX label set exists from the start, at zero.
+
+        Rates over a window then see each series' first increase, and all series of a
+        ratio (promoters, detractors, responses) are extrapolated alike, so recording
+        rules such as NPS are exact rather than skewed by when a series first appeared.
+        """
+        channels = ("web", "app", "email", "sms", "phone", "chat", "social", "store", "ad",
+                    "other")
+        for survey, categories in (("nps", ("promoter", "passive", "detractor")),
+                                   ("csat", ("satisfied", "unsatisfied")), ("ces", ("answered",))):
+            for category in categories:
+                for channel in channels:
+                    self.cx_survey_responses.labels(survey, category, channel)
+        for status in ("on_time", "late", "damaged", "failed", "returned"):
+            self.cx_deliveries.labels(status)
+        for channel in ("chat", "email", "phone", "social", "in_store"):
+            self.cx_tickets_opened.labels(channel)
+
+    @classmethod
+    def _build(cls, registry: CollectorRegistry, prefix: str) -> WorkerMetrics:
         return cls(
             touchpoints_processed=Counter(
                 f"{prefix}_touchpoints_processed", "Valid touchpoints taken in by the worker.",
