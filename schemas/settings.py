@@ -77,6 +77,11 @@ class Settings:
     churn_sweep_seconds: float = _setting(
         3600.0, "JOURNEY_CHURN_SWEEP_SECONDS",
         "How often the worker looks for journeys that went quiet past the churn period.")
+    first_response_sla_seconds: float = _setting(
+        14400.0, "JOURNEY_FIRST_RESPONSE_SLA_SECONDS",
+        "A ticket without a first agent answer for this long raises an alert.")
+    churn_risk_alert: int = _setting(
+        60, "JOURNEY_CHURN_RISK_ALERT", "Churn risk (0 to 100) at which a journey raises an alert.")
     broker_session_timeout: float = _setting(
         6.0, "JOURNEY_BROKER_SESSION_TIMEOUT",
         "Consumer-group session timeout in seconds. Tansu delays a group join by half of "
@@ -146,6 +151,11 @@ class Settings:
     @property
     def dead_letter_topic(self) -> str:
         return f"{self.topic_prefix}.dead-letters"
+
+    @property
+    def alerts_topic(self) -> str:
+        """Closed-loop alerts for CX and support tools to act on."""
+        return f"{self.topic_prefix}.alerts"
 
     @property
     def by_device_topic(self) -> str:

@@ -24,8 +24,8 @@ import msgspec
 from schemas import Touchpoint
 
 __all__ = [
-    "FUNNEL", "STAGES", "Journey", "JourneyEvent", "JourneyLog", "Ticket", "Transition",
-    "add_events", "decode_log", "encode_log", "event_of", "fold", "merge_logs",
+    "FUNNEL", "STAGES", "Alert", "Journey", "JourneyEvent", "JourneyLog", "Ticket", "Transition",
+    "add_events", "alerts_for", "decode_log", "encode_log", "event_of", "fold", "merge_logs",
 ]
 
 #: The funnel, in order; ``loyal`` and ``churned`` come after it.
@@ -66,6 +66,8 @@ class JourneyLog(msgspec.Struct, kw_only=True):
     version: int = 0
     #: How many transition rows were last written (to delete those a refold dropped).
     emitted_transitions: int = 0
+    #: Ids of the alerts already raised for this journey: each is raised once.
+    alerts_raised: list[str] = []
 
 
 class Transition(msgspec.Struct, frozen=True):
@@ -80,6 +82,7 @@ class Transition(msgspec.Struct, frozen=True):
 class Ticket(msgspec.Struct, kw_only=True):
     ticket_id: str
     opened_at: datetime
+    opened_event_id: str = ""
     channel: str = ""
     order_id: str = ""
     first_response_at: datetime | None = None
@@ -303,7 +306,8 @@ class _Fold:
         elif t == "support_ticket_opened":
             ticket_id = str(p.get("ticket_id"))
             self.tickets.setdefault(ticket_id, Ticket(
-                ticket_id=ticket_id, opened_at=e.at, channel=str(p.get("channel", "")),
+                ticket_id=ticket_id, opened_at=e.at, opened_event_id=e.event_id,
+                channel=str(p.get("channel", "")),
                 order_id=str(p.get("order_id") or "")))
             if self.recovery == "unaddressed":
                 self.recovery = "pending"
@@ -405,3 +409,72 @@ def _number(value: object) -> float:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return 0.0
+
+
+# ── closed-loop alerts ───────────────────────────────────────────────────────
+class Alert(msgspec.Struct, frozen=True, kw_only=True):
+    """Something a person should act on, with the touchpoints behind it.
+
+    ``alert_id`` is derived from what triggered it, so the same situation always has
+    the same id: raised once per journey, and consumers can deduplicate on it.
+    """
+
+    alert_id: str
+    kind: str
+    journey_key: str
+    customer_id: str
+    reason: str
+    touchpoints: tuple[str, ...]
+    at: datetime
+
+
+def alerts_for(log: JourneyLog, j: Journey, *, now: datetime,
+               first_response_sla: timedelta, churn_risk_threshold: int) -> list[Alert]:
+    """Every alert the journey calls for now (raised or not; the caller filters)."""
+    if not log.customer_id:  # nobody to follow up with yet
+        return []
+    found: list[Alert] = []
+
+    def alert(alert_id: str, kind: str, reason: str, touchpoints: tuple[str, ...],
+              at: datetime) -> None:
+        found.append(Alert(alert_id=alert_id, kind=kind, journey_key=j.key,
+                           customer_id=log.customer_id or "", reason=reason,
+                           touchpoints=touchpoints, at=at))
+
+    tickets_opened = [t.opened_at for t in j.tickets.values()]
+    for e in log.events:
+        p = e.properties
+        if e.type == "survey_response":
+            score, rated = int(p.get("score", 0)), _rated(p)
+            if p.get("survey") == "nps" and score <= 6:
+                alert(f"detractor:{e.event_id}", "detractor_followup",
+                      f"NPS {score}: follow up with the customer{rated}", (e.event_id,), e.at)
+            elif p.get("survey") == "csat" and score <= 2:
+                alert(f"low_csat:{e.event_id}", "low_csat_followup",
+                      f"CSAT {score}: follow up with the customer{rated}", (e.event_id,), e.at)
+        elif (e.type == "delivery_updated" and p.get("status") in _BAD_DELIVERY
+              and not any(opened >= e.at for opened in tickets_opened)):
+            alert(f"bad_delivery:{e.event_id}", "proactive_outreach",
+                  f"delivery of order {p.get('order_id')} {p.get('status')} and no support "
+                  "contact yet: reach out first", (e.event_id,), e.at)
+    for t in j.tickets.values():
+        if (t.first_response_at is None and t.status == "open"
+                and now - t.opened_at > first_response_sla):
+            hours = first_response_sla.total_seconds() / 3600
+            alert(f"first_response_sla:{t.ticket_id}", "first_response_sla",
+                  f"ticket {t.ticket_id} ({t.channel}) has waited over {hours:g} h for a first "
+                  "answer", (t.opened_event_id,), t.opened_at + first_response_sla)
+    if j.churn_risk >= churn_risk_threshold:
+        last = log.events[-1]
+        alert(f"churn_risk:{j.key}:{churn_risk_threshold}", "churn_risk",
+              f"churn risk {j.churn_risk}: {', '.join(j.churn_risk_reasons)}",
+              (last.event_id,), last.at)
+    return found
+
+
+def _rated(p: dict[str, Any]) -> str:
+    rates = p.get("rates") or {}
+    for what in ("ticket_id", "order_id", "event_id"):
+        if rates.get(what):
+            return f" (about {what.removesuffix('_id')} {rates[what]})"
+    return ""

@@ -24,6 +24,7 @@ class WorkerMetrics(NamedTuple):
     sink_insert_seconds: Histogram
     sink_failures: Counter
     processing_lag_seconds: Histogram
+    alerts_raised: Counter
     cx_survey_responses: Counter
     cx_ces_score: Histogram
     cx_orders: Counter
@@ -84,6 +85,8 @@ class WorkerMetrics(NamedTuple):
             processing_lag_seconds=Histogram(
                 f"{prefix}_processing_lag_seconds", "Now minus occurred_at when the worker "
                 "takes a touchpoint in.", buckets=_LAG_BUCKETS, registry=registry),
+            alerts_raised=Counter(f"{prefix}_alerts_raised", "Closed-loop alerts raised.",
+                                  ["kind"], registry=registry),
             # CX counts, not ratios: NPS, CSAT and quantiles are recording rules over
             # them (deploy/prometheus/rules), so they aggregate across workers.
             cx_survey_responses=Counter(

@@ -47,7 +47,8 @@ def ensure_topics(settings: Settings, timeout: float = 60.0) -> list[str]:
         wanted = [
             NewTopic(name, settings.topic_partitions, settings.topic_replication)
             for name in (settings.touchpoints_topic, settings.dead_letter_topic,
-                         settings.by_device_topic, settings.journey_events_topic)
+                         settings.by_device_topic, settings.journey_events_topic,
+                         settings.alerts_topic)
         ]
         missing = [t for t in wanted if t.name not in existing]
         if missing:

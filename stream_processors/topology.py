@@ -30,7 +30,7 @@ import time
 import weakref
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import msgspec
 from faust.streams import _current_event
@@ -41,6 +41,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from schemas import SchemaError, Touchpoint, decode_touchpoint, utcnow
 from stream_processors.app import app, settings
 from stream_processors.clickhouse.rows import (
+    alert_row,
     dead_letter_row,
     deleted_transitions,
     journey_row,
@@ -53,9 +54,11 @@ from stream_processors.clickhouse.sink import ClickHouseSink
 from stream_processors.commands import Merge, MergeInto, Touch, decode_command, encode_command
 from stream_processors.cx_metrics import nps_category
 from stream_processors.journey import (
+    Alert,
     Journey,
     JourneyLog,
     add_events,
+    alerts_for,
     decode_log,
     encode_log,
     event_of,
@@ -70,8 +73,11 @@ registry = CollectorRegistry()
 metrics = WorkerMetrics.create(registry)
 sink = ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database, metrics,
                       max_retry_seconds=settings.sink_max_retry_seconds)
-#: Journeys the inactivity sweep already wrote as churned (until they move again).
+#: Journeys the inactivity sweep already wrote as churned (until they move again), and
+#: the alerts it raised (the sweep cannot write the table; ClickHouse deduplicates).
 swept: set[bytes] = set()
+swept_alerts: set[str] = set()
+SLA = timedelta(seconds=settings.first_response_sla_seconds)
 INACTIVE_AFTER = (timedelta(days=settings.churn_inactive_days)
                   if settings.churn_inactive_days > 0 else None)
 LATENESS = timedelta(seconds=settings.lateness_seconds)
@@ -84,6 +90,7 @@ touchpoints_topic = app.topic(settings.touchpoints_topic, **_raw)
 by_device_topic = app.topic(settings.by_device_topic, **_raw)
 journey_events_topic = app.topic(settings.journey_events_topic, **_raw)
 dead_letters_topic = app.topic(settings.dead_letter_topic, **_raw)
+alerts_topic = app.topic(settings.alerts_topic, **_raw)
 
 # ── tables ───────────────────────────────────────────────────────────────────
 # Keys and values are bytes. use_partitioner: a batch holds events of several
@@ -154,6 +161,7 @@ async def sweep_inactive() -> None:
         return
     now = utcnow()
     rows: dict[str, list] = defaultdict(list)
+    raised: list[Alert] = []
     version = _row_version()
     for key, value in list(journeys.items()):
         if key in swept:
@@ -163,13 +171,21 @@ async def sweep_inactive() -> None:
                 or now - journey_log.events[-1].at <= INACTIVE_AFTER):
             continue
         swept.add(key)
-        _emit_journey(journey_log, [], rows, now, version)
+        raised += _emit_journey(journey_log, [], rows, now, version, already=swept_alerts)
+    swept_alerts.update(a.alert_id for a in raised)
+    await _raise(raised)
     if rows:
         log.info("inactivity sweep: %d journeys churned", len(rows["customer_journeys"]))
         await sink.write(rows)
 
 
 # ── what the agents call ─────────────────────────────────────────────────────
+async def _raise(alerts: list[Alert]) -> None:
+    for alert in alerts:
+        metrics.alerts_raised.labels(alert.kind).inc()
+        await alerts_topic.send(key=alert.customer_id.encode(), value=msgspec.json.encode(alert))
+
+
 async def _to_journey(key: str, command: Touch | MergeInto | Merge) -> None:
     await journey_events_topic.send(key=key.encode(), value=encode_command(command))
 
@@ -222,35 +238,45 @@ async def _update_journeys(events: Sequence[EventT]) -> None:
             # and this merge comes after that journey's last write.
             fresh[key] += [decode_touchpoint(e.raw) for e in command.log.events if e.raw]
             counted.update(e.event_id for e in command.log.events)  # in the device journey
+    raised: list[Alert] = []
     for key, journey_log in logs.items():
         if journey_log.events and not journey_log.merged_into:
-            _emit_journey(journey_log, fresh.get(key, []), rows, now, version, counted)
+            raised += _emit_journey(journey_log, fresh.get(key, []), rows, now, version, counted)
         with _writing_for(carriers[key]):
             journeys[key] = encode_log(journey_log)
     for customer, merge in outgoing:
         await _to_journey(customer, merge)
+    await _raise(raised)
     await sink.write(rows)
 
 
 def _emit_journey(journey_log: JourneyLog, fresh: list[Touchpoint], rows: dict[str, list],
-                  now: object, version: int, counted: set[str] | None = None) -> None:
-    j = fold(journey_log, inactive_after=INACTIVE_AFTER, now=now)  # type: ignore[arg-type]
+                  now: datetime, version: int, counted: set[str] | None = None,
+                  already: set[str] | frozenset[str] = frozenset()) -> list[Alert]:
+    """Rows for a journey that changed; returns the alerts it raises for the first time."""
+    j = fold(journey_log, inactive_after=INACTIVE_AFTER, now=now)
     # Twice the log version, plus one once inactivity churned it: the sweep's row (no
     # new touchpoint, same log version) wins over the last one, and loses to the next.
     snapshot_version = journey_log.version * 2 + int(j.churn_reason == "inactive")
-    rows["customer_journeys"].append(journey_row(j, snapshot_version, now))  # type: ignore[arg-type]
+    rows["customer_journeys"].append(journey_row(j, snapshot_version, now))
     rows["journey_transitions"] += transition_rows(j, journey_log.emitted_transitions, version)
     rows["support_tickets"] += ticket_rows(j, version)
     for tp in {tp.event_id: tp for tp in fresh}.values():
         rows["touchpoints"].append(touchpoint_row(
             tp, j.key, journey_log.customer_id, j.stage_at_event.get(tp.event_id, j.stage),
-            now, version))  # type: ignore[arg-type]
+            now, version))
         if counted is None or tp.event_id not in counted:
             _count_cx(tp, j)
     journey_log.emitted_transitions = len(j.transitions)
     if journey_log.customer_id:  # identified: its events never move again
         journey_log.events = [msgspec.structs.replace(e, raw=b"") if e.raw else e
                               for e in journey_log.events]
+    raised = [a for a in alerts_for(journey_log, j, now=now, first_response_sla=SLA,
+                                    churn_risk_threshold=settings.churn_risk_alert)
+              if a.alert_id not in journey_log.alerts_raised and a.alert_id not in already]
+    journey_log.alerts_raised += [a.alert_id for a in raised]
+    rows["journey_alerts"] += [alert_row(a, now) for a in raised]
+    return raised
 
 
 @contextlib.contextmanager

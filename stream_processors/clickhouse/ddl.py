@@ -182,12 +182,30 @@ PARTITION BY toYYYYMM(received_at)
 ORDER BY (topic, partition, offset){d.ttl("toDateTime(received_at) + INTERVAL 90 DAY")}"""]
 
 
+def _journey_alerts(d: Dialect, db: str) -> list[str]:
+    return [f"""CREATE TABLE IF NOT EXISTS {db}.journey_alerts
+(
+    alert_id String,
+    kind {d.lc()},
+    journey_key String,
+    customer_id String,
+    reason String,
+    touchpoints Array(String),
+    at {d.time},
+    raised_at {d.time}
+)
+ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(at)
+ORDER BY alert_id"""]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "touchpoints", _touchpoints),
     Migration(2, "customer_journeys", _customer_journeys),
     Migration(3, "dead_letters", _dead_letters),
     Migration(4, "journey_transitions", _journey_transitions),
     Migration(5, "support_tickets", _support_tickets),
+    Migration(6, "journey_alerts", _journey_alerts),
 )
 
 

@@ -8,9 +8,9 @@ from decimal import Decimal
 import msgspec
 
 from schemas import Touchpoint
-from stream_processors.journey import STAGES, Journey
+from stream_processors.journey import STAGES, Alert, Journey
 
-__all__ = ["COLUMNS", "dead_letter_row", "journey_row", "merged_row", "ticket_rows",
+__all__ = ["COLUMNS", "alert_row", "dead_letter_row", "journey_row", "merged_row", "ticket_rows",
            "touchpoint_row", "transition_rows"]
 
 #: Insert column order per table; tests check it against the live DDL.
@@ -32,6 +32,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "journey_transitions": (
         "journey_key", "customer_id", "seq", "from_stage", "to_stage", "at", "event_id",
         "reason", "is_deleted", "row_version"),
+    "journey_alerts": (
+        "alert_id", "kind", "journey_key", "customer_id", "reason", "touchpoints", "at",
+        "raised_at"),
     "support_tickets": (
         "ticket_id", "journey_key", "customer_id", "channel", "order_id", "opened_at",
         "first_response_at", "resolved_at", "first_response_seconds", "resolution_seconds",
@@ -92,6 +95,11 @@ def ticket_rows(j: Journey, row_version: int) -> list[tuple]:
     return [(t.ticket_id, j.key, j.customer_id or "", t.channel, t.order_id, t.opened_at,
              t.first_response_at, t.resolved_at, t.first_response_seconds, t.resolution_seconds,
              t.reopened, t.messages, t.status, row_version) for t in j.tickets.values()]
+
+
+def alert_row(alert: Alert, now: datetime) -> tuple:
+    return (alert.alert_id, alert.kind, alert.journey_key, alert.customer_id, alert.reason,
+            list(alert.touchpoints), alert.at, now)
 
 
 def dead_letter_row(now: datetime, topic: str, partition: int, offset: int, reason: str,

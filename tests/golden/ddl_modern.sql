@@ -125,3 +125,18 @@ CREATE TABLE IF NOT EXISTS journey.support_tickets
 )
 ENGINE = ReplacingMergeTree(row_version)
 ORDER BY ticket_id;
+
+CREATE TABLE IF NOT EXISTS journey.journey_alerts
+(
+    alert_id String,
+    kind LowCardinality(String),
+    journey_key String,
+    customer_id String,
+    reason String,
+    touchpoints Array(String),
+    at DateTime64(3, 'UTC'),
+    raised_at DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(at)
+ORDER BY alert_id;

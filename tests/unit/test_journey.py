@@ -159,3 +159,51 @@ def test_versions_grow_only_on_change_and_the_codec_round_trips() -> None:
     assert add_events(log, [e], customer_id="c-1") and log.version == 1
     assert not add_events(log, [e]) and log.version == 1
     assert decode_log(encode_log(log)) == log
+
+
+# ── alerts ───────────────────────────────────────────────────────────────────
+SLA = timedelta(hours=4)
+
+
+def alerts(*events: JourneyEvent, now_hours: float = 1000, key: str = "c-1"):
+    from stream_processors.journey import alerts_for
+
+    log = JourneyLog(key=key, customer_id=None if key.startswith("anon:") else key)
+    add_events(log, list(events))
+    return alerts_for(log, fold(log), now=T0 + timedelta(hours=now_hours),
+                      first_response_sla=SLA, churn_risk_threshold=60)
+
+
+def test_detractors_and_low_csat_call_for_a_follow_up() -> None:
+    got = alerts(ev("survey_response", 1, survey="nps", score=4, rates={"order_id": "o-1"}),
+                 ev("survey_response", 2, survey="nps", score=9),
+                 ev("survey_response", 3, survey="csat", score=2))
+    assert [(a.kind, a.reason) for a in got] == [
+        ("detractor_followup", "NPS 4: follow up with the customer (about order o-1)"),
+        ("low_csat_followup", "CSAT 2: follow up with the customer")]
+    assert got[0].alert_id == f"detractor:{got[0].touchpoints[0]}"
+
+
+def test_a_bad_delivery_without_contact_calls_for_outreach() -> None:
+    late = ev("delivery_updated", 40, order_id="o-1", status="late")
+    (alert,) = alerts(*shop(late))
+    assert (alert.kind, alert.touchpoints, alert.customer_id) == (
+        "proactive_outreach", (late.event_id,), "c-1")
+    contacted = alerts(*shop(ev("delivery_updated", 40, order_id="o-1", status="damaged"),
+                             ev("support_ticket_opened", 41, ticket_id="t", channel="chat")))
+    assert [a.kind for a in contacted] == ["first_response_sla"]  # the ticket waits, though
+
+
+def test_first_response_sla_is_judged_against_now() -> None:
+    opened = ev("support_ticket_opened", 10, ticket_id="t", channel="email")
+    assert alerts(opened, now_hours=12) == []
+    (alert,) = alerts(opened, now_hours=15)
+    assert (alert.kind, alert.at) == ("first_response_sla", T0 + timedelta(hours=14))
+    answered = alerts(opened, ev("support_message", 11, ticket_id="t", author="agent"))
+    assert answered == []
+
+
+def test_churn_risk_over_the_threshold_and_nobody_anonymous() -> None:
+    got = alerts(*shop(ev("subscription_cancelled", 50)))
+    assert [(a.kind, a.reason) for a in got] == [("churn_risk", "churn risk 100: cancelled")]
+    assert alerts(ev("survey_response", 1, survey="nps", score=0), key="anon:a-1") == []
