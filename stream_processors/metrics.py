@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["WorkerMetrics"]
 
@@ -25,6 +25,8 @@ class WorkerMetrics(NamedTuple):
     sink_failures: Counter
     processing_lag_seconds: Histogram
     alerts_raised: Counter
+    consumer_lag: Gauge
+    table_keys: Gauge
     cx_survey_responses: Counter
     cx_ces_score: Histogram
     cx_orders: Counter
@@ -87,6 +89,12 @@ class WorkerMetrics(NamedTuple):
                 "takes a touchpoint in.", buckets=_LAG_BUCKETS, registry=registry),
             alerts_raised=Counter(f"{prefix}_alerts_raised", "Closed-loop alerts raised.",
                                   ["kind"], registry=registry),
+            consumer_lag=Gauge(
+                f"{prefix}_consumer_lag", "Messages behind the high watermark, per assigned "
+                "partition (labels: as many partitions as the topics have).",
+                ["topic", "partition"], registry=registry),
+            table_keys=Gauge(f"{prefix}_table_keys", "Keys in this worker's part of a table.",
+                             ["table"], registry=registry),
             # CX counts, not ratios: NPS, CSAT and quantiles are recording rules over
             # them (deploy/prometheus/rules), so they aggregate across workers.
             cx_survey_responses=Counter(

@@ -179,6 +179,24 @@ async def sweep_inactive() -> None:
         await sink.write(rows)
 
 
+@app.timer(interval=5.0)
+async def observe_lag() -> None:
+    """Consumer lag per assigned partition and table sizes, for ops."""
+    consumer = app.consumer
+    metrics.consumer_lag.clear()  # partitions move between workers on rebalance
+    for tp in consumer.assignment():
+        try:
+            position = await consumer.position(tp)
+            highwater = consumer.highwater(tp)
+        except Exception:  # not fetched yet, or just revoked
+            continue
+        if position is not None and highwater is not None:
+            metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                max(0, highwater - position))
+    metrics.table_keys.labels("journeys").set(len(journeys))
+    metrics.table_keys.labels("devices").set(len(devices))
+
+
 # ── what the agents call ─────────────────────────────────────────────────────
 async def _raise(alerts: list[Alert]) -> None:
     for alert in alerts:

@@ -153,6 +153,15 @@ def test_journeys_equal_the_simulators_truth(settings, clickhouse, start_worker,
     assert identified > 100
     metrics = worker.metrics()
     assert 'journey_touchpoints_processed_total{type="identify"}' in metrics
+
+    def gauges() -> bool:
+        text = worker.metrics()
+        keys = [line for line in text.splitlines()
+                if line.startswith('journey_table_keys{table="journeys"}')]
+        return (f'journey_consumer_lag{{partition="0",topic="{settings.touchpoints_topic}"}}'
+                in text and bool(keys) and float(keys[0].rsplit(" ", 1)[1]) >= len(truth))
+
+    wait_for(gauges, timeout=30, what="consumer lag and table size gauges")
     # Sent up to LATENESS out of order against a 1 h bound: some count as late.
     late = next(line for line in metrics.splitlines()
                 if line.startswith("journey_late_touchpoints_total"))
