@@ -1,0 +1,52 @@
+"""One customer, two devices, identified at different times: one journey in the end."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from producers import JourneyClient
+from schemas import utcnow
+from tests.conftest import wait_for
+
+
+def test_two_devices_become_one_customer_journey(settings, clickhouse, start_worker,
+                                                 tmp_path) -> None:
+    start_worker(churn_inactive_days=0.0)
+    t0 = utcnow() - timedelta(days=3)
+
+    def at(hours: float):
+        return t0 + timedelta(hours=hours)
+
+    with JourneyClient(settings.bootstrap_servers, settings.touchpoints_topic,
+                       spool_dir=tmp_path / "spool") as sdk:
+        # The laptop browses anonymously; the phone too. The phone logs in first, and its
+        # identify is delivered before the laptop's anonymous history.
+        sdk.track("ad_click", anonymous_id="phone", event_id="p1", occurred_at=at(0),
+                  channel="ad", properties={"ad_id": "ad-1"})
+        sdk.identify("cust-7", anonymous_id="phone", event_id="p2", occurred_at=at(2))
+        sdk.track("page_view", anonymous_id="laptop", event_id="l1", occurred_at=at(1))
+        sdk.track("checkout_started", anonymous_id="laptop", event_id="l2", occurred_at=at(3))
+        sdk.track("order_placed", customer_id="cust-7", anonymous_id="laptop", event_id="l3",
+                  occurred_at=at(4), properties={"order_id": "o-7", "revenue": 42.0})
+        # After both logins, anonymous activity on either device still belongs to cust-7.
+        sdk.track("page_view", anonymous_id="phone", event_id="p3", occurred_at=at(30),
+                  channel="app")
+        sdk.track("page_view", anonymous_id="laptop", event_id="l4", occurred_at=at(31))
+
+    def journeys() -> list[tuple]:
+        return clickhouse.execute(
+            "SELECT journey_key, customer_id, arraySort(anonymous_ids), touchpoints, orders, "
+            "stage_names FROM customer_journeys FINAL WHERE merged_into = ''")
+
+    wait_for(lambda: journeys() == [("cust-7", "cust-7", ["laptop", "phone"], 7, 1,
+                                     ["awareness", "consideration", "purchase"])],
+             timeout=60, what="one journey for cust-7 with both devices")
+    merged = dict(clickhouse.execute(
+        "SELECT journey_key, merged_into FROM customer_journeys FINAL WHERE merged_into != ''"))
+    assert merged == {"anon:phone": "cust-7", "anon:laptop": "cust-7"}
+    owners = dict(clickhouse.execute("SELECT event_id, customer_id FROM touchpoints FINAL"))
+    assert owners == {e: "cust-7" for e in ("p1", "p2", "p3", "l1", "l2", "l3", "l4")}
+    transitions = clickhouse.execute(
+        "SELECT to_stage, event_id FROM journey_transitions FINAL WHERE is_deleted = 0 "
+        "ORDER BY journey_key, seq")
+    assert transitions == [("awareness", "p1"), ("consideration", "l1"), ("purchase", "l3")]
