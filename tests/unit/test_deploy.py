@@ -14,7 +14,8 @@ def compose() -> dict:
 
 
 def test_compose_has_the_production_services() -> None:
-    assert {"kafka", "clickhouse", "prometheus", "worker", "migrate"} <= set(compose()["services"])
+    assert {"kafka", "clickhouse", "prometheus", "worker", "collector", "migrate"} <= set(
+        compose()["services"])
 
 
 def test_images_are_pinned() -> None:
@@ -47,7 +48,8 @@ def test_mounted_files_exist() -> None:
                 assert (DEPLOY / source).exists(), (name, source)
 
 
-def test_worker_listens_beyond_loopback_in_containers() -> None:
-    env = compose()["services"]["worker"]["environment"]
-    assert env["JOURNEY_WORKER_WEB_HOST"] == "0.0.0.0"
-    assert env["JOURNEY_STORE"] == "rocksdb://"
+def test_services_listen_beyond_loopback_in_containers() -> None:
+    services = compose()["services"]
+    assert services["worker"]["environment"]["JOURNEY_WORKER_WEB_HOST"] == "0.0.0.0"
+    assert services["worker"]["environment"]["JOURNEY_STORE"] == "rocksdb://"
+    assert services["collector"]["environment"]["JOURNEY_COLLECTOR_HOST"] == "0.0.0.0"
