@@ -138,17 +138,18 @@ def test_journeys_equal_the_simulators_truth(settings, clickhouse, start_worker,
                                        store=store)
     # Stitching: every touchpoint of an identified person, anonymous ones included,
     # carries the customer; and their device journeys were merged away.
-    rows = dict(clickhouse.execute("SELECT event_id, customer_id FROM touchpoints FINAL"))
-    for person in people:
-        if any(e.customer_id for e in person.events):
-            unresolved = [(e.event_id, e.type, e.customer_id, str(e.occurred_at))
-                          for e in person.events if rows[e.event_id] != person.customer_id]
-            if unresolved:
-                ids = ", ".join(f"'{u[0]}'" for u in unresolved)
-                raw_rows = clickhouse.execute(
-                    "SELECT event_id, journey_key, customer_id, row_version, ingested_at "
-                    f"FROM touchpoints WHERE event_id IN ({ids}) ORDER BY event_id, row_version")
-                raise AssertionError(f"{person.customer_id}: {unresolved} rows: {raw_rows}")
+    # (Rows of one batch reach the tables one table after another, so wait here too.)
+    def unresolved() -> list[tuple]:
+        rows = dict(clickhouse.execute("SELECT event_id, customer_id FROM touchpoints FINAL"))
+        return [(e.event_id, person.customer_id, rows.get(e.event_id)) for person in people
+                if any(e.customer_id for e in person.events) for e in person.events
+                if rows.get(e.event_id) != person.customer_id]
+
+    try:
+        wait_for(lambda: not unresolved(), timeout=30, what="every touchpoint resolved")
+    except BaseException:
+        print(unresolved()[:10])
+        raise
     identified = sum(1 for k in truth if not k.startswith("anon:"))
     assert identified > 100
     metrics = worker.metrics()

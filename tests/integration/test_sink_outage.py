@@ -49,11 +49,16 @@ def test_the_sink_retries_until_clickhouse_is_back(settings, start_worker, tmp_p
         clickhouse = Stack(own, echo=lambda line: None)  # same data directory
         clickhouse.start(["clickhouse"])
         wait_for(lambda: count() == len(events), timeout=90, what="every touchpoint")
-        client = connect(own.clickhouse_url, database=own.clickhouse_database)
-        journeys = client.execute(
-            "SELECT count() FROM customer_journeys FINAL WHERE merged_into = ''")[0][0]
-        client.disconnect()
-        assert journeys == len(people)
+
+        def journeys() -> int:
+            client = connect(own.clickhouse_url, database=own.clickhouse_database)
+            try:
+                return client.execute(
+                    "SELECT count() FROM customer_journeys FINAL WHERE merged_into = ''")[0][0]
+            finally:
+                client.disconnect()
+
+        wait_for(lambda: journeys() == len(people), timeout=60, what="every journey")
     finally:
         sdk.close(timeout=5)
         clickhouse.stop()
