@@ -6,11 +6,11 @@ failing for another reason is caught too.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
+
+from schemas.properties import DELIVERY_STATUSES, TICKET_CHANNELS
 
 __all__ = ["EXAMPLES"]
-
-Example = dict[str, Any]
 
 #: (type, version) → {"valid": [properties, ...], "invalid": [(properties, field), ...]}
 EXAMPLES: Final[dict[tuple[str, int], dict[str, list]]] = {
@@ -77,7 +77,7 @@ EXAMPLES: Final[dict[tuple[str, int], dict[str, list]]] = {
     },
     ("delivery_updated", 1): {
         "valid": [{"order_id": "o-1", "status": s}
-                  for s in ("on_time", "late", "damaged", "failed", "returned")],
+                  for s in DELIVERY_STATUSES],
         "invalid": [({"order_id": "o-1", "status": "lost"}, "$.properties.status")],
     },
     ("package_opened", 1): {
@@ -99,7 +99,7 @@ EXAMPLES: Final[dict[tuple[str, int], dict[str, list]]] = {
     },
     ("support_ticket_opened", 1): {
         "valid": [{"ticket_id": "t-1", "channel": c} for c in
-                  ("chat", "email", "phone", "social", "in_store")],
+                  TICKET_CHANNELS],
         "invalid": [({"ticket_id": "t-1", "channel": "pigeon"}, "$.properties.channel")],
     },
     ("support_message", 1): {

@@ -19,8 +19,10 @@ _Str = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 _Money = Annotated[float, msgspec.Meta(ge=0)]
 _Currency = Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
 
-DELIVERY_STATUSES: Final = ("on_time", "late", "damaged", "failed", "returned")
-TICKET_CHANNELS: Final = ("chat", "email", "phone", "social", "in_store")
+DeliveryStatus = Literal["on_time", "late", "damaged", "failed", "returned"]
+TicketChannel = Literal["chat", "email", "phone", "social", "in_store"]
+DELIVERY_STATUSES: Final = DeliveryStatus.__args__
+TICKET_CHANNELS: Final = TicketChannel.__args__
 
 
 class Properties(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -111,7 +113,7 @@ class OrderShipped(Properties):
 
 class DeliveryUpdated(Properties):
     order_id: _Str
-    status: Literal["on_time", "late", "damaged", "failed", "returned"]
+    status: DeliveryStatus
 
 
 class PackageOpened(Properties):
@@ -138,7 +140,7 @@ class ReviewSubmitted(Properties):
 # ── service ──────────────────────────────────────────────────────────────────
 class SupportTicketOpened(Properties):
     ticket_id: _Str
-    channel: Literal["chat", "email", "phone", "social", "in_store"]
+    channel: TicketChannel
     order_id: str | None = None
     topic: str | None = None
 

@@ -15,6 +15,7 @@ from ddsketch import DDSketch
 
 __all__ = [
     "DurationSketch", "Ratio", "ces", "checkout_abandonment", "contact_rate", "csat",
+    "csat_satisfied",
     "damaged_rate", "first_contact_resolution", "nps", "nps_category", "on_time_rate",
     "reopen_rate", "repeat_purchase_rate", "retention", "visitor_conversion",
 ]
@@ -52,10 +53,15 @@ def nps(scores: Iterable[int]) -> Ratio:
     return Ratio(promoters - detractors, len(scores))
 
 
+def csat_satisfied(score: int) -> bool:
+    """A 4 or a 5 on the 1 to 5 scale."""
+    return score >= 4
+
+
 def csat(scores: Iterable[int]) -> Ratio:
-    """Share of 4 and 5 answers on the 1 to 5 scale."""
+    """Share of satisfied answers (4 and 5) on the 1 to 5 scale."""
     scores = list(scores)
-    return Ratio(sum(1 for s in scores if s >= 4), len(scores))
+    return Ratio(sum(1 for s in scores if csat_satisfied(s)), len(scores))
 
 
 def ces(scores: Iterable[int]) -> Ratio:

@@ -22,6 +22,7 @@ from typing import Any, Final
 import msgspec
 
 from schemas import Touchpoint
+from stream_processors.cx_metrics import nps_category
 
 __all__ = [
     "FUNNEL", "STAGES", "Alert", "Journey", "JourneyEvent", "JourneyLog", "Ticket", "Transition",
@@ -143,9 +144,7 @@ class Journey(msgspec.Struct, kw_only=True):
 
     @property
     def nps_category(self) -> str:
-        if self.nps is None:
-            return ""
-        return "promoter" if self.nps >= 9 else "passive" if self.nps >= 7 else "detractor"
+        return "" if self.nps is None else nps_category(self.nps)
 
 
 # ── the log ──────────────────────────────────────────────────────────────────
@@ -385,7 +384,7 @@ def churn_risk(j: _Fold) -> tuple[int, list[str]]:
         reasons.append("cancelled")
     if j.churn_reason == "inactive":
         reasons.append("inactive")
-    if j.nps is not None and j.nps <= 6:
+    if j.nps is not None and nps_category(j.nps) == "detractor":
         reasons.append("detractor")
     if any(t.status == "open" for t in j.tickets.values()):
         reasons.append("open_ticket")
@@ -446,7 +445,7 @@ def alerts_for(log: JourneyLog, j: Journey, *, now: datetime,
         p = e.properties
         if e.type == "survey_response":
             score, rated = int(p.get("score", 0)), _rated(p)
-            if p.get("survey") == "nps" and score <= 6:
+            if p.get("survey") == "nps" and nps_category(score) == "detractor":
                 alert(f"detractor:{e.event_id}", "detractor_followup",
                       f"NPS {score}: follow up with the customer{rated}", (e.event_id,), e.at)
             elif p.get("survey") == "csat" and score <= 2:

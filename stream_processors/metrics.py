@@ -6,6 +6,9 @@ from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from schemas import CHANNELS
+from schemas.properties import DELIVERY_STATUSES, TICKET_CHANNELS
+
 __all__ = ["WorkerMetrics"]
 
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
@@ -48,16 +51,14 @@ class WorkerMetrics(NamedTuple):
         ratio (promoters, detractors, responses) are extrapolated alike, so recording
         rules such as NPS are exact rather than skewed by when a series first appeared.
         """
-        channels = ("web", "app", "email", "sms", "phone", "chat", "social", "store", "ad",
-                    "other")
         for survey, categories in (("nps", ("promoter", "passive", "detractor")),
                                    ("csat", ("satisfied", "unsatisfied")), ("ces", ("answered",))):
             for category in categories:
-                for channel in channels:
+                for channel in CHANNELS:
                     self.cx_survey_responses.labels(survey, category, channel)
-        for status in ("on_time", "late", "damaged", "failed", "returned"):
+        for status in DELIVERY_STATUSES:
             self.cx_deliveries.labels(status)
-        for channel in ("chat", "email", "phone", "social", "in_store"):
+        for channel in TICKET_CHANNELS:
             self.cx_tickets_opened.labels(channel)
 
     @classmethod

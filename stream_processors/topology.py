@@ -52,7 +52,7 @@ from stream_processors.clickhouse.rows import (
 )
 from stream_processors.clickhouse.sink import ClickHouseSink
 from stream_processors.commands import Merge, MergeInto, Touch, decode_command, encode_command
-from stream_processors.cx_metrics import nps_category
+from stream_processors.cx_metrics import csat_satisfied, nps_category
 from stream_processors.journey import (
     Alert,
     Journey,
@@ -325,7 +325,7 @@ def _count_cx(tp: Touchpoint, j: Journey) -> None:
         if survey == "nps":
             category = nps_category(score)
         elif survey == "csat":
-            category = "satisfied" if score >= 4 else "unsatisfied"
+            category = "satisfied" if csat_satisfied(score) else "unsatisfied"
         else:
             category = "answered"
             metrics.cx_ces_score.observe(score)
