@@ -141,11 +141,6 @@ class Stack:
                 proc.wait()
             self.echo(f"  stopped {child.name}")
 
-    def running(self) -> dict[str, int]:
-        """Name → pid of children still alive."""
-        return {c.name: c.process.pid for c in self._started
-                if c.process is not None and c.process.poll() is None}
-
     def wait(self) -> str:
         """Block until a child exits (returns its name) or Ctrl-C (raises KeyboardInterrupt)."""
         while True:

@@ -242,7 +242,6 @@ class _Fold:
         self.ces: int | None = None
         self.churned = False
         self.churn_reason = ""
-        self.bad_at: datetime | None = None
         self.recovery = ""
         self.payment_failed_pending = False
 
@@ -297,7 +296,7 @@ class _Fold:
             else:
                 self.advance("fulfilment", e.at, e.event_id, f"delivery_{status}")
             if status in _BAD_DELIVERY and self.recovery != "pending":
-                self.bad_at, self.recovery = e.at, "unaddressed"
+                self.recovery = "unaddressed"
         elif t in ("return_requested", "return_completed", "review_submitted",
                    "package_opened"):
             if self.orders:

@@ -205,6 +205,7 @@ class Collector:
                 raise _Reject(400, "the body is not valid gzip") from None
             if len(body) > MAX_BATCH_BYTES:
                 raise _Reject(413, f"the body is over {MAX_BATCH_BYTES // 1024} KB unzipped")
+        self.metrics.request_bytes.observe(len(body))
         return body
 
     def _messages(self, path: str, payload: dict[str, Any]) -> list[Any]:

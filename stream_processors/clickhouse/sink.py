@@ -81,8 +81,3 @@ class ClickHouseSink:
         self._metrics.sink_insert_seconds.labels(table).observe(time.perf_counter() - started)
         self._metrics.sink_batch_rows.labels(table).observe(len(rows))
         self._metrics.sink_rows.labels(table).inc(len(rows))
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
-        if self._client is not None:
-            self._client.disconnect()

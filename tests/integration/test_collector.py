@@ -88,6 +88,7 @@ def test_mixed_batch_reports_each_event_and_dead_letters_the_bad(settings,
     metrics = c.metrics()
     assert 'journey_collector_events_total{outcome="accepted",reason=""} 3.0' in metrics
     assert 'journey_collector_events_total{outcome="rejected",reason="too_large"} 1.0' in metrics
+    assert "journey_collector_request_bytes_count 1.0" in metrics
 
 
 def test_segment_limits(settings, start_collector) -> None:
