@@ -42,10 +42,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         host, _ = s.broker_host_port
         changes["broker_url"] = f"{host}:{args.broker_port}"
     if getattr(args, "clickhouse_port", None):
-        host, _ = s.clickhouse_host_port
-        url = s.clickhouse_url.replace(f"{host}:{s.clickhouse_host_port[1]}",
-                                       f"{host}:{args.clickhouse_port}")
-        changes["clickhouse_url"] = url
+        changes["clickhouse_url"] = s.clickhouse_url_for(port=args.clickhouse_port)
     if getattr(args, "clickhouse_http_port", None):
         changes["clickhouse_http_port"] = args.clickhouse_http_port
     if getattr(args, "worker_port", None):

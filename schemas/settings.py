@@ -185,9 +185,16 @@ class Settings:
         parts = urlsplit(self.clickhouse_url)
         return parts.hostname or "127.0.0.1", parts.port or 9000
 
-    def clickhouse_url_for(self, database: str) -> str:
+    def clickhouse_url_for(self, database: str | None = None, *, port: int | None = None) -> str:
+        """The ClickHouse URL with another database and/or port, credentials kept."""
         parts = urlsplit(self.clickhouse_url)
-        return urlunsplit(parts._replace(path=f"/{database}"))
+        if database is not None:
+            parts = parts._replace(path=f"/{database}")
+        if port is not None:
+            credentials, at, address = parts.netloc.rpartition("@")
+            host = address.rsplit(":", 1)[0] if parts.port else address
+            parts = parts._replace(netloc=f"{credentials}{at}{host}:{port}")
+        return urlunsplit(parts)
 
     def to_env(self) -> dict[str, str]:
         """The environment that makes a child process build these same settings."""

@@ -46,10 +46,12 @@ _encoder = msgspec.json.Encoder()
 
 
 class _Reject(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers or {}
 
 
 class Collector:
@@ -142,9 +144,7 @@ class Collector:
             response = await self._handle(request)
         except _Reject as exc:
             response = web.json_response({"success": False, "error": exc.message},
-                                         status=exc.status)
-            if exc.status == 429:
-                response.headers["Retry-After"] = exc.message.rsplit(" ", 2)[-2]
+                                         status=exc.status, headers=exc.headers)
         self._count(request, response.status)
         return response
 
@@ -165,8 +165,10 @@ class Collector:
         messages = self._messages(request.path, payload)
         wait = self.limiter.take(source, len(messages))
         if wait:
+            retry_after = math.ceil(wait)
             raise _Reject(429, f"rate limit of {self.settings.collector_rate_limit:g} events/s "
-                          f"exceeded; retry after {math.ceil(wait)} s")
+                          f"exceeded; retry after {retry_after} s",
+                          headers={"Retry-After": str(retry_after)})
         accepted: list[tuple[bytes, bytes]] = []
         rejected: list[dict[str, Any]] = []
         dead: list[tuple[bytes | None, bytes]] = []

@@ -45,3 +45,11 @@ def test_to_env_round_trips() -> None:
     s = Settings.from_env({}).replace(topic_prefix="x", topic_partitions=3,
                                       data_dir=Path("/tmp/d"))
     assert Settings.from_env(s.to_env()) == s
+
+
+def test_clickhouse_url_for_another_database_or_port_keeps_credentials() -> None:
+    s = Settings.from_env({"JOURNEY_CLICKHOUSE_URL": "clickhouse://app:pw@ch:9000/prod"})
+    assert s.clickhouse_url_for("t1") == "clickhouse://app:pw@ch:9000/t1"
+    assert s.clickhouse_url_for(port=19000) == "clickhouse://app:pw@ch:19000/prod"
+    local = Settings.from_env({"JOURNEY_CLICKHOUSE_URL": "clickhouse://127.0.0.1/journey"})
+    assert local.clickhouse_url_for("x", port=9001) == "clickhouse://127.0.0.1:9001/x"
