@@ -155,10 +155,13 @@ def event_of(tp: Touchpoint, raw: bytes = b"") -> JourneyEvent:
 
 
 def add_events(log: JourneyLog, events: list[JourneyEvent],
-               customer_id: str | None = None) -> bool:
-    """Insert events in time order, skipping known event ids; True if anything changed."""
+               customer_id: str | None = None) -> list[JourneyEvent]:
+    """Insert events in time order, skipping known event ids; returns those inserted.
+
+    The version moves when anything changed: an event inserted or the customer set.
+    """
     known = {e.event_id for e in log.events}
-    changed = False
+    added = []
     for event in events:
         if event.event_id in known:
             continue
@@ -166,18 +169,19 @@ def add_events(log: JourneyLog, events: list[JourneyEvent],
         bisect.insort(log.events, event, key=lambda e: (e.at, e.event_id))
         if event.anonymous_id and event.anonymous_id not in log.anonymous_ids:
             log.anonymous_ids.append(event.anonymous_id)
-        changed = True
+        added.append(event)
+    changed = bool(added)
     if customer_id and log.customer_id != customer_id:
         log.customer_id = customer_id
         changed = True
     if changed:
         log.version += 1
-    return changed
+    return added
 
 
 def merge_logs(into: JourneyLog, other: JourneyLog) -> bool:
-    """Fold a device's anonymous journey into the customer's journey."""
-    changed = add_events(into, other.events)
+    """Fold a device's anonymous journey into the customer's journey; True on a change."""
+    changed = bool(add_events(into, other.events))
     for anonymous_id in other.anonymous_ids:
         if anonymous_id not in into.anonymous_ids:
             into.anonymous_ids.append(anonymous_id)

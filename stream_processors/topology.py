@@ -38,7 +38,7 @@ from faust.types import EventT, StreamT
 from faust.web import Request, Response, Web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from schemas import SchemaError, Touchpoint, decode_touchpoint, utcnow
+from schemas import SchemaError, Touchpoint, decode_touchpoint, decode_trusted, utcnow
 from stream_processors.app import app, settings
 from stream_processors.clickhouse.rows import (
     alert_row,
@@ -128,7 +128,7 @@ async def route_by_device(stream: StreamT) -> None:
 async def resolve_identity(stream: StreamT) -> None:
     async for events in stream.take_events(BATCH, within=WITHIN):
         for event in events:
-            tp = decode_touchpoint(event.value)
+            tp = decode_trusted(event.value)
             device = event.key
             linked = devices.get(device)
             customer = tp.customer_id
@@ -224,15 +224,15 @@ async def _update_journeys(events: Sequence[EventT]) -> None:
         command = decode_command(event.value)
         if isinstance(command, Touch):
             anonymous = journey_log.customer_id is None and command.customer_id is None
-            tps = [decode_touchpoint(raw) for raw in command.touchpoints]
+            tps = [decode_trusted(raw) for raw in command.touchpoints]
             if journey_log.events:
                 horizon = journey_log.events[-1].at - LATENESS
                 metrics.late_touchpoints.inc(sum(1 for tp in tps if tp.occurred_at < horizon))
-            known = {e.event_id for e in journey_log.events}
-            add_events(journey_log, [event_of(tp, raw if anonymous else b"")
-                                     for tp, raw in zip(tps, command.touchpoints, strict=True)],
-                       command.customer_id)
-            fresh[key] += [tp for tp in tps if tp.event_id not in known]
+            added = add_events(journey_log, [event_of(tp, raw if anonymous else b"") for tp, raw
+                                             in zip(tps, command.touchpoints, strict=True)],
+                               command.customer_id)
+            new_ids = {e.event_id for e in added}
+            fresh[key] += [tp for tp in tps if tp.event_id in new_ids]
             swept.discard(key)
         elif isinstance(command, MergeInto):
             if journey_log.merged_into or not journey_log.events:
@@ -254,7 +254,7 @@ async def _update_journeys(events: Sequence[EventT]) -> None:
             # customer, even one the customer's journey already had (a duplicate routed
             # here after the link): the device journey may have written its row later,
             # and this merge comes after that journey's last write.
-            fresh[key] += [decode_touchpoint(e.raw) for e in command.log.events if e.raw]
+            fresh[key] += [decode_trusted(e.raw) for e in command.log.events if e.raw]
             counted.update(e.event_id for e in command.log.events)  # in the device journey
     raised: list[Alert] = []
     for key, journey_log in logs.items():

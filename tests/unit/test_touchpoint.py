@@ -67,3 +67,17 @@ def test_every_type_belongs_to_a_stage() -> None:
     assert len(TOUCHPOINT_TYPES) == 25
     assert {"awareness", "consideration", "purchase", "fulfilment", "post_purchase", "service",
             "feedback", "lifecycle"} == set(TOUCHPOINT_TYPES.values())
+
+
+def test_trusted_decoding_skips_only_what_ingress_already_checked() -> None:
+    from schemas import decode_trusted
+
+    valid = encode_touchpoint(Touchpoint(event_id="e", type="order_placed", occurred_at=T,
+                                         customer_id="c", properties={"order_id": "o",
+                                                                      "revenue": 1.0}))
+    assert decode_trusted(valid) == decode_touchpoint(valid)
+    no_revenue = (b'{"event_id":"e","type":"order_placed","occurred_at":"2026-01-01T00:00:00Z"'
+                  b',"customer_id":"c","properties":{"order_id":"o"}}')
+    with pytest.raises(SchemaError):
+        decode_touchpoint(no_revenue)
+    assert decode_trusted(no_revenue).properties == {"order_id": "o"}
