@@ -95,32 +95,34 @@ def clickhouse(settings: Settings):
     admin.disconnect()
 
 
-class WorkerProcess:
-    """`journey worker` as a child process, as production runs it."""
+class ServiceProcess:
+    """A `journey` service as a child process, as production runs it; healthy on start."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    command = ""
+
+    def __init__(self, settings: Settings, log_path: Path, port: int,
+                 env: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.log_path = log_path
+        self.url = f"http://127.0.0.1:{port}"
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        env = {**os.environ, **settings.to_env(), "JOURNEY_LOG_LEVEL": "info"}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "deploy.cli", "worker"], cwd=REPO, env=env,
+            [sys.executable, "-m", "deploy.cli", self.command], cwd=REPO,
+            env={**os.environ, **settings.to_env(), **(env or {})},
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{settings.worker_web_port}/healthz"
-        wait_for(lambda: self._healthy(url), timeout=60, what=f"worker health at {url}")
+        wait_for(self._healthy, timeout=60, what=f"{self.command} health at {self.url}")
 
-    def _healthy(self, url: str) -> bool:
+    def _healthy(self) -> bool:
         if self.process.poll() is not None:
-            pytest.fail(f"worker exited with {self.process.returncode}:\n{self.log()}")
+            pytest.fail(f"{self.command} exited with {self.process.returncode}:\n{self.log()}")
         try:
-            with urllib.request.urlopen(url, timeout=1) as r:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as r:
                 return r.status == 200
         except OSError:
             return False
 
     def metrics(self) -> str:
-        url = f"http://127.0.0.1:{self.settings.worker_web_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as r:
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as r:
             return r.read().decode()
 
     def log(self) -> str:
@@ -138,6 +140,14 @@ class WorkerProcess:
         return self.process.returncode
 
 
+class WorkerProcess(ServiceProcess):
+    command = "worker"
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        super().__init__(settings, log_path, settings.worker_web_port,
+                         env={"JOURNEY_LOG_LEVEL": "info"})
+
+
 @pytest.fixture
 def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     workers: list[WorkerProcess] = []
@@ -153,24 +163,11 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., W
         worker.stop()
 
 
-class CollectorProcess(WorkerProcess):
-    """`journey collector` as a child process."""
+class CollectorProcess(ServiceProcess):
+    command = "collector"
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
-        self.settings = settings
-        self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        env = {**os.environ, **settings.to_env()}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "deploy.cli", "collector"], cwd=REPO, env=env,
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.url = f"http://127.0.0.1:{settings.collector_port}"
-        wait_for(lambda: self._healthy(f"{self.url}/healthz"), timeout=60,
-                 what="collector health")
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as r:
-            return r.read().decode()
+        super().__init__(settings, log_path, settings.collector_port)
 
 
 TEST_WRITE_KEY = "test-write-key"
