@@ -68,9 +68,18 @@ class Settings:
         "Cap of the exponential backoff between insert retries while ClickHouse is down.")
     lateness_seconds: float = _setting(
         3600.0, "JOURNEY_LATENESS_SECONDS",
-        "Touchpoints arriving more than this far behind their journey's latest one are "
-        "counted as late (journey_late_touchpoints_total). Journeys still place them "
-        "exactly: a journey keeps its touchpoints and refolds.")
+        "Lateness bound. A CX metric window closes (its final row is written) once the "
+        "low watermark is this far past its end; later touchpoints miss it "
+        "(journey_cx_window_too_late_total). Touchpoints this far behind their journey's "
+        "latest count as late (journey_late_touchpoints_total), though journeys still "
+        "place them exactly: a journey keeps its touchpoints and refolds.")
+    watermark_interval_seconds: float = _setting(
+        1.0, "JOURNEY_WATERMARK_INTERVAL_SECONDS",
+        "How often each stage sends its watermark (event-time progress) downstream.")
+    watermark_idle_seconds: float = _setting(
+        10.0, "JOURNEY_WATERMARK_IDLE_SECONDS",
+        "A touchpoint partition with no traffic for this long stops holding CX metric "
+        "windows open.")
     churn_inactive_days: float = _setting(
         90.0, "JOURNEY_CHURN_INACTIVE_DAYS",
         "A journey with no touchpoint for this many days counts as churned (0 turns it off).")
@@ -156,6 +165,11 @@ class Settings:
     def alerts_topic(self) -> str:
         """Closed-loop alerts for CX and support tools to act on."""
         return f"{self.topic_prefix}.alerts"
+
+    @property
+    def cx_partials_topic(self) -> str:
+        """Internal: each journey partition's part of a CX metric window, keyed by window."""
+        return f"{self.topic_prefix}.cx-partials"
 
     @property
     def by_device_topic(self) -> str:

@@ -1,12 +1,19 @@
-"""Messages on the internal ``<prefix>.journey-events`` topic, keyed by journey."""
+"""Messages on the internal topics: journey commands, watermarks and metric partials."""
 
 from __future__ import annotations
+
+from datetime import datetime
 
 import msgspec
 
 from stream_processors.journey import JourneyLog
 
-__all__ = ["Command", "Merge", "MergeInto", "Touch", "decode_command", "encode_command"]
+__all__ = ["WATERMARK_KEY", "Command", "Merge", "MergeInto", "Partial", "Touch", "Watermark",
+           "decode_command", "decode_partial", "encode_command", "encode_partial"]
+
+#: Key of watermark markers. They are sent to an explicit partition (every one of
+#: them), so the key only tells them apart from touchpoints on the by-device topic.
+WATERMARK_KEY = b"\x00watermark"
 
 
 class Touch(msgspec.Struct, tag="touch"):
@@ -28,7 +35,31 @@ class Merge(msgspec.Struct, tag="merge"):
     log: JourneyLog
 
 
-Command = Touch | MergeInto | Merge
+class Watermark(msgspec.Struct, tag="watermark"):
+    """Everything from ``channel`` before this marker occurred before ``at``.
+
+    A channel is a source partition (``t<n>``, straight from the touchpoints topic), a
+    by-device partition (``d<n>``, after identity resolution), or a journey partition
+    (``j<n>``, to the aggregator: ``at`` is then its horizon, windows ending by then are
+    closed there). ``idle``: no traffic.
+    """
+
+    channel: str
+    at: datetime | None
+    idle: bool = False
+
+
+Command = Touch | MergeInto | Merge | Watermark
+
+
+class Partial(msgspec.Struct, array_like=True):
+    """One journey partition's part of one metric window (its whole part, so far)."""
+
+    partition: int
+    numerator: float
+    denominator: float
+    samples: int
+
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Command)
@@ -40,3 +71,15 @@ def encode_command(command: Command) -> bytes:
 
 def decode_command(data: bytes) -> Command:
     return _decoder.decode(data)
+
+
+_partial_encoder = msgspec.msgpack.Encoder()
+_partial_decoder = msgspec.msgpack.Decoder(Partial)
+
+
+def encode_partial(partial: Partial) -> bytes:
+    return _partial_encoder.encode(partial)
+
+
+def decode_partial(data: bytes) -> Partial:
+    return _partial_decoder.decode(data)

@@ -69,6 +69,9 @@ class JourneyLog(msgspec.Struct, kw_only=True):
     emitted_transitions: int = 0
     #: Ids of the alerts already raised for this journey: each is raised once.
     alerts_raised: list[str] = []
+    #: Survey answers whose rated ticket, order or touchpoint has not arrived yet
+    #: (see stream_processors.contributions).
+    pending_rated: list[str] = []
 
 
 class Transition(msgspec.Struct, frozen=True):
@@ -186,6 +189,7 @@ def merge_logs(into: JourneyLog, other: JourneyLog) -> bool:
         if anonymous_id not in into.anonymous_ids:
             into.anonymous_ids.append(anonymous_id)
             changed = True
+    into.pending_rated += [e for e in other.pending_rated if e not in into.pending_rated]
     return changed
 
 

@@ -11,6 +11,10 @@ from schemas.properties import DELIVERY_STATUSES, TICKET_CHANNELS
 
 __all__ = ["WorkerMetrics"]
 
+#: Values of the ``rated`` label: what a survey answer rates, and that thing's channel.
+RATED = ("none", *(f"ticket:{c}" for c in TICKET_CHANNELS),
+         *(f"{kind}:{c}" for kind in ("order", "touchpoint") for c in CHANNELS))
+
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 _SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
@@ -22,6 +26,8 @@ class WorkerMetrics(NamedTuple):
     touchpoints_processed: Counter
     dead_letters: Counter
     late_touchpoints: Counter
+    cx_window_too_late: Counter
+    cx_watermark_seconds: Gauge
     sink_rows: Counter
     sink_batch_rows: Histogram
     sink_insert_seconds: Histogram
@@ -31,6 +37,7 @@ class WorkerMetrics(NamedTuple):
     consumer_lag: Gauge
     table_keys: Gauge
     cx_survey_responses: Counter
+    cx_rated_responses: Counter
     cx_ces_score: Histogram
     cx_orders: Counter
     cx_deliveries: Counter
@@ -56,6 +63,8 @@ class WorkerMetrics(NamedTuple):
             for category in categories:
                 for channel in CHANNELS:
                     self.cx_survey_responses.labels(survey, category, channel)
+                for rated in RATED:
+                    self.cx_rated_responses.labels(survey, category, rated)
         for status in DELIVERY_STATUSES:
             self.cx_deliveries.labels(status)
         for channel in TICKET_CHANNELS:
@@ -73,6 +82,14 @@ class WorkerMetrics(NamedTuple):
             late_touchpoints=Counter(
                 f"{prefix}_late_touchpoints", "Touchpoints that arrived more than the "
                 "lateness bound behind their journey's latest touchpoint.", registry=registry),
+            cx_window_too_late=Counter(
+                f"{prefix}_cx_window_too_late", "Metric contributions that missed a CX "
+                "window already closed (longer windows still open took them).",
+                registry=registry),
+            cx_watermark_seconds=Gauge(
+                f"{prefix}_cx_watermark_seconds", "Low watermark of each journey partition "
+                "this worker holds, as Unix time: CX windows close behind it.",
+                ["partition"], registry=registry),
             sink_rows=Counter(
                 f"{prefix}_sink_rows", "Rows inserted into ClickHouse.", ["table"],
                 registry=registry),
@@ -102,6 +119,11 @@ class WorkerMetrics(NamedTuple):
                 f"{prefix}_cx_survey_responses", "Survey answers: nps promoter/passive/"
                 "detractor, csat satisfied/unsatisfied, ces answered.",
                 ["survey", "category", "channel"], registry=registry),
+            cx_rated_responses=Counter(
+                f"{prefix}_cx_rated_responses", "Survey answers by what they rate and its "
+                "channel (rated: ticket:<support channel>, order:<channel>, "
+                "touchpoint:<channel> or none); counted once the rated thing is known.",
+                ["survey", "category", "rated"], registry=registry),
             cx_ces_score=Histogram(
                 f"{prefix}_cx_ces_score", "Customer effort scores (1 to 7).",
                 buckets=(1, 2, 3, 4, 5, 6, 7), registry=registry),

@@ -48,7 +48,7 @@ def ensure_topics(settings: Settings, timeout: float = 60.0) -> list[str]:
             NewTopic(name, settings.topic_partitions, settings.topic_replication)
             for name in (settings.touchpoints_topic, settings.dead_letter_topic,
                          settings.by_device_topic, settings.journey_events_topic,
-                         settings.alerts_topic)
+                         settings.alerts_topic, settings.cx_partials_topic)
         ]
         missing = [t for t in wanted if t.name not in existing]
         if missing:

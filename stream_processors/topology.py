@@ -14,6 +14,18 @@
                                  │  merge sends its log to the customer's
                                  ▼
         ClickHouse: touchpoints, customer_journeys, journey_transitions, support_tickets
+                                 │  and each partition's part of the CX metric windows
+                                 ▼
+                          <prefix>.cx-partials (key: metric|dimension|window|start)
+                                 │  aggregate_cx: `cx-windows` table; sums the partials
+                                 ▼
+        ClickHouse: cx_metrics (open windows as they fill, then the final value)
+
+Windows close by event time: ``route_by_device`` sends each touchpoint partition's
+progress downstream as watermark markers (to every partition, after the events they
+follow), ``resolve_identity`` forwards the minimum over its inputs, and a journey
+partition closes a window once every input has passed its end by the lateness bound
+(stream_processors/windows.py says why the max event time seen would not do).
 
 Each agent reads batches bounded by size *and* time, and the batch's offsets are acked
 only after its outputs were handed on (Faust flushes the producer before it commits;
@@ -30,7 +42,8 @@ import time
 import weakref
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 from faust.streams import _current_event
@@ -46,12 +59,30 @@ from stream_processors.clickhouse.rows import (
     deleted_transitions,
     journey_row,
     merged_row,
+    metric_row,
     ticket_rows,
     touchpoint_row,
     transition_rows,
 )
 from stream_processors.clickhouse.sink import ClickHouseSink
-from stream_processors.commands import Merge, MergeInto, Touch, decode_command, encode_command
+from stream_processors.commands import (
+    WATERMARK_KEY,
+    Merge,
+    MergeInto,
+    Partial,
+    Touch,
+    Watermark,
+    decode_command,
+    decode_partial,
+    encode_command,
+    encode_partial,
+)
+from stream_processors.contributions import (
+    SCALES,
+    answer_category,
+    contributions_for,
+    resolve_pending,
+)
 from stream_processors.cx_metrics import csat_satisfied, nps_category
 from stream_processors.journey import (
     Alert,
@@ -66,6 +97,14 @@ from stream_processors.journey import (
     merge_logs,
 )
 from stream_processors.metrics import WorkerMetrics
+from stream_processors.windows import (
+    Contribution,
+    LowWatermark,
+    OpenWindows,
+    WindowKey,
+    WindowState,
+    spec_named,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +121,7 @@ INACTIVE_AFTER = (timedelta(days=settings.churn_inactive_days)
                   if settings.churn_inactive_days > 0 else None)
 LATENESS = timedelta(seconds=settings.lateness_seconds)
 BATCH, WITHIN = settings.sink_batch_size, settings.sink_flush_seconds
+PARTITIONS = settings.topic_partitions
 
 # ── topics ───────────────────────────────────────────────────────────────────
 _raw = {"key_serializer": "raw", "value_serializer": "raw",
@@ -91,6 +131,7 @@ by_device_topic = app.topic(settings.by_device_topic, **_raw)
 journey_events_topic = app.topic(settings.journey_events_topic, **_raw)
 dead_letters_topic = app.topic(settings.dead_letter_topic, **_raw)
 alerts_topic = app.topic(settings.alerts_topic, **_raw)
+cx_partials_topic = app.topic(settings.cx_partials_topic, **_raw)
 
 # ── tables ───────────────────────────────────────────────────────────────────
 # Keys and values are bytes. use_partitioner: a batch holds events of several
@@ -99,6 +140,20 @@ devices = app.Table("devices", partitions=settings.topic_partitions, key_type=by
                     value_type=bytes, use_partitioner=True)
 journeys = app.Table("journeys", partitions=settings.topic_partitions, key_type=bytes,
                      value_type=bytes, use_partitioner=True)
+# A journey partition's open metric windows (key `<partition>|<metric>|<dimension>`) and
+# its watermark (`<partition>|`). Not use_partitioner: each key belongs to the journey
+# partition named in it, so its changelog goes to that partition (the carrier event's).
+cx_partials = app.Table("cx-partials", partitions=settings.topic_partitions, key_type=bytes,
+                        value_type=bytes)
+# The aggregator's windows (key `<partition>|<window>`: the latest partial of each journey
+# partition, until final) and its watermark: the horizon of each journey partition.
+cx_windows = app.Table("cx-windows", partitions=settings.topic_partitions, key_type=bytes,
+                       value_type=bytes)
+#: Event-time progress of the touchpoint partitions this worker reads (monotonic clock
+#: of the last event, for idleness), and the last time their marks went out.
+source_progress: dict[int, datetime] = {}
+source_seen: dict[int, float] = {}
+STARTED = time.monotonic()
 
 
 # ── agents ───────────────────────────────────────────────────────────────────
@@ -107,12 +162,17 @@ async def route_by_device(stream: StreamT) -> None:
     async for events in stream.take_events(BATCH, within=WITHIN):
         dead_rows = []
         now = utcnow()
+        progress: dict[int, datetime] = {}
         for event in events:
+            partition = event.message.partition
+            source_seen[partition] = time.monotonic()
             try:
                 tp = decode_touchpoint(event.value)
             except SchemaError as exc:
                 dead_rows.append(await _dead_letter(event, exc))
                 continue
+            if partition not in progress or tp.occurred_at > progress[partition]:
+                progress[partition] = tp.occurred_at
             metrics.touchpoints_processed.labels(tp.type).inc()
             metrics.processing_lag_seconds.observe(max(0.0, (now - tp.occurred_at)
                                                        .total_seconds()))
@@ -120,14 +180,28 @@ async def route_by_device(stream: StreamT) -> None:
                 await by_device_topic.send(key=tp.anonymous_id.encode(), value=event.value)
             else:
                 await _to_journey(tp.key, Touch(tp.customer_id, [event.value]))
+        # Only now, after the events were handed to the producer, may a marker say so.
+        for partition, at in progress.items():
+            if partition not in source_progress or at > source_progress[partition]:
+                source_progress[partition] = at
         if dead_rows:
             await sink.write({"dead_letters": dead_rows})
 
 
 @app.agent(by_device_topic)
 async def resolve_identity(stream: StreamT) -> None:
+    inputs: dict[int, LowWatermark] = {}  # per by-device partition: its sources' marks
     async for events in stream.take_events(BATCH, within=WITHIN):
+        marked: set[int] = set()
         for event in events:
+            if event.key == WATERMARK_KEY:
+                mark = decode_command(event.value)
+                assert isinstance(mark, Watermark)
+                partition = event.message.partition
+                clock = inputs.setdefault(partition, LowWatermark(channels=PARTITIONS))
+                clock.update(mark.channel, mark.at, mark.idle)
+                marked.add(partition)
+                continue
             tp = decode_trusted(event.value)
             device = event.key
             linked = devices.get(device)
@@ -142,12 +216,124 @@ async def resolve_identity(stream: StreamT) -> None:
                 customer = linked.decode()
             key = customer or f"anon:{tp.anonymous_id}"
             await _to_journey(key, Touch(customer, [event.value]))
+        for partition in sorted(marked):  # after this batch's touchpoints
+            clock = inputs[partition]
+            await _broadcast(journey_events_topic,
+                             Watermark(f"d{partition}", clock.value, clock.idle))
 
 
 @app.agent(journey_events_topic)
 async def update_journey(stream: StreamT) -> None:
     async for events in stream.take_events(BATCH, within=WITHIN):
         await _update_journeys(events)
+
+
+@app.agent(cx_partials_topic)
+async def aggregate_cx(stream: StreamT) -> None:
+    """Sum each metric window's partials over the journey partitions, into cx_metrics.
+
+    Every journey partition also sends its horizon here; a window is final once all of
+    them passed its end. Its final row is written and its state leaves the table.
+    """
+    async for events in stream.take_events(BATCH, within=WITHIN):
+        now, version = utcnow(), _row_version()
+        totals: dict[bytes, dict[int, Partial]] = {}
+        carriers: dict[bytes, EventT] = {}
+        clocks: dict[int, tuple[LowWatermark, EventT]] = {}
+        for event in events:
+            partition = event.message.partition
+            clock, _ = clocks.get(partition) or (_aggregator_clock(partition), event)
+            clocks[partition] = (clock, event)
+            if event.key == WATERMARK_KEY:
+                mark = decode_command(event.value)
+                assert isinstance(mark, Watermark)
+                clock.update(mark.channel, mark.at, mark.idle)
+                continue
+            key = f"{partition}|".encode() + event.key
+            window_end = _window_end(event.key)
+            if clock.value is not None and window_end <= clock.value:
+                metrics.cx_window_too_late.inc()  # a replay after a rebalance
+                continue
+            if key not in totals:
+                stored = cx_windows.get(key)
+                totals[key] = _decode_total(stored) if stored is not None else {}
+            partial = decode_partial(event.value)
+            totals[key][partial.partition] = partial
+            carriers[key] = event
+        final: dict[bytes, dict[int, Partial]] = {}
+        for partition, (clock, event) in clocks.items():
+            horizon = clock.value
+            with _writing_for(event):
+                cx_windows[_aggregator_clock_key(partition)] = msgspec.msgpack.encode(clock)
+                if horizon is None:
+                    continue
+                prefix = f"{partition}|".encode()
+                for key in [k for k in cx_windows if k.startswith(prefix)]:
+                    if _window_end(key[len(prefix):]) <= horizon:
+                        final[key] = totals.pop(key, None) or _decode_total(cx_windows[key])
+                        del cx_windows[key]
+            for key in [k for k in totals if k.startswith(f"{partition}|".encode())]:
+                if horizon is not None and _window_end(key.split(b"|", 1)[1]) <= horizon:
+                    final[key] = totals.pop(key)  # opened and closed in this batch
+        rows = [_metric_row(key, parts, False, version, now) for key, parts in totals.items()]
+        rows += [_metric_row(key, parts, True, version, now) for key, parts in final.items()]
+        for key, parts in totals.items():
+            with _writing_for(carriers[key]):
+                cx_windows[key] = _encode_total(parts)
+        await sink.write({"cx_metrics": rows})
+
+
+def _metric_row(key: bytes, parts: dict[int, Partial], final: bool, version: int,
+                now: datetime) -> tuple:
+    _partition, metric, dimension, window, start_s = key.decode().split("|")
+    start = datetime.fromtimestamp(int(start_s), UTC)
+    numerator = sum(p.numerator for p in parts.values())
+    denominator = sum(p.denominator for p in parts.values())
+    return metric_row(
+        metric, dimension, window, start, start + spec_named(window).size,
+        SCALES[metric] * numerator / denominator if denominator else None, numerator,
+        denominator, sum(p.samples for p in parts.values()), final, version, now)
+
+
+def _window_end(window_key: bytes) -> datetime:
+    _metric, _dimension, window, start_s = window_key.decode().split("|")
+    return datetime.fromtimestamp(int(start_s), UTC) + spec_named(window).size
+
+
+def _aggregator_clock_key(partition: int) -> bytes:
+    return WATERMARK_KEY + f"|{partition}".encode()
+
+
+def _aggregator_clock(partition: int) -> LowWatermark:
+    stored = cx_windows.get(_aggregator_clock_key(partition))
+    if stored is None:  # inputs: the horizon of every journey partition
+        return LowWatermark(channels=PARTITIONS)
+    return msgspec.msgpack.decode(stored, type=LowWatermark)
+
+
+@app.timer(interval=settings.watermark_interval_seconds)
+async def send_watermarks() -> None:
+    """Each touchpoint partition's event-time progress, to every downstream partition.
+
+    A partition is idle, and stops holding windows open, when it is caught up and has
+    had no touchpoint for JOURNEY_WATERMARK_IDLE_SECONDS.
+    """
+    consumer = app.consumer
+    for tp in consumer.assignment():
+        if tp.topic != touchpoints_topic.get_topic_name():
+            continue
+        quiet = time.monotonic() - source_seen.get(tp.partition, STARTED)
+        idle = False
+        if quiet > settings.watermark_idle_seconds:
+            try:
+                position = await consumer.position(tp)
+                highwater = consumer.highwater(tp)
+            except Exception:  # not fetched yet, or just revoked
+                position = highwater = None
+            idle = position is not None and highwater is not None and position >= highwater
+        mark = Watermark(f"t{tp.partition}", source_progress.get(tp.partition), idle)
+        await _broadcast(by_device_topic, mark, key=WATERMARK_KEY)
+        await _broadcast(journey_events_topic, mark)
 
 
 @app.timer(interval=settings.churn_sweep_seconds)
@@ -195,9 +381,17 @@ async def observe_lag() -> None:
                 max(0, highwater - position))
     metrics.table_keys.labels("journeys").set(len(journeys))
     metrics.table_keys.labels("devices").set(len(devices))
+    metrics.table_keys.labels("cx-partials").set(len(cx_partials))
+    metrics.table_keys.labels("cx-windows").set(len(cx_windows))
 
 
 # ── what the agents call ─────────────────────────────────────────────────────
+async def _broadcast(topic: Any, mark: Watermark, key: bytes = WATERMARK_KEY) -> None:
+    value = encode_command(mark)
+    for partition in range(PARTITIONS):
+        await topic.send(key=key, value=value, partition=partition)
+
+
 async def _raise(alerts: list[Alert]) -> None:
     for alert in alerts:
         metrics.alerts_raised.labels(alert.kind).inc()
@@ -216,8 +410,19 @@ async def _update_journeys(events: Sequence[EventT]) -> None:
     rows: dict[str, list] = defaultdict(list)
     carriers: dict[bytes, EventT] = {}
     counted: set[str] = set()
+    partition_carriers: dict[int, EventT] = {}  # an event of each journey partition
+    clocks: dict[int, LowWatermark] = {}
     for event in events:
         key: bytes = event.key
+        partition = event.message.partition
+        partition_carriers[partition] = event
+        if key == WATERMARK_KEY:
+            mark = decode_command(event.value)
+            assert isinstance(mark, Watermark)
+            if partition not in clocks:
+                clocks[partition] = _load_clock(partition)
+            clocks[partition].update(mark.channel, mark.at, mark.idle)
+            continue
         journey_log = logs.get(key) or _load(key)
         logs[key] = journey_log
         carriers[key] = event
@@ -257,22 +462,109 @@ async def _update_journeys(events: Sequence[EventT]) -> None:
             fresh[key] += [decode_trusted(e.raw) for e in command.log.events if e.raw]
             counted.update(e.event_id for e in command.log.events)  # in the device journey
     raised: list[Alert] = []
+    contributions: dict[int, list[Contribution]] = defaultdict(list)
     for key, journey_log in logs.items():
         if journey_log.events and not journey_log.merged_into:
-            raised += _emit_journey(journey_log, fresh.get(key, []), rows, now, version, counted)
+            raised += _emit_journey(journey_log, fresh.get(key, []), rows, now, version, counted,
+                                    contributions=contributions[
+                                        carriers[key].message.partition])
         with _writing_for(carriers[key]):
             journeys[key] = encode_log(journey_log)
     for customer, merge in outgoing:
         await _to_journey(customer, merge)
     await _raise(raised)
+    partials, horizons = _window_partials(contributions, clocks, partition_carriers)
     await sink.write(rows)
+    for (key, _), partial in partials.items():  # after the rows they summarise
+        await cx_partials_topic.send(key=key, value=encode_partial(partial))
+    for partition, horizon in horizons.items():  # after the partials they close
+        await _broadcast(cx_partials_topic, Watermark(f"j{partition}", horizon))
+
+
+def _window_partials(contributions: dict[int, list[Contribution]],
+                     clocks: dict[int, LowWatermark],
+                     carriers: dict[int, EventT],
+                     ) -> tuple[dict[tuple[bytes, int], Partial], dict[int, datetime]]:
+    """Apply a batch's contributions to each journey partition's open windows, and close
+    those its watermark passed. Returns the partials that changed (key: window and
+    partition) and the partitions' horizons that moved.
+    """
+    out: dict[tuple[bytes, int], Partial] = {}
+    horizons: dict[int, datetime] = {}
+    for partition in sorted(set(clocks) | {p for p, cs in contributions.items() if cs}):
+        clock = clocks.get(partition) or _load_clock(partition)
+        by_key: dict[tuple[str, str], list[Contribution]] = defaultdict(list)
+        for c in contributions.get(partition, []):
+            by_key[(c.metric, c.dimension)].append(c)
+        changed: dict[bytes, OpenWindows] = {}
+        for (metric, dimension), items in by_key.items():
+            table_key = f"{partition}|{metric}|{dimension}".encode()
+            windows = changed[table_key] = _load_windows(table_key)
+            touched, too_late = windows.add(items, clock.horizon)
+            metrics.cx_window_too_late.inc(too_late)
+            for window in touched:
+                out[(_window_key(metric, dimension, window), partition)] = _partial(
+                    partition, windows.get(window))
+        horizon = clock.advance(LATENESS)
+        if horizon is not None:
+            horizons[partition] = horizon
+            prefix = f"{partition}|".encode()
+            for table_key in [k for k in cx_partials if k.startswith(prefix)]:
+                if table_key == prefix:
+                    continue
+                windows = changed.get(table_key) or _load_windows(table_key)
+                if windows.close(horizon):  # their last parts went out as they changed
+                    changed[table_key] = windows
+        if clock.value is not None:
+            metrics.cx_watermark_seconds.labels(str(partition)).set(clock.value.timestamp())
+        with _writing_for(carriers[partition]):
+            for table_key, windows in changed.items():
+                cx_partials[table_key] = msgspec.msgpack.encode(windows)
+            cx_partials[f"{partition}|".encode()] = msgspec.msgpack.encode(clock)
+    return out, horizons
+
+
+def _window_key(metric: str, dimension: str, window: WindowKey) -> bytes:
+    return f"{metric}|{dimension}|{window[0]}|{int(window[1].timestamp())}".encode()
+
+
+def _partial(partition: int, state: WindowState) -> Partial:
+    return Partial(partition, state.numerator, state.denominator, state.samples)
+
+
+def _load_windows(table_key: bytes) -> OpenWindows:
+    stored = cx_partials.get(table_key)
+    return msgspec.msgpack.decode(stored, type=OpenWindows) if stored else OpenWindows()
+
+
+def _load_clock(partition: int) -> LowWatermark:
+    stored = cx_partials.get(f"{partition}|".encode())
+    if stored is None:  # inputs: every touchpoint partition and every by-device partition
+        return LowWatermark(channels=2 * PARTITIONS)
+    return msgspec.msgpack.decode(stored, type=LowWatermark)
+
+
+_total_decoder = msgspec.msgpack.Decoder(dict[int, Partial])
+
+
+def _decode_total(data: bytes) -> dict[int, Partial]:
+    return _total_decoder.decode(data)
+
+
+def _encode_total(parts: dict[int, Partial]) -> bytes:
+    return msgspec.msgpack.encode(parts)
 
 
 def _emit_journey(journey_log: JourneyLog, fresh: list[Touchpoint], rows: dict[str, list],
                   now: datetime, version: int, counted: set[str] | None = None,
-                  already: set[str] | frozenset[str] = frozenset()) -> list[Alert]:
-    """Rows for a journey that changed; returns the alerts it raises for the first time."""
+                  already: set[str] | frozenset[str] = frozenset(),
+                  contributions: list[Contribution] | None = None) -> list[Alert]:
+    """Rows for a journey that changed; returns the alerts it raises for the first time.
+
+    ``contributions`` collects what the journey's new touchpoints add to CX windows.
+    """
     j = fold(journey_log, inactive_after=INACTIVE_AFTER, now=now)
+    new: list[Contribution] = resolve_pending(j, journey_log) if contributions is not None else []
     # Twice the log version, plus one once inactivity churned it: the sweep's row (no
     # new touchpoint, same log version) wins over the last one, and loses to the next.
     snapshot_version = journey_log.version * 2 + int(j.churn_reason == "inactive")
@@ -285,6 +577,14 @@ def _emit_journey(journey_log: JourneyLog, fresh: list[Touchpoint], rows: dict[s
             now, version))
         if counted is None or tp.event_id not in counted:
             _count_cx(tp, j)
+            if contributions is not None:
+                new += contributions_for(event_of(tp), j, journey_log)
+    if contributions is not None:
+        contributions += new
+        for c in new:
+            if c.dimension.startswith("rated="):
+                metrics.cx_rated_responses.labels(c.metric, answer_category(c),
+                                                  c.dimension[6:]).inc()
     journey_log.emitted_transitions = len(j.transitions)
     if journey_log.customer_id:  # identified: its events never move again
         journey_log.events = [msgspec.structs.replace(e, raw=b"") if e.raw else e

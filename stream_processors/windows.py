@@ -1,24 +1,33 @@
-"""Event-time windows for CX metrics: assignment, additive state and finality (pure).
+"""Event-time windows for CX metrics: assignment, additive state, watermarks (pure).
 
 Faust's windowed tables close windows by wall clock, which is wrong for touchpoints
-that arrive late or are replayed; these windows are keyed by event time and close by a
-watermark (the latest event time seen) minus a lateness bound. Window state is
-additive (numerator, denominator, count, sketch), so a window's value is the same
-however its events were split across batches or workers before being merged.
+that arrive late or are replayed. These windows are keyed by event time and close
+when a **low watermark**, less a lateness bound, passes their end.
 
-Not wired into the topology yet: the aggregator agent and the ``cx_metrics`` table
-come next (see the closing note of the session that added this).
+Why a *low* watermark: a touchpoint crosses two re-partitionings before its journey
+sees it, and each hop interleaves its input partitions a batch at a time, so a journey
+partition can see events days apart in event time side by side (measured: a 20-minute
+shuffle at the source became days at the aggregator, and windows closed with 100 %
+on-time deliveries instead of 75 %). The max event time seen is therefore no clock.
+Instead every source partition's progress travels through the topology as markers,
+each hop forwards the minimum over its inputs (:class:`LowWatermark`), and a window
+closes only when every input has moved past it: the scheme of the Dataflow model.
+
+Window state is additive (numerator, denominator, samples), so each journey partition
+keeps partial windows (:class:`OpenWindows`) and one aggregator sums the partials of
+all partitions: the value is the same however events were split.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from stream_processors.cx_metrics import DurationSketch
+import msgspec
 
-__all__ = ["WINDOWS", "Contribution", "WindowAggregator", "WindowSpec", "WindowState"]
+__all__ = ["WINDOWS", "Contribution", "LowWatermark", "Mark", "OpenWindows", "WindowSpec",
+           "WindowState", "spec_named"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -43,8 +52,8 @@ class WindowSpec:
         return out[::-1]
 
 
-#: The windows issue 5 asks for: ops (1 min), hourly and daily hopping, weekly and
-#: monthly rolling (moving by a day).
+#: The windows issue 5 asks for: ops (1 min tumbling), hourly and daily hopping, weekly
+#: and monthly rolling (moving by a day).
 WINDOWS: tuple[WindowSpec, ...] = (
     WindowSpec("1m", timedelta(minutes=1), timedelta(minutes=1)),
     WindowSpec("1h", timedelta(hours=1), timedelta(minutes=5)),
@@ -52,86 +61,149 @@ WINDOWS: tuple[WindowSpec, ...] = (
     WindowSpec("7d", timedelta(days=7), timedelta(days=1)),
     WindowSpec("30d", timedelta(days=30), timedelta(days=1)),
 )
+_BY_NAME = {spec.name: spec for spec in WINDOWS}
 
 
-@dataclass(frozen=True)
-class Contribution:
-    """One event's part in a metric: a ratio's numerator and denominator, or a duration."""
+def spec_named(name: str) -> WindowSpec:
+    return _BY_NAME[name]
+
+
+class Contribution(msgspec.Struct, frozen=True, array_like=True):
+    """One event's part in a ratio metric, under one dimension."""
 
     metric: str
     dimension: str
     at: datetime
-    numerator: float = 0.0
-    denominator: float = 0.0
-    duration: float | None = None
+    numerator: float
+    denominator: float = 1.0
 
 
-@dataclass
-class WindowState:
+class WindowState(msgspec.Struct, array_like=True):
     numerator: float = 0.0
     denominator: float = 0.0
-    count: int = 0
-    sketch: DurationSketch | None = None
-    final: bool = False
+    samples: int = 0
 
     def add(self, c: Contribution) -> None:
         self.numerator += c.numerator
         self.denominator += c.denominator
-        self.count += 1
-        if c.duration is not None:
-            if self.sketch is None:
-                self.sketch = DurationSketch()
-            self.sketch.add(c.duration)
+        self.samples += 1
 
     def ratio(self, scale: float = 100.0) -> float | None:
         return scale * self.numerator / self.denominator if self.denominator else None
 
-    def quantile(self, q: float) -> float | None:
-        return self.sketch.quantile(q) if self.sketch is not None else None
+
+#: A window of one metric and dimension: the spec's name and the window's start.
+WindowKey = tuple[str, datetime]
 
 
-WindowKey = tuple[str, str, str, datetime]  # metric, dimension, window name, start
+class OpenWindows(msgspec.Struct):
+    """The open windows of one metric and dimension, as one partition has seen them.
 
+    Closed windows leave the state; the partition's horizon (watermark less lateness)
+    tells a contribution that comes too late for a window from one that opens it.
+    """
 
-@dataclass
-class WindowAggregator:
-    """The windows of a set of metric keys, with a watermark and a lateness bound."""
+    windows: dict[str, WindowState] = {}
 
-    lateness: timedelta
-    specs: tuple[WindowSpec, ...] = WINDOWS
-    windows: dict[WindowKey, WindowState] = field(default_factory=dict)
-    watermark: datetime | None = None
-    too_late: int = 0
+    @staticmethod
+    def _name(key: WindowKey) -> str:
+        return f"{key[0]}@{int(key[1].timestamp())}"
 
-    def add(self, contributions: Iterable[Contribution]) -> set[WindowKey]:
-        """Apply contributions; returns the windows they changed.
+    @staticmethod
+    def _key(name: str) -> WindowKey:
+        spec, _, start = name.partition("@")
+        return spec, datetime.fromtimestamp(int(start), UTC)
 
-        A contribution to a window already final is counted in ``too_late`` and left
-        out: a final value never changes.
+    def add(self, contributions: Iterable[Contribution], horizon: datetime | None,
+            specs: tuple[WindowSpec, ...] = WINDOWS) -> tuple[set[WindowKey], int]:
+        """Apply contributions; returns the windows changed and how many came too late.
+
+        A contribution is too late for a window that ends at or before ``horizon``
+        (that window's final value was published and never changes); it still counts
+        in the longer windows that are open.
         """
         touched: set[WindowKey] = set()
+        too_late = 0
         for c in contributions:
-            self.watermark = c.at if self.watermark is None else max(self.watermark, c.at)
-            for spec in self.specs:
-                for start, _end in spec.windows_for(c.at):
-                    key = (c.metric, c.dimension, spec.name, start)
-                    state = self.windows.setdefault(key, WindowState())
-                    if state.final:
-                        self.too_late += 1
+            missed = False
+            for spec in specs:
+                for start, end in spec.windows_for(c.at):
+                    if horizon is not None and end <= horizon:
+                        missed = True
                         continue
+                    key = (spec.name, start)
+                    name = self._name(key)
+                    state = self.windows.get(name)
+                    if state is None:
+                        state = self.windows[name] = WindowState()
                     state.add(c)
                     touched.add(key)
-        return touched
+            too_late += missed
+        return touched, too_late
 
-    def close(self) -> set[WindowKey]:
-        """Mark final every window whose end is a lateness bound behind the watermark."""
-        if self.watermark is None:
-            return set()
-        horizon = self.watermark - self.lateness
-        sizes = {spec.name: spec.size for spec in self.specs}
-        closed = set()
-        for key, state in self.windows.items():
-            if not state.final and key[3] + sizes[key[2]] <= horizon:
-                state.final = True
-                closed.add(key)
+    def get(self, key: WindowKey) -> WindowState:
+        return self.windows[self._name(key)]
+
+    def close(self, horizon: datetime) -> dict[WindowKey, WindowState]:
+        """Remove and return every window that ends at or before ``horizon``."""
+        closed = {}
+        for name in list(self.windows):
+            key = self._key(name)
+            if key[1] + _BY_NAME[key[0]].size <= horizon:
+                closed[key] = self.windows.pop(name)
         return closed
+
+
+class Mark(msgspec.Struct, array_like=True):
+    """How far one input has come: the event time it passed, and whether it is idle."""
+
+    at: datetime | None = None
+    idle: bool = False
+
+
+class LowWatermark(msgspec.Struct):
+    """The event time that every one of ``channels`` inputs has passed.
+
+    Unknown (None) until each input was heard from. An idle input (a source partition
+    with no traffic for a while) does not hold the others back; when all are idle the
+    watermark is the furthest any came, since nothing is in flight.
+    """
+
+    channels: int
+    marks: dict[str, Mark] = {}
+    #: The horizon windows were last closed at (watermark less lateness): monotonic.
+    horizon: datetime | None = None
+
+    def update(self, channel: str, at: datetime | None, idle: bool) -> None:
+        mark = self.marks.get(channel)
+        if mark is None:
+            self.marks[channel] = Mark(at, idle)
+            return
+        if at is not None and (mark.at is None or at > mark.at):
+            mark.at = at
+        mark.idle = idle
+
+    @property
+    def value(self) -> datetime | None:
+        if len(self.marks) < self.channels:
+            return None
+        busy = [m.at for m in self.marks.values() if not m.idle]
+        if busy:
+            return None if any(at is None for at in busy) else min(busy)  # type: ignore[type-var]
+        seen = [m.at for m in self.marks.values() if m.at is not None]
+        return max(seen) if seen else None
+
+    @property
+    def idle(self) -> bool:
+        return len(self.marks) >= self.channels and all(m.idle for m in self.marks.values())
+
+    def advance(self, lateness: timedelta) -> datetime | None:
+        """Move the horizon to watermark less lateness; returns it when it moved."""
+        value = self.value
+        if value is None:
+            return None
+        horizon = value - lateness
+        if self.horizon is not None and horizon <= self.horizon:
+            return None
+        self.horizon = horizon
+        return horizon

@@ -199,6 +199,30 @@ PARTITION BY toYYYYMM(at)
 ORDER BY alert_id"""]
 
 
+def _cx_metrics(d: Dialect, db: str) -> list[str]:
+    # One row per metric, dimension and event-time window: rewritten as the window fills
+    # (final = 0), and once more when it closes (final = 1). The latest row wins, and a
+    # final row's version is above any open row's, so a replayed update cannot undo it.
+    return [f"""CREATE TABLE IF NOT EXISTS {db}.cx_metrics
+(
+    metric {d.lc()},
+    dimension {d.lc()},
+    window {d.lc()},
+    window_start DateTime('UTC'),
+    window_end DateTime('UTC'),
+    value Nullable(Float64),
+    numerator Float64,
+    denominator Float64,
+    samples UInt64,
+    final UInt8,
+    version UInt64,
+    updated_at {d.time}
+)
+ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (metric, dimension, window, window_start)"""]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "touchpoints", _touchpoints),
     Migration(2, "customer_journeys", _customer_journeys),
@@ -206,6 +230,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "journey_transitions", _journey_transitions),
     Migration(5, "support_tickets", _support_tickets),
     Migration(6, "journey_alerts", _journey_alerts),
+    Migration(7, "cx_metrics", _cx_metrics),
 )
 
 

@@ -10,8 +10,11 @@ import msgspec
 from schemas import Touchpoint
 from stream_processors.journey import STAGES, Alert, Journey
 
-__all__ = ["COLUMNS", "alert_row", "dead_letter_row", "journey_row", "merged_row", "ticket_rows",
-           "touchpoint_row", "transition_rows"]
+__all__ = ["COLUMNS", "FINAL_VERSION", "alert_row", "dead_letter_row", "journey_row",
+           "merged_row", "metric_row", "ticket_rows", "touchpoint_row", "transition_rows"]
+
+#: Added to a final metric row's version: it outranks every open row of its window.
+FINAL_VERSION = 1 << 62
 
 #: Insert column order per table; tests check it against the live DDL.
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -32,6 +35,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "journey_transitions": (
         "journey_key", "customer_id", "seq", "from_stage", "to_stage", "at", "event_id",
         "reason", "is_deleted", "row_version"),
+    "cx_metrics": (
+        "metric", "dimension", "window", "window_start", "window_end", "value", "numerator",
+        "denominator", "samples", "final", "version", "updated_at"),
     "journey_alerts": (
         "alert_id", "kind", "journey_key", "customer_id", "reason", "touchpoints", "at",
         "raised_at"),
@@ -95,6 +101,13 @@ def ticket_rows(j: Journey, row_version: int) -> list[tuple]:
     return [(t.ticket_id, j.key, j.customer_id or "", t.channel, t.order_id, t.opened_at,
              t.first_response_at, t.resolved_at, t.first_response_seconds, t.resolution_seconds,
              t.reopened, t.messages, t.status, row_version) for t in j.tickets.values()]
+
+
+def metric_row(metric: str, dimension: str, window: str, start: datetime, end: datetime,
+               value: float | None, numerator: float, denominator: float, samples: int,
+               final: bool, version: int, now: datetime) -> tuple:
+    return (metric, dimension, window, start, end, value, numerator, denominator, samples,
+            int(final), version + FINAL_VERSION * final, now)
 
 
 def alert_row(alert: Alert, now: datetime) -> tuple:

@@ -139,3 +139,22 @@ CREATE TABLE IF NOT EXISTS journey.journey_alerts
 ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(at)
 ORDER BY alert_id;
+
+CREATE TABLE IF NOT EXISTS journey.cx_metrics
+(
+    metric String,
+    dimension String,
+    window String,
+    window_start DateTime('UTC'),
+    window_end DateTime('UTC'),
+    value Nullable(Float64),
+    numerator Float64,
+    denominator Float64,
+    samples UInt64,
+    final UInt8,
+    version UInt64,
+    updated_at DateTime('UTC')
+)
+ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (metric, dimension, window, window_start);

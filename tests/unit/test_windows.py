@@ -1,19 +1,28 @@
-"""Event-time windows: assignment, late events, finality, and agreement with recomputation."""
+"""Event-time windows: assignment, late events, finality, watermarks, and recomputation."""
 
 import random
 from datetime import UTC, datetime, timedelta
 
+import msgspec
+
 from stream_processors.cx_metrics import nps
-from stream_processors.windows import WINDOWS, Contribution, WindowAggregator, WindowSpec
+from stream_processors.windows import (
+    WINDOWS,
+    Contribution,
+    LowWatermark,
+    OpenWindows,
+    WindowSpec,
+    spec_named,
+)
 
 T = datetime(2026, 5, 4, 10, 7, 30, tzinfo=UTC)
+MINUTE = WINDOWS[0]
 
 
 def test_tumbling_and_hopping_assignment() -> None:
     minute = WindowSpec("1m", timedelta(minutes=1), timedelta(minutes=1))
     assert minute.windows_for(T) == [(T.replace(second=0), T.replace(second=0, minute=8))]
-    hourly = dict((s.name, s) for s in WINDOWS)["1h"]
-    windows = hourly.windows_for(T)
+    windows = spec_named("1h").windows_for(T)
     assert len(windows) == 12  # a 1 h window every 5 min: twelve contain any instant
     assert all(start <= T < end for start, end in windows)
     assert windows[0][0] == datetime(2026, 5, 4, 9, 10, tzinfo=UTC)
@@ -22,48 +31,88 @@ def test_tumbling_and_hopping_assignment() -> None:
 
 
 def test_a_window_boundary_belongs_to_the_next_window() -> None:
-    minute = WINDOWS[0]
     edge = T.replace(second=0)
-    assert minute.windows_for(edge)[0][0] == edge
+    assert MINUTE.windows_for(edge)[0][0] == edge
 
 
 def nps_contribution(score: int, at: datetime) -> Contribution:
-    return Contribution("nps", "all", at, numerator=(score >= 9) - (score <= 6), denominator=1)
+    return Contribution("nps", "all", at, numerator=(score >= 9) - (score <= 6))
 
 
-def test_late_events_within_the_bound_update_and_final_values_never_change() -> None:
-    agg = WindowAggregator(lateness=timedelta(minutes=10), specs=(WINDOWS[0],))
-    agg.add([nps_contribution(10, T)])
-    agg.add([nps_contribution(0, T + timedelta(minutes=5))])  # watermark 10:12:30
-    agg.add([nps_contribution(0, T + timedelta(seconds=5))])  # late, within the bound
-    key = ("nps", "all", "1m", T.replace(second=0))
-    assert agg.windows[key].ratio() == 0.0  # (1 - 1) / 2
-    assert agg.close() == set()  # 10:08 + 10 min is not yet behind 10:12:30
-    agg.add([nps_contribution(9, T + timedelta(minutes=20))])  # watermark 10:27:30
-    assert key in agg.close()
-    agg.add([nps_contribution(0, T)])  # beyond the bound: counted, not applied
-    assert (agg.windows[key].ratio(), agg.too_late) == (0.0, 1)
+def test_late_events_within_the_bound_update_and_closed_windows_refuse_the_rest() -> None:
+    windows = OpenWindows()
+    minute = ("1m", T.replace(second=0))
+    windows.add([nps_contribution(10, T), nps_contribution(0, T + timedelta(seconds=5))],
+                horizon=None, specs=(MINUTE,))
+    # Late against the 10:12 events seen since, but the horizon has not passed 10:08.
+    touched, late = windows.add([nps_contribution(0, T + timedelta(seconds=9))],
+                                horizon=T.replace(minute=2), specs=(MINUTE,))
+    assert (touched, late) == ({minute}, 0)
+    assert windows.get(minute).ratio() == -100 / 3
+    closed = windows.close(T.replace(second=0, minute=8))  # the end itself closes it
+    assert list(closed) == [minute] and closed[minute].samples == 3
+    assert windows.windows == {}
+    touched, late = windows.add([nps_contribution(9, T)], horizon=T.replace(minute=8),
+                                specs=(MINUTE,))
+    assert (touched, late, windows.windows) == (set(), 1, {})
 
 
-def test_windows_equal_recomputation_whatever_the_order() -> None:
+def test_a_contribution_too_late_for_a_short_window_still_counts_in_longer_ones() -> None:
+    windows = OpenWindows()
+    touched, late = windows.add([nps_contribution(10, T)], horizon=T + timedelta(minutes=5))
+    assert late == 1
+    assert {name for name, _ in touched} == {"1h", "24h", "7d", "30d"}
+
+
+def test_windows_equal_recomputation_whatever_the_order_and_however_split() -> None:
     rng = random.Random(4)
     events = [(rng.randint(0, 10), T + timedelta(minutes=rng.uniform(0, 180)))
               for _ in range(500)]
     shuffled = events[:]
     rng.shuffle(shuffled)
-    agg = WindowAggregator(lateness=timedelta(days=365))
-    for chunk in range(0, len(shuffled), 37):
-        agg.add(nps_contribution(s, at) for s, at in shuffled[chunk:chunk + 37])
-    for (metric, _dim, name, start), state in agg.windows.items():
-        spec = dict((s.name, s) for s in WINDOWS)[name]
+    parts = [OpenWindows(), OpenWindows(), OpenWindows()]  # three partitions' shares
+    for n, chunk in enumerate(range(0, len(shuffled), 37)):
+        parts[n % 3].add([nps_contribution(s, at) for s, at in shuffled[chunk:chunk + 37]],
+                         horizon=None)
+    closed = [p.close(T + timedelta(days=60)) for p in parts]
+    for key in set().union(*closed):
+        name, start = key
+        spec = spec_named(name)
         inside = [s for s, at in events if start <= at < start + spec.size]
-        assert state.count == len(inside)
-        assert state.ratio() == nps(inside).value, (metric, name, start)
+        states = [c[key] for c in closed if key in c]
+        numerator = sum(s.numerator for s in states)
+        assert sum(s.samples for s in states) == len(inside)
+        assert 100 * numerator / len(inside) == nps(inside).value, key
 
 
-def test_durations_give_quantiles() -> None:
-    agg = WindowAggregator(lateness=timedelta(hours=1), specs=(WINDOWS[2],))
-    agg.add(Contribution("first_response_seconds", "all", T, duration=d)
-            for d in range(1, 1001))
-    state = next(iter(agg.windows.values()))
-    assert abs(state.quantile(0.9) - 900) / 900 < 0.02
+def test_open_windows_survive_encoding() -> None:
+    windows = OpenWindows()
+    windows.add([nps_contribution(10, T)], horizon=None)
+    again = msgspec.msgpack.decode(msgspec.msgpack.encode(windows), type=OpenWindows)
+    assert again == windows and len(again.windows) == 74
+
+
+def test_low_watermark_waits_for_every_input_and_takes_the_slowest() -> None:
+    clock = LowWatermark(channels=3)
+    clock.update("t0", T + timedelta(hours=5), idle=False)
+    clock.update("t1", T, idle=False)
+    assert clock.value is None  # t2 not heard from: it may hold anything
+    clock.update("t2", T + timedelta(days=2), idle=False)
+    assert clock.value == T
+    clock.update("t1", T - timedelta(hours=1), idle=False)  # marks never move back
+    assert clock.value == T
+    assert clock.advance(timedelta(hours=1)) == T - timedelta(hours=1)
+    assert clock.advance(timedelta(hours=1)) is None  # no progress, nothing to close
+
+
+def test_an_idle_input_holds_nothing_back_until_it_moves_again() -> None:
+    clock = LowWatermark(channels=2)
+    clock.update("t0", None, idle=True)  # an empty partition
+    clock.update("t1", T, idle=False)
+    assert clock.value == T
+    clock.update("t1", T + timedelta(minutes=1), idle=True)
+    assert clock.value == T + timedelta(minutes=1) and clock.idle  # all quiet: all seen
+    clock.update("t0", T - timedelta(minutes=10), idle=False)
+    assert clock.value == T - timedelta(minutes=10)
+    again = msgspec.msgpack.decode(msgspec.msgpack.encode(clock), type=LowWatermark)
+    assert again == clock

@@ -1,0 +1,136 @@
+"""Every closed CX window: the stream's value = SQL over touchpoints = the simulator's truth.
+
+Touchpoints arrive out of order (some held back by up to half the lateness bound) and
+with duplicates, through both identity paths (by device and by customer).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from datetime import datetime, timedelta
+
+from deploy.queries import load_queries
+from producers import JourneyClient
+from producers.simulator import simulate
+from schemas import Touchpoint
+from stream_processors.cx_metrics import ces, csat, nps
+from stream_processors.windows import WINDOWS
+from tests.conftest import wait_for
+
+LATENESS = timedelta(hours=1)
+RATIO = {"nps": nps, "csat": csat, "ces": ces}
+
+WindowKey = tuple[str, str, str, datetime]  # metric, dimension, window, start
+
+
+def truth(events: list[Touchpoint]) -> tuple[dict[WindowKey, float | None], datetime]:
+    """Closed windows and their values, straight from the simulator's events."""
+    tickets = {e.properties["ticket_id"]: e.properties["channel"] for e in events
+               if e.type == "support_ticket_opened"}
+    orders = {e.properties["order_id"]: e.channel for e in events if e.type == "order_placed"}
+    points: dict[tuple[str, str], list] = defaultdict(list)  # (metric, dimension) → (at, x)
+    for e in events:
+        p = e.properties
+        if e.type == "survey_response":
+            rates = p.get("rates") or {}
+            rated = (f"ticket:{tickets[rates['ticket_id']]}" if rates.get("ticket_id")
+                     else f"order:{orders[rates['order_id']]}" if rates.get("order_id")
+                     else "none")
+            for dim in ("all", f"channel={e.channel}", f"rated={rated}"):
+                points[(p["survey"], dim)].append((e.occurred_at, p["score"]))
+        elif e.type == "delivery_updated" and p["status"] in ("on_time", "late", "damaged"):
+            points[("on_time_rate", "all")].append((e.occurred_at, p["status"] == "on_time"))
+            points[("damaged_rate", "all")].append((e.occurred_at, p["status"] == "damaged"))
+        elif e.type in ("order_placed", "support_ticket_opened"):
+            points[("contact_rate", "all")].append((e.occurred_at, e.type))
+    # Once every partition went quiet, the watermark is the latest event time of all.
+    horizon = max(e.occurred_at for e in events) - LATENESS
+    out: dict[WindowKey, float | None] = {}
+    for (metric, dim), values in points.items():
+        for spec in WINDOWS:
+            for start in {start for at, _ in values for start, _ in spec.windows_for(at)}:
+                if start + spec.size > horizon:
+                    continue  # still open
+                inside = [x for at, x in values if start <= at < start + spec.size]
+                if metric in RATIO:
+                    value = RATIO[metric](inside).value
+                elif metric == "contact_rate":
+                    orders = inside.count("order_placed")
+                    value = 100 * (len(inside) - orders) / orders if orders else None
+                else:
+                    value = 100 * sum(inside) / len(inside)
+                out[(metric, dim, spec.name, start)] = value
+    return out, horizon
+
+
+def same(a: float | None, b: float | None) -> bool:
+    return a is b is None or (a is not None and b is not None and abs(a - b) < 1e-9)
+
+
+def arrival_order(events: list[Touchpoint], seed: int) -> list[Touchpoint]:
+    """Event-time order, 15 % held back by up to half the lateness bound, 10 % duplicated."""
+    rng = random.Random(seed)
+    held = LATENESS / 2
+    jittered = sorted(events, key=lambda e: e.occurred_at
+                      + (held * rng.random() if rng.random() < 0.15 else timedelta(0)))
+    for event in rng.sample(events, len(events) // 10):
+        jittered.insert(rng.randrange(len(jittered) + 1), event)
+    return jittered
+
+
+def test_closed_windows_equal_sql_and_truth(settings, clickhouse, start_worker,
+                                            tmp_path) -> None:
+    people = simulate(150, seed=41, prefix="win-")
+    events = [e for p in people for e in p.events]
+    expected, horizon = truth(events)
+    assert len(expected) > 3000
+    assert {k[1] for k in expected} >= {"all", "channel=email", "rated=order:web",
+                                        "rated=ticket:phone"}
+    assert {k[0] for k in expected} == {"nps", "csat", "on_time_rate", "damaged_rate",
+                                        "contact_rate"}  # the simulator has no CES
+    worker = start_worker(churn_inactive_days=0.0, lateness_seconds=LATENESS.total_seconds(),
+                          watermark_idle_seconds=3.0)
+    with JourneyClient(settings.bootstrap_servers, settings.touchpoints_topic,
+                       spool_dir=tmp_path / "spool") as sdk:
+        for e in arrival_order(events, seed=9):
+            sdk.send(e)
+
+    def final_rows() -> dict[WindowKey, tuple]:
+        return {(m, d, w, s): (v, n, den) for m, d, w, s, v, n, den in clickhouse.execute(
+            "SELECT metric, dimension, window, window_start, value, numerator, denominator "
+            "FROM cx_metrics FINAL WHERE final = 1")}
+
+    try:
+        wait_for(lambda: set(final_rows()) == set(expected), timeout=120, interval=2.0,
+                 what="every closed window's final row")
+    except BaseException:
+        got = final_rows()
+        print("missing", len(set(expected) - set(got)), sorted(set(expected) - set(got))[:5])
+        print("extra", len(set(got) - set(expected)), sorted(set(got) - set(expected))[:5])
+        print(worker.log()[-3000:])
+        raise
+    stream = final_rows()
+    differ = [(k, stream[k], v) for k, v in expected.items() if not same(stream[k][0], v)]
+    if differ:
+        print(len(differ), "differ of", len(expected))
+        print([line for line in worker.metrics().splitlines() if "too_late" in line
+               or "late_touch" in line or "watermark" in line])
+    assert not differ, differ[:5]
+    # No window is final before its time, and open windows carry their partial values.
+    open_rows = clickhouse.execute(
+        "SELECT count(), min(window_end) FROM cx_metrics FINAL WHERE final = 0")[0]
+    assert open_rows[0] > 0 and open_rows[1] > horizon
+
+    # The analyst's recomputation over the raw touchpoints agrees, window by window.
+    _title, sql = load_queries()["cx_windows_from_touchpoints"]
+    recomputed = {(m, d, w, s): (v, n, den) for m, d, w, s, _end, v, n, den, _samples
+                  in clickhouse.execute(sql)}
+    for key, (value, numerator, denominator) in stream.items():
+        assert key in recomputed, key
+        sql_value, sql_numerator, sql_denominator = recomputed[key]
+        assert (numerator, denominator) == (sql_numerator, sql_denominator), key
+        assert same(sql_value, value), key
+    # Duplicates were not counted, and nothing was too late for its window.
+    metrics = worker.metrics()
+    assert "journey_cx_window_too_late_total 0.0" in metrics
