@@ -97,6 +97,10 @@ class Settings:
         "it, so Faust's 60 s default meant 30 s joins; 6 s is Kafka's minimum.")
     broker_heartbeat_interval: float = _setting(
         1.5, "JOURNEY_BROKER_HEARTBEAT_INTERVAL", "Consumer heartbeat interval in seconds.")
+    broker_commit_interval: float = _setting(
+        2.8, "JOURNEY_BROKER_COMMIT_INTERVAL",
+        "How often the worker commits consumer offsets, in seconds (Faust's default). After "
+        "a crash, at most this much is processed again; outputs absorb the repeats.")
     worker_web_host: str = _setting(
         "127.0.0.1", "JOURNEY_WORKER_WEB_HOST",
         "Interface of the worker's web server; 0.0.0.0 in containers so Prometheus can scrape.")

@@ -30,6 +30,7 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.broker_session_timeout,
         broker_heartbeat_interval=settings.broker_heartbeat_interval,
+        broker_commit_interval=settings.broker_commit_interval,
         processing_guarantee="at_least_once",
         producer_acks=-1,
         web_host=settings.worker_web_host,

@@ -1,0 +1,229 @@
+"""`make bench`: how fast the service is, measured in one run on the local stack.
+
+    python -m tests.benchmarks                 # the full run (500k events, 50k customers)
+    python -m tests.benchmarks --smoke         # tiny sizes: proves the harness works
+    python -m tests.benchmarks --profile       # also py-spy the worker: top costs
+
+Prints a table, writes JSON (``--out``) and a PNG chart of throughput and latency over
+the run. Every number comes from the same run, so ratios hold on a noisy machine. No
+number here is asserted by the tests: CI runs ``--smoke`` to prove it still works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from tests.benchmarks.harness import Bench, make_workload, top_costs
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="make bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--customers", type=int, default=50_000,
+                   help="simulated customers (about 10 touchpoints each; default 50,000)")
+    p.add_argument("--partitions", type=int, default=8, help="topic partitions (default 8)")
+    p.add_argument("--latency-seconds", type=float, default=30.0,
+                   help="how long to offer load for the latency measurement (default 30)")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny sizes, for CI: 300 customers, 5 s of latency load")
+    p.add_argument("--profile", action="store_true",
+                   help="record the single worker with py-spy and print its top costs")
+    p.add_argument("--skip", nargs="*", default=[],
+                   choices=["naive", "latency", "collector", "sdk", "rocksdb", "scale"],
+                   help="measurements to leave out")
+    p.add_argument("--out", type=Path, default=Path(".journey/bench/bench.json"),
+                   help="JSON results (the chart goes beside it as .png)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.customers, args.latency_seconds = 300, 5.0
+    out: Path = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    results: dict = {"machine": {"python": platform.python_version(), "cpus": _cpus(),
+                                 "platform": platform.platform()},
+                     "customers": args.customers, "partitions": args.partitions}
+    say(f"Simulating {args.customers:,} customers ...")
+    workload = make_workload(args.customers)
+    n = len(workload)
+    results["events"] = n
+    say(f"  {n:,} touchpoints")
+    started = time.monotonic()
+    # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C, so the servers are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    run_dir = out.parent / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with Bench(args.partitions, echo=say, data_dir=run_dir) as bench:
+        say("Pre-filling the touchpoints topic ...")
+        main_settings = bench.fresh()
+        results["prefill_events_per_second"] = bench.prefill(main_settings, workload)
+        say(f"  {results['prefill_events_per_second']:,.0f} events/s")
+
+        say("1. ceiling: bare aiokafka consumer + JSON decode ...")
+        results["ceiling_events_per_second"] = bench.ceiling(main_settings, n)
+        say(f"  {results['ceiling_events_per_second']:,.0f} events/s")
+
+        if "naive" not in args.skip:
+            say("2. naive Faust agent, one table update per event ...")
+            results["naive_events_per_second"] = bench.naive(main_settings, n)
+            say(f"  {results['naive_events_per_second']:,.0f} events/s")
+
+        say("3. the real pipeline, one worker (memory store) ...")
+        profile = out.parent / "profile.txt" if args.profile else None
+        one = bench.pipeline(main_settings, n, profile=profile, label="1 worker")
+        results["pipeline"] = one
+        say(f"  {one['events_per_second']:,.0f} events/s ({one['seconds']:.1f} s; touchpoints "
+            f"visible after {one['touchpoints_visible_seconds']:.1f} s)")
+        # State memory: RSS at the end less RSS when the worker had just started.
+        results["memory"] = {
+            "memory_store_rss_bytes": one["worker_rss_bytes"],
+            "memory_store_rss_bytes_per_100k_customers":
+                (one["worker_rss_bytes"] - one["worker_rss_at_start_bytes"])
+                * 100_000 / args.customers}
+        if profile is not None and profile.exists():
+            results["profile_top_costs"] = top_costs(profile)
+
+        if "rocksdb" not in args.skip:
+            say("6. the same with the RocksDB store (memory) ...")
+            s = bench.fresh(store="rocksdb://")
+            bench.prefill(s, workload)
+            rocks = bench.pipeline(s, n, label="1 worker, RocksDB")
+            results["pipeline_rocksdb"] = rocks
+            results["memory"]["rocksdb_store_rss_bytes"] = rocks["worker_rss_bytes"]
+            results["memory"]["rocksdb_store_rss_bytes_per_100k_customers"] = (
+                (rocks["worker_rss_bytes"] - rocks["worker_rss_at_start_bytes"])
+                * 100_000 / args.customers)
+            say(f"  {rocks['events_per_second']:,.0f} events/s")
+
+        if "scale" not in args.skip:
+            say("7. scale-out: two worker processes ...")
+            s = bench.fresh()
+            bench.prefill(s, workload)
+            two = bench.pipeline(s, n, workers=2, label="2 workers")
+            results["pipeline_two_workers"] = two
+            results["scale_out_ratio"] = two["events_per_second"] / one["events_per_second"]
+            say(f"  {two['events_per_second']:,.0f} events/s, "
+                f"{results['scale_out_ratio']:.2f}x one worker")
+
+        if "latency" not in args.skip:
+            rate = max(10.0, one["events_per_second"] / 2)
+            say(f"4. latency at {rate:,.0f} events/s (half the maximum) for "
+                f"{args.latency_seconds:.0f} s ...")
+            results["latency"] = bench.latency(bench.fresh(), workload, rate,
+                                               args.latency_seconds)
+            say(f"  p50 {results['latency']['p50_seconds']:.2f} s, "
+                f"p99 {results['latency']['p99_seconds']:.2f} s")
+
+        if "collector" not in args.skip:
+            say("5. collector: batches of 100, 16 concurrent clients ...")
+            results["collector"] = bench.collector(bench.fresh(), workload, min(n, 100_000))
+            say(f"  {results['collector']['events_per_second']:,.0f} events/s, p99 request "
+                f"{results['collector']['p99_request_seconds'] * 1000:.1f} ms")
+        if "sdk" not in args.skip:
+            say("5. SDK: JourneyClient.send to the broker ...")
+            results["sdk_events_per_second"] = bench.sdk(bench.fresh(), workload,
+                                                         min(n, 200_000))
+            say(f"  {results['sdk_events_per_second']:,.0f} events/s")
+        series = bench.series
+    results["wall_seconds"] = time.monotonic() - started
+    _ratios(results)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    chart = out.with_suffix(".png")
+    _chart(series, chart)
+    print()
+    print(_table(results))
+    print(f"\nJSON: {out}   chart: {chart}")
+    return 0
+
+
+def _ratios(r: dict) -> None:
+    pipe = r["pipeline"]["events_per_second"]
+    r["ratios"] = {"pipeline_over_ceiling": pipe / r["ceiling_events_per_second"]}
+    if "naive_events_per_second" in r:
+        r["ratios"]["pipeline_over_naive"] = pipe / r["naive_events_per_second"]
+
+
+def _table(r: dict) -> str:
+    rows = [("events", f"{r['events']:,}", f"{r['customers']:,} customers, "
+             f"{r['partitions']} partitions")]
+    rows.append(("1. ceiling (aiokafka + json)", f"{r['ceiling_events_per_second']:,.0f} ev/s", ""))
+    if "naive_events_per_second" in r:
+        rows.append(("2. naive Faust agent", f"{r['naive_events_per_second']:,.0f} ev/s", ""))
+    p = r["pipeline"]
+    ratio = r["ratios"]
+    note = f"{ratio['pipeline_over_ceiling']:.2f}x ceiling"
+    if "pipeline_over_naive" in ratio:
+        note = f"{ratio['pipeline_over_naive']:.2f}x naive, " + note
+    rows.append(("3. pipeline, 1 worker", f"{p['events_per_second']:,.0f} ev/s", note))
+    if "latency" in r:
+        lat = r["latency"]
+        rows.append(("4. latency at half load", f"p99 {lat['p99_seconds']:.2f} s",
+                     f"p50 {lat['p50_seconds']:.2f} s at "
+                     f"{lat['offered_events_per_second']:,.0f} ev/s"))
+    if "collector" in r:
+        c = r["collector"]
+        rows.append(("5. collector", f"{c['events_per_second']:,.0f} ev/s",
+                     f"p99 request {c['p99_request_seconds'] * 1000:.1f} ms"))
+    if "sdk_events_per_second" in r:
+        rows.append(("5. SDK", f"{r['sdk_events_per_second']:,.0f} ev/s", ""))
+    m = r["memory"]
+    rows.append(("6. worker RSS / 100k customers",
+                 f"{m['memory_store_rss_bytes_per_100k_customers'] / 2**20:,.0f} MiB",
+                 "memory store"))
+    if "rocksdb_store_rss_bytes_per_100k_customers" in m:
+        rows.append(("", f"{m['rocksdb_store_rss_bytes_per_100k_customers'] / 2**20:,.0f} MiB",
+                     "RocksDB store"))
+    if "scale_out_ratio" in r:
+        rows.append(("7. two workers", f"{r['scale_out_ratio']:.2f}x one",
+                     f"{r['pipeline_two_workers']['events_per_second']:,.0f} ev/s"))
+    width = max(len(a) for a, _, _ in rows)
+    lines = [f"{a:<{width}}  {b:>16}  {c}" for a, b, c in rows]
+    if r.get("profile_top_costs"):
+        lines.append("\ntop costs in the worker (own time, py-spy):")
+        lines += [f"  {share * 100:5.1f} %  {frame}" for frame, share in r["profile_top_costs"]]
+    return "\n".join(lines)
+
+
+def _chart(series: list, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7))
+    for s in series:
+        if s.name.startswith("latency"):
+            bottom.plot([x for x, _ in s.points], [y for _, y in s.points], label=s.name)
+        else:
+            top.plot([x for x, _ in s.points], [y for _, y in s.points], label=s.name)
+    top.set_title("throughput: touchpoints reaching ClickHouse")
+    top.set_xlabel("seconds since the first touchpoint")
+    top.set_ylabel("events/s")
+    bottom.set_title("latency at half of the maximum load")
+    bottom.set_xlabel("seconds of sending")
+    bottom.set_ylabel("p99 sent → visible (s)")
+    for ax in (top, bottom):
+        if ax.lines:
+            ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

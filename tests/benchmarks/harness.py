@@ -1,0 +1,468 @@
+"""Benchmark building blocks: workloads, the local stack, and one function per measurement.
+
+Each measurement starts what it needs as real processes on loopback (the Tansu broker
+and ClickHouse are shared by the run; workers, the naive app and the collector are
+started per measurement, each on fresh topics and a fresh database) and returns plain
+numbers. ``__main__`` runs them in one go, so the ratios come from one machine state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from kafka import KafkaConsumer
+from kafka import TopicPartition as KafkaPartition
+
+from deploy.stack import Stack
+from producers.simulator import simulate
+from schemas import Touchpoint
+from schemas.settings import Settings
+from stream_processors.clickhouse.client import connect, migrate
+from stream_processors.topics import ensure_topics
+
+__all__ = ["Bench", "Workload", "make_workload"]
+
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass
+class Workload:
+    """Simulated journeys, encoded once: (key, value) records in event-time order."""
+
+    customers: int
+    records: list[tuple[bytes, bytes]]
+    touchpoints: list[Touchpoint]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def make_workload(customers: int, seed: int = 11) -> Workload:
+    people = simulate(customers, seed=seed, prefix="b-")
+    tps = sorted((e for p in people for e in p.events), key=lambda e: e.occurred_at)
+    return Workload(customers, [(tp.key.encode(), _encode(tp)) for tp in tps], tps)
+
+
+@dataclass
+class Series:
+    """(seconds since start, value) samples, for the chart."""
+
+    name: str
+    points: list[tuple[float, float]] = field(default_factory=list)
+
+
+class Bench:
+    """One benchmark run: its stack, its scratch space and its samples."""
+
+    def __init__(self, partitions: int, echo: Callable[[str], None] = print,
+                 data_dir: Path | None = None) -> None:
+        self.echo = echo
+        self.dir = data_dir or Path(tempfile.mkdtemp(prefix="journey-bench-"))
+        from tests.conftest import free_port
+
+        self.free_port = free_port
+        self.base = Settings.from_env({}).replace(
+            broker_url=f"127.0.0.1:{free_port()}",
+            clickhouse_url=f"clickhouse://default@127.0.0.1:{free_port()}/default",
+            clickhouse_http_port=free_port(), data_dir=self.dir / "stack",
+            topic_partitions=partitions, log_level="warn")
+        self.stack = Stack(self.base, echo=lambda line: echo(f"  {line.strip()}"))
+        self.series: list[Series] = []
+
+    def __enter__(self) -> Bench:
+        self.stack.start(["broker", "clickhouse"])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.stop()
+
+    def fresh(self, **changes: object) -> Settings:
+        """Settings with their own topics, consumer group, database and ports."""
+        name = f"b{uuid.uuid4().hex[:8]}"
+        return self.base.replace(topic_prefix=name, app_id=name,
+                                 clickhouse_url=self.base.clickhouse_url_for(name),
+                                 worker_web_port=self.free_port(), data_dir=self.dir / name,
+                                 **changes)
+
+    # ── load ─────────────────────────────────────────────────────────────────
+    def prefill(self, settings: Settings, workload: Workload) -> float:
+        """Write the workload to the touchpoints topic; returns events/s."""
+        ensure_topics(settings)
+        return asyncio.run(_produce(settings, settings.touchpoints_topic, workload.records))
+
+    # ── 1. ceiling ───────────────────────────────────────────────────────────
+    def ceiling(self, settings: Settings, expected: int) -> float:
+        """A bare aiokafka consumer reading and JSON-decoding the topic: events/s."""
+        return asyncio.run(_consume_all(settings, settings.touchpoints_topic, expected))
+
+    # ── 2. naive baseline ────────────────────────────────────────────────────
+    def naive(self, settings: Settings, expected: int, timeout: float = 900) -> float:
+        """A Faust agent with one table update per event: events/s from first to last."""
+        # A consumer group of its own: the pipeline reads the same topic afterwards.
+        settings = settings.replace(app_id=f"{settings.app_id}-naive",
+                                    worker_web_port=self.free_port())
+        env = {**os.environ, **settings.to_env()}
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        log = settings.data_dir / "naive.log"
+        with open(log, "w") as out:  # Faust sends print() to its log: read it there
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.benchmarks.naive", settings.touchpoints_topic,
+                 str(expected)], stdout=out, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True)
+        stamps: dict[str, float] = {}
+        try:
+            deadline = time.monotonic() + timeout
+            while "DONE" not in stamps and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+                for line in log.read_text(errors="replace").splitlines():
+                    for word in ("FIRST", "DONE"):
+                        if f"{word} " in line:
+                            stamps[word] = float(line.split(f"{word} ")[1].split()[0])
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        if "DONE" not in stamps:
+            tail = log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the naive agent did not finish; {log} ends with:\n{tail}")
+        return (expected - 1) / (stamps["DONE"] - stamps["FIRST"])
+
+    # ── 3, 6, 7. the real pipeline ───────────────────────────────────────────
+    def pipeline(self, settings: Settings, expected: int, workers: int = 1,
+                 timeout: float = 1800, label: str = "pipeline",
+                 profile: Path | None = None) -> dict[str, float]:
+        """Worker processes on a pre-filled topic, until ClickHouse has everything.
+
+        Timed from the first touchpoint taken in to the moment every touchpoint row is
+        in ClickHouse and the worker group has committed every offset of every topic it
+        reads (so journey snapshots and metric windows are written too).
+        """
+        client = _clickhouse(settings)
+        stacks = []
+        for n in range(workers):
+            s = settings.replace(worker_web_port=self.free_port(), broker_commit_interval=0.5,
+                                 data_dir=settings.data_dir / f"w{n}")
+            stack = Stack(s, echo=lambda line: None, start_timeout=120)
+            stack.start(["worker"])
+            stacks.append(stack)
+        pids = [st._started[0].process.pid for st in stacks]  # type: ignore[union-attr]
+        rss_start = max(_rss(pid) for pid in pids)
+        ports = [st.settings.worker_web_port for st in stacks]
+        series = Series(f"{label}: touchpoints in ClickHouse per second")
+        profiler = _start_profiler(pids[0], profile) if profile else None
+        try:
+            start = _wait(lambda: sum(_processed(p) for p in ports) > 0, timeout, 0.05)
+            last = (start, 0)
+            rows = 0
+            while rows < expected:
+                time.sleep(0.5)
+                rows = client.execute("SELECT count() FROM touchpoints")[0][0]
+                now = time.monotonic()
+                series.points.append((now - start, (rows - last[1]) / (now - last[0])))
+                last = (now, rows)
+                if now - start > timeout:
+                    raise RuntimeError(f"{label}: {rows} of {expected} rows after {timeout} s")
+            visible = time.monotonic()
+            _settle(settings, timeout)
+            done = time.monotonic()
+            rss = [_rss(pid) for pid in pids]
+        finally:
+            if profiler is not None:
+                profiler.terminate()
+                profiler.wait(60)
+            for stack in stacks:
+                stack.stop()
+            client.disconnect()
+        self.series.append(series)
+        return {"events_per_second": expected / (done - start),
+                "seconds": done - start, "touchpoints_visible_seconds": visible - start,
+                "worker_rss_bytes": max(rss), "worker_rss_at_start_bytes": rss_start}
+
+    # ── 4. latency ───────────────────────────────────────────────────────────
+    def latency(self, settings: Settings, workload: Workload, rate: float,
+                seconds: float) -> dict[str, float]:
+        """Offered load at ``rate`` events/s; touchpoint sent → visible in ClickHouse."""
+        client = _clickhouse(settings)
+        ensure_topics(settings)
+        stack = Stack(settings, echo=lambda line: None, start_timeout=120)
+        stack.start(["worker"])
+        try:
+            # Warm up: the group has joined once a first touchpoint came through.
+            asyncio.run(_produce(settings, settings.touchpoints_topic, workload.records[:1]))
+            _wait(lambda: client.execute("SELECT count() FROM touchpoints")[0][0] > 0, 120, 0.1)
+            count = min(len(workload) - 1, int(rate * seconds))
+            sent: dict[str, float] = {}
+            seen: dict[str, float] = {}
+            series = Series("latency: p99 per second of sending (s)")
+            asyncio.run(_paced(settings, workload.touchpoints[1:count + 1], rate, sent,
+                               lambda: _poll_seen(client, seen)))
+            deadline = time.monotonic() + 60
+            while len(seen) < len(sent) and time.monotonic() < deadline:
+                _poll_seen(client, seen)
+                time.sleep(0.05)
+        finally:
+            stack.stop()
+            client.disconnect()
+        latencies = sorted(seen[k] - sent[k] for k in sent if k in seen)
+        if not latencies:
+            raise RuntimeError("no touchpoint became visible")
+        t0 = min(sent.values())
+        by_second: dict[int, list[float]] = {}
+        for k, t in sent.items():
+            if k in seen:
+                by_second.setdefault(int(t - t0), []).append(seen[k] - t)
+        series.points = [(s, _quantile(sorted(v), 0.99)) for s, v in sorted(by_second.items())]
+        self.series.append(series)
+        return {"offered_events_per_second": rate, "events": len(sent),
+                "visible": len(latencies), "p50_seconds": _quantile(latencies, 0.5),
+                "p99_seconds": _quantile(latencies, 0.99)}
+
+    # ── 5. collector and SDK ─────────────────────────────────────────────────
+    def collector(self, settings: Settings, workload: Workload, events: int,
+                  concurrency: int = 16, batch: int = 100) -> dict[str, float]:
+        from producers.collector.auth import hash_key
+
+        s = settings.replace(collector_port=self.free_port(),
+                             collector_write_keys=f"bench={hash_key('bench-key')}",
+                             collector_rate_limit=1e9, collector_rate_burst=1e9)
+        ensure_topics(s)
+        stack = Stack(s, echo=lambda line: None)
+        stack.start(["collector"])
+        try:
+            return asyncio.run(_segment_load(s, workload.touchpoints[:events], concurrency, batch))
+        finally:
+            stack.stop()
+
+    def sdk(self, settings: Settings, workload: Workload, events: int) -> float:
+        from producers import JourneyClient
+
+        ensure_topics(settings)
+        tps = workload.touchpoints[:events]
+        with JourneyClient(settings.bootstrap_servers, settings.touchpoints_topic,
+                           spool_dir=settings.data_dir / "spool") as sdk:
+            start = time.perf_counter()
+            for tp in tps:
+                sdk.send(tp)
+            sdk.flush()
+            elapsed = time.perf_counter() - start
+        return len(tps) / elapsed
+
+
+# ── helpers ──────────────────────────────────────────────────────────────────
+def _clickhouse(settings: Settings):
+    """A client on the run's own database, migrated."""
+    admin = connect(settings.clickhouse_url)
+    try:
+        migrate(admin, settings.clickhouse_database)
+    finally:
+        admin.disconnect()
+    return connect(settings.clickhouse_url, database=settings.clickhouse_database)
+
+
+async def _produce(settings: Settings, topic: str, records: list[tuple[bytes, bytes]]) -> float:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=20,
+                                max_batch_size=1 << 20, enable_idempotence=False, acks=1)
+    await producer.start()
+    try:
+        start = time.perf_counter()
+        pending = []
+        for key, value in records:
+            pending.append(await producer.send(topic, value, key=key))
+            if len(pending) >= 20000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+        return len(records) / (time.perf_counter() - start)
+    finally:
+        await producer.stop()
+
+
+async def _consume_all(settings: Settings, topic: str, expected: int) -> float:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                max_partition_fetch_bytes=4 << 20, fetch_max_bytes=16 << 20)
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(settings.topic_partitions)])
+        seen, start = 0, None
+        while seen < expected:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=20000)
+            for records in batches.values():
+                if start is None:
+                    start = time.perf_counter()
+                for record in records:
+                    json.loads(record.value)
+                seen += len(records)
+        assert start is not None
+        return expected / (time.perf_counter() - start)
+    finally:
+        await consumer.stop()
+
+
+async def _paced(settings: Settings, tps: list[Touchpoint], rate: float, sent: dict[str, float],
+                 poll: Callable[[], None]) -> None:
+    """Send at ``rate`` events/s in 10 ms slices, each stamped with the current time."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=2,
+                                enable_idempotence=False)
+    await producer.start()
+    loop = asyncio.get_running_loop()
+    try:
+        start = time.monotonic()
+        i = 0
+        last_poll = start
+        while i < len(tps):
+            due = int((time.monotonic() - start) * rate) + 1
+            while i < min(due, len(tps)):
+                tp = msgspec.structs.replace(tps[i], occurred_at=datetime.now(UTC))
+                sent[tp.event_id] = time.time()
+                await producer.send(settings.touchpoints_topic, _encode(tp), key=tp.key.encode())
+                i += 1
+            if time.monotonic() - last_poll > 0.1:
+                await loop.run_in_executor(None, poll)
+                last_poll = time.monotonic()
+            await asyncio.sleep(0.01)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def _poll_seen(client: object, seen: dict[str, float]) -> None:
+    now = time.time()
+    for (event_id,) in client.execute(  # type: ignore[attr-defined]
+            "SELECT event_id FROM touchpoints WHERE ingested_at >= now() - 5"):
+        seen.setdefault(event_id, now)
+
+
+async def _segment_load(settings: Settings, tps: list[Touchpoint], concurrency: int,
+                        batch: int) -> dict[str, float]:
+    import aiohttp
+
+    url = f"http://127.0.0.1:{settings.collector_port}/v1/batch"
+    auth = aiohttp.BasicAuth("bench-key", "")
+    bodies = []
+    for i in range(0, len(tps), batch):
+        bodies.append(json.dumps({"batch": [
+            {"type": "track", "event": tp.type, "messageId": tp.event_id,
+             "userId": tp.customer_id, "anonymousId": tp.anonymous_id,
+             "timestamp": tp.occurred_at.isoformat(), "properties": tp.properties}
+            for tp in tps[i:i + batch]]}).encode())
+    latencies: list[float] = []
+    accepted = 0
+    queue = list(reversed(bodies))
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal accepted
+        while queue:
+            body = queue.pop()
+            t = time.perf_counter()
+            async with session.post(url, data=body, auth=auth,
+                                    headers={"Content-Type": "application/json"}) as r:
+                await r.read()
+                if r.status == 200:
+                    accepted += 1
+            latencies.append(time.perf_counter() - t)
+
+    async with aiohttp.ClientSession() as session:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {"events_per_second": len(tps) / elapsed, "requests": len(bodies),
+            "accepted_requests": accepted, "p50_request_seconds": _quantile(latencies, 0.5),
+            "p99_request_seconds": _quantile(latencies, 0.99)}
+
+
+def _processed(port: int) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("journey_touchpoints_processed_total{"))
+
+
+def _settle(settings: Settings, timeout: float, rounds: int = 3) -> None:
+    """Wait until the worker group has committed what the topics held, ``rounds`` times.
+
+    Watermark markers keep arriving, so "committed = end" never holds for long; instead
+    take the end offsets, wait for commits to pass them, and repeat, to cover what
+    processing produced meanwhile (merges, metric partials).
+    """
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
+                             group_id=settings.app_id, enable_auto_commit=False)
+    try:
+        topics = (settings.touchpoints_topic, settings.by_device_topic,
+                  settings.journey_events_topic, settings.cx_partials_topic)
+        partitions = [KafkaPartition(t, p) for t in topics
+                      for p in range(settings.topic_partitions)]
+        for _ in range(rounds):
+            ends = consumer.end_offsets(partitions)
+            _wait(lambda ends=ends: all((consumer.committed(tp) or 0) >= end
+                                        for tp, end in ends.items()), timeout, 0.1)
+    finally:
+        consumer.close()
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _wait(predicate: Callable[[], object], timeout: float, interval: float) -> float:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f} s")
+        time.sleep(interval)
+    return time.monotonic()
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _start_profiler(pid: int, out: Path) -> subprocess.Popen:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--format",
+         "raw", "--rate", "200", "--output", str(out), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=False)
+
+
+def top_costs(raw: Path, limit: int = 15) -> list[tuple[str, float]]:
+    """Share of samples per function (own time), from py-spy's collapsed stacks."""
+    own: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        frame = stack.split(";")[-1]
+        own[frame] = own.get(frame, 0) + int(count)
+        total += int(count)
+    ranked = sorted(own.items(), key=lambda kv: -kv[1])[:limit]
+    return [(frame, n / total) for frame, n in ranked] if total else []
+
+
+def mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
