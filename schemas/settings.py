@@ -73,6 +73,10 @@ class Settings:
         "(journey_cx_window_too_late_total). Touchpoints this far behind their journey's "
         "latest count as late (journey_late_touchpoints_total), though journeys still "
         "place them exactly: a journey keeps its touchpoints and refolds.")
+    cx_update_seconds: float = _setting(
+        5.0, "JOURNEY_CX_UPDATE_SECONDS",
+        "How often the rows of open CX metric windows are refreshed in ClickHouse (a "
+        "closing window's final row is written at once).")
     watermark_interval_seconds: float = _setting(
         1.0, "JOURNEY_WATERMARK_INTERVAL_SECONDS",
         "How often each stage sends its watermark (event-time progress) downstream.")

@@ -37,6 +37,7 @@ spread over workers.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import time
 import weakref
@@ -256,6 +257,8 @@ async def aggregate_cx(stream: StreamT) -> None:
                 continue
             if key not in totals:
                 stored = cx_windows.get(key)
+                if stored is None:  # a new window: schedule its closing
+                    heapq.heappush(_closing_for(partition), (window_end.timestamp(), key))
                 totals[key] = _decode_total(stored) if stored is not None else {}
             partial = decode_partial(event.value)
             totals[key][partial.partition] = partial
@@ -267,14 +270,17 @@ async def aggregate_cx(stream: StreamT) -> None:
                 cx_windows[_aggregator_clock_key(partition)] = msgspec.msgpack.encode(clock)
                 if horizon is None:
                     continue
-                prefix = f"{partition}|".encode()
-                for key in [k for k in cx_windows if k.startswith(prefix)]:
-                    if _window_end(key[len(prefix):]) <= horizon:
-                        final[key] = totals.pop(key, None) or _decode_total(cx_windows[key])
+                closing = _closing_for(partition)
+                while closing and closing[0][0] <= horizon.timestamp():
+                    _, key = heapq.heappop(closing)
+                    if key in totals:  # updated in this batch, or opened and closed in it
+                        final[key] = totals.pop(key)
+                    elif key in cx_windows:
+                        final[key] = _decode_total(cx_windows[key])
+                    else:
+                        continue
+                    if key in cx_windows:
                         del cx_windows[key]
-            for key in [k for k in totals if k.startswith(f"{partition}|".encode())]:
-                if horizon is not None and _window_end(key.split(b"|", 1)[1]) <= horizon:
-                    final[key] = totals.pop(key)  # opened and closed in this batch
         rows = [_metric_row(key, parts, False, version, now) for key, parts in totals.items()]
         rows += [_metric_row(key, parts, True, version, now) for key, parts in final.items()]
         for key, parts in totals.items():
@@ -295,6 +301,30 @@ def _metric_row(key: bytes, parts: dict[int, Partial], final: bool, version: int
         denominator, sum(p.samples for p in parts.values()), final, version, now)
 
 
+#: Per aggregator partition: (window end, table key) of its open windows, soonest first.
+#: Built from the table when first needed, and forgotten on a rebalance, so it always
+#: describes the table this worker holds.
+_closing: dict[int, list[tuple[float, bytes]]] = {}
+
+
+def _closing_for(partition: int) -> list[tuple[float, bytes]]:
+    heap = _closing.get(partition)
+    if heap is None:
+        prefix = f"{partition}|".encode()
+        heap = [(_window_end(k[len(prefix):]).timestamp(), k) for k in cx_windows
+                if k.startswith(prefix)]
+        heapq.heapify(heap)
+        _closing[partition] = heap
+    return heap
+
+
+@app.on_partitions_revoked.connect
+async def _forget_closing(app: object, revoked: object, **kwargs: object) -> None:
+    _closing.clear()
+    _dirty.clear()
+    _flushed_at.clear()
+
+
 def _window_end(window_key: bytes) -> datetime:
     _metric, _dimension, window, start_s = window_key.decode().split("|")
     return datetime.fromtimestamp(int(start_s), UTC) + spec_named(window).size
@@ -309,6 +339,16 @@ def _aggregator_clock(partition: int) -> LowWatermark:
     if stored is None:  # inputs: the horizon of every journey partition
         return LowWatermark(channels=PARTITIONS)
     return msgspec.msgpack.decode(stored, type=LowWatermark)
+
+
+@app.task
+async def quiet_hot_path_logs() -> None:
+    """Faust and aiokafka log every message sent at debug level; measured at about a
+    tenth of the worker's time when enabled, so keep those two loggers at INFO or above.
+    """
+    for name in ("faust.topics", "aiokafka.producer.producer"):
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logging.INFO, logger.getEffectiveLevel()))
 
 
 @app.timer(interval=settings.watermark_interval_seconds)
@@ -486,13 +526,18 @@ def _window_partials(contributions: dict[int, list[Contribution]],
                      carriers: dict[int, EventT],
                      ) -> tuple[dict[tuple[bytes, int], Partial], dict[int, datetime]]:
     """Apply a batch's contributions to each journey partition's open windows, and close
-    those its watermark passed. Returns the partials that changed (key: window and
+    those its watermark passed. Returns the partials to send (key: window and
     partition) and the partitions' horizons that moved.
+
+    An open window's part goes out at most every JOURNEY_CX_UPDATE_SECONDS (a window
+    touched by many batches is sent once), a closing window's last part at once.
     """
     out: dict[tuple[bytes, int], Partial] = {}
     horizons: dict[int, datetime] = {}
+    now = time.monotonic()
     for partition in sorted(set(clocks) | {p for p, cs in contributions.items() if cs}):
         clock = clocks.get(partition) or _load_clock(partition)
+        dirty = _dirty[partition]
         by_key: dict[tuple[str, str], list[Contribution]] = defaultdict(list)
         for c in contributions.get(partition, []):
             by_key[(c.metric, c.dimension)].append(c)
@@ -502,30 +547,58 @@ def _window_partials(contributions: dict[int, list[Contribution]],
             windows = changed[table_key] = _load_windows(table_key)
             touched, too_late = windows.add(items, clock.horizon)
             metrics.cx_window_too_late.inc(too_late)
-            for window in touched:
-                out[(_window_key(metric, dimension, window), partition)] = _partial(
-                    partition, windows.get(window))
+            dirty.update((table_key, window) for window in touched)
+        prefix = f"{partition}|".encode()
         horizon = clock.advance(LATENESS)
-        if horizon is not None:
-            horizons[partition] = horizon
-            prefix = f"{partition}|".encode()
+        refresh = now - _flushed_at.get(partition, -1e9) >= settings.cx_update_seconds
+        if horizon is not None or refresh:
             for table_key in [k for k in cx_partials if k.startswith(prefix)]:
                 if table_key == prefix:
                     continue
                 windows = changed.get(table_key) or _load_windows(table_key)
-                if windows.close(horizon):  # their last parts went out as they changed
+                if partition not in _flushed_at:  # first time here: what was sent is unknown
+                    dirty.update((table_key, (name, start)) for name, start in
+                                 map(OpenWindows._key, windows.windows))
+                if horizon is None:
+                    continue
+                closed = windows.close(horizon)
+                if closed:
                     changed[table_key] = windows
+                for window, state in closed.items():
+                    if (table_key, window) in dirty:
+                        dirty.discard((table_key, window))
+                        out[(_window_key(table_key, window), partition)] = _partial(
+                            partition, state)
+            if horizon is not None:
+                horizons[partition] = horizon
+        if refresh:
+            for table_key, window in dirty:
+                windows = changed.get(table_key) or _load_windows(table_key)
+                changed.setdefault(table_key, windows)
+                out[(_window_key(table_key, window), partition)] = _partial(
+                    partition, windows.get(window))
+            dirty.clear()
+            _flushed_at[partition] = now
         if clock.value is not None:
             metrics.cx_watermark_seconds.labels(str(partition)).set(clock.value.timestamp())
         with _writing_for(carriers[partition]):
             for table_key, windows in changed.items():
                 cx_partials[table_key] = msgspec.msgpack.encode(windows)
-            cx_partials[f"{partition}|".encode()] = msgspec.msgpack.encode(clock)
+            cx_partials[prefix] = msgspec.msgpack.encode(clock)
     return out, horizons
 
 
-def _window_key(metric: str, dimension: str, window: WindowKey) -> bytes:
-    return f"{metric}|{dimension}|{window[0]}|{int(window[1].timestamp())}".encode()
+#: Per journey partition, the open windows changed since their part was last sent, and
+#: when that was. In memory: after a restart or a rebalance every open window is sent
+#: once again (the aggregator keeps the latest part, so repeats are harmless).
+_dirty: dict[int, set[tuple[bytes, WindowKey]]] = defaultdict(set)
+_flushed_at: dict[int, float] = {}
+
+
+def _window_key(table_key: bytes, window: WindowKey) -> bytes:
+    """The aggregator's key of a window: metric|dimension|window|start."""
+    _partition, _, metric_dimension = table_key.partition(b"|")
+    return metric_dimension + f"|{window[0]}|{int(window[1].timestamp())}".encode()
 
 
 def _partial(partition: int, state: WindowState) -> Partial:
