@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps demo test unit lint clean
+.PHONY: setup system-deps demo test unit lint bench clean
 
 setup: system-deps $(VENV)/.installed
 
@@ -41,6 +41,11 @@ unit: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+# Benchmarks on the local stack (tests/benchmarks): `make bench ARGS="--smoke"` for a
+# quick run, `ARGS="--profile"` to see the worker's top costs.
+bench: setup
+	$(BIN)/python -m tests.benchmarks $(ARGS)
 
 clean:
 	rm -rf $(VENV) .journey .pytest_cache .ruff_cache *.egg-info

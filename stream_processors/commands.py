@@ -8,12 +8,16 @@ import msgspec
 
 from stream_processors.journey import JourneyLog
 
-__all__ = ["WATERMARK_KEY", "Command", "Merge", "MergeInto", "Partial", "Touch", "Watermark",
-           "decode_command", "decode_partial", "encode_command", "encode_partial"]
+__all__ = ["BUNDLE_KEY", "WATERMARK_KEY", "Command", "Merge", "MergeInto", "Partial", "Touch",
+           "Watermark", "decode_bundle", "decode_command", "decode_partial", "encode_bundle",
+           "encode_command", "encode_partial"]
 
 #: Key of watermark markers. They are sent to an explicit partition (every one of
 #: them), so the key only tells them apart from touchpoints on the by-device topic.
 WATERMARK_KEY = b"\x00watermark"
+#: Key of a bundle: many (key, value) messages for one partition sent as one, so that
+#: the internal hops pay the broker's and Faust's per-message cost once per bundle.
+BUNDLE_KEY = b"\x00bundle"
 
 
 class Touch(msgspec.Struct, tag="touch"):
@@ -83,3 +87,14 @@ def encode_partial(partial: Partial) -> bytes:
 
 def decode_partial(data: bytes) -> Partial:
     return _partial_decoder.decode(data)
+
+
+_bundle_decoder = msgspec.msgpack.Decoder(list[tuple[bytes, bytes]])
+
+
+def encode_bundle(items: list[tuple[bytes, bytes]]) -> bytes:
+    return _partial_encoder.encode(items)
+
+
+def decode_bundle(data: bytes) -> list[tuple[bytes, bytes]]:
+    return _bundle_decoder.decode(data)

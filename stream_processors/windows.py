@@ -20,6 +20,7 @@ all partitions: the value is the same however events were split.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -101,9 +102,12 @@ class OpenWindows(msgspec.Struct):
 
     Closed windows leave the state; the partition's horizon (watermark less lateness)
     tells a contribution that comes too late for a window from one that opens it.
+    ``closing`` holds (end, name) of every open window, soonest first (a heap), so that
+    closing costs what closes, not what is open.
     """
 
     windows: dict[str, WindowState] = {}
+    closing: list[tuple[int, str]] = []
 
     @staticmethod
     def _name(key: WindowKey) -> str:
@@ -136,6 +140,7 @@ class OpenWindows(msgspec.Struct):
                     state = self.windows.get(name)
                     if state is None:
                         state = self.windows[name] = WindowState()
+                        heapq.heappush(self.closing, (int(end.timestamp()), name))
                     state.add(c)
                     touched.add(key)
             too_late += missed
@@ -144,13 +149,18 @@ class OpenWindows(msgspec.Struct):
     def get(self, key: WindowKey) -> WindowState:
         return self.windows[self._name(key)]
 
+    @property
+    def next_end(self) -> int | None:
+        """When the soonest open window ends (Unix seconds), if any is open."""
+        return self.closing[0][0] if self.closing else None
+
     def close(self, horizon: datetime) -> dict[WindowKey, WindowState]:
         """Remove and return every window that ends at or before ``horizon``."""
         closed = {}
-        for name in list(self.windows):
-            key = self._key(name)
-            if key[1] + _BY_NAME[key[0]].size <= horizon:
-                closed[key] = self.windows.pop(name)
+        limit = horizon.timestamp()
+        while self.closing and self.closing[0][0] <= limit:
+            _end, name = heapq.heappop(self.closing)
+            closed[self._key(name)] = self.windows.pop(name)
         return closed
 
 

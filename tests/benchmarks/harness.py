@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -170,7 +171,7 @@ class Bench:
             rows = 0
             while rows < expected:
                 time.sleep(0.5)
-                rows = client.execute("SELECT count() FROM touchpoints")[0][0]
+                rows = client.execute("SELECT uniqExact(event_id) FROM touchpoints")[0][0]
                 now = time.monotonic()
                 series.points.append((now - start, (rows - last[1]) / (now - last[0])))
                 last = (now, rows)
@@ -182,7 +183,7 @@ class Bench:
             rss = [_rss(pid) for pid in pids]
         finally:
             if profiler is not None:
-                profiler.terminate()
+                profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
                 profiler.wait(60)
             for stack in stacks:
                 stack.stop()

@@ -1,0 +1,26 @@
+"""The benchmark harness still works end to end (tiny sizes; no speed is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_bench_smoke_measures_everything(tmp_path) -> None:
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, "-m", "tests.benchmarks", "--smoke", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["events"] > 1000
+    for number in (r["ceiling_events_per_second"], r["naive_events_per_second"],
+                   r["pipeline"]["events_per_second"], r["pipeline_rocksdb"]["events_per_second"],
+                   r["pipeline_two_workers"]["events_per_second"], r["sdk_events_per_second"],
+                   r["collector"]["events_per_second"], r["latency"]["p99_seconds"],
+                   r["memory"]["memory_store_rss_bytes"]):
+        assert number > 0
+    assert r["latency"]["visible"] == r["latency"]["events"]  # every sent event arrived
+    assert r["collector"]["accepted_requests"] == r["collector"]["requests"]
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    assert "3. pipeline, 1 worker" in run.stdout  # the table was printed
