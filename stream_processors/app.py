@@ -5,6 +5,10 @@ Faust settings chosen for the broker (measured on Tansu 0.6.0, see the README):
   timeout, so Faust's 60 s default made every start and rebalance wait 30 s.
 - ``broker_max_poll_interval`` left at Faust's default: a 5 s value was seen to
   leave a worker idle after a rebalance.
+- the consumer's fetch wait: Faust hardcodes 1.5 s, and Tansu answers a fetch only when
+  that wait ends even if data arrived meanwhile (measured: a message produced to an
+  idle topic reached a waiting consumer after up to the whole wait; 10 ms with a
+  0.1 s wait). Each internal hop paid it; ``JOURNEY_BROKER_FETCH_WAIT_SECONDS`` sets it.
 - ``processing_guarantee`` at-least-once: Tansu has no EndTxn, so no exactly-once;
   duplicates are absorbed downstream (event ids, ReplacingMergeTree).
 """
@@ -18,7 +22,24 @@ from schemas.settings import Settings
 __all__ = ["app", "create_app", "settings"]
 
 
+def _set_fetch_wait(seconds: float) -> None:
+    """Make Faust's worker consumer long-poll for ``seconds`` instead of its fixed 1.5 s."""
+    from faust.transport.drivers import aiokafka as driver
+
+    cls = driver.AIOKafkaConsumerThread
+    original = getattr(cls, "_journey_original_create", cls._create_worker_consumer)
+
+    def create(self: object, transport: object) -> object:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = int(seconds * 1000)  # read by start(), into its fetcher
+        return consumer
+
+    cls._journey_original_create = original
+    cls._create_worker_consumer = create
+
+
 def create_app(settings: Settings) -> faust.App:
+    _set_fetch_wait(settings.broker_fetch_wait_seconds)
     return faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers],
@@ -42,3 +63,4 @@ def create_app(settings: Settings) -> faust.App:
 
 settings = Settings.from_env()
 app = create_app(settings)
+

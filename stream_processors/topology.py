@@ -460,10 +460,11 @@ class Outbox:
 
     The partition is the one Kafka's default partitioner gives the key, as if each
     message had been sent alone: tables stay co-partitioned with their topics, and a
-    key's messages keep their order.
+    key's messages keep their order. A bundle stays well under Kafka's 1 MB default
+    message size (a merge carries a whole journey).
     """
 
-    CHUNK = 500
+    CHUNK_BYTES = 256 * 1024
 
     def __init__(self, topic: Any) -> None:
         self.topic = topic
@@ -474,10 +475,20 @@ class Outbox:
 
     async def send(self) -> None:
         for partition, items in self.items.items():
-            for i in range(0, len(items), self.CHUNK):
-                await self.topic.send(key=BUNDLE_KEY, value=encode_bundle(items[i:i + self.CHUNK]),
-                                      partition=partition)
+            chunk: list[tuple[bytes, bytes]] = []
+            size = 0
+            for item in items:
+                if chunk and size + len(item[1]) > self.CHUNK_BYTES:
+                    await self._send(partition, chunk)
+                    chunk, size = [], 0
+                chunk.append(item)
+                size += len(item[0]) + len(item[1]) + 8
+            if chunk:
+                await self._send(partition, chunk)
         self.items.clear()
+
+    async def _send(self, partition: int, chunk: list[tuple[bytes, bytes]]) -> None:
+        await self.topic.send(key=BUNDLE_KEY, value=encode_bundle(chunk), partition=partition)
 
 
 def _unbundle(event: EventT) -> list[tuple[bytes, bytes]]:
