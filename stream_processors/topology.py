@@ -30,11 +30,13 @@ partition closes a window once every input has passed its end by the lateness bo
 The internal hops carry bundles: one message per partition and batch holding many
 keyed commands (``Outbox``), partitioned as Kafka would partition each key alone, so
 tables stay co-partitioned while the per-message cost of Faust and the broker is paid
-once per bundle. Each agent reads batches bounded by size *and* time, and the batch's
-offsets are acked only after its outputs were handed on (Faust flushes the producer before it commits;
-the sink returns only once ClickHouse has the rows). Identity lives with the device's
-partition and a journey with its own, so results do not depend on how partitions are
-spread over workers.
+once per bundle.
+
+Each agent reads batches bounded by size *and* time, and the batch's offsets are
+acked only after its outputs were handed on (Faust flushes the producer before it
+commits; the sink returns only once ClickHouse has the rows). Identity lives with the
+device's partition and a journey with its own, so results do not depend on how
+partitions are spread over workers.
 """
 
 from __future__ import annotations
