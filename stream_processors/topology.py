@@ -42,6 +42,7 @@ partitions are spread over workers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import logging
 import time
@@ -254,11 +255,14 @@ async def aggregate_cx(stream: StreamT) -> None:
     """Sum each metric window's partials over the journey partitions, into cx_metrics.
 
     Every journey partition also sends its horizon here; a window is final once all of
-    them passed its end. Its final row is written and its state leaves the table.
+    them passed its end. Its final row is written and it leaves the table. The table
+    holds one entry per metric and dimension (all its open windows), so a batch costs
+    a changelog record per metric and dimension it touched, not one per window.
     """
     async for events in stream.take_events(BATCH, within=WITHIN):
         now, version = utcnow(), _row_version()
-        totals: dict[bytes, dict[int, Partial]] = {}
+        states: dict[bytes, AggregatorState] = {}
+        touched: dict[bytes, set[str]] = defaultdict(set)
         carriers: dict[bytes, EventT] = {}
         clocks: dict[int, tuple[LowWatermark, EventT]] = {}
         for event in events:
@@ -271,69 +275,93 @@ async def aggregate_cx(stream: StreamT) -> None:
                 clock.update(mark.channel, mark.at, mark.idle)
                 continue
             for window_key, value in _unbundle(event):
-                key = f"{partition}|".encode() + window_key
-                window_end = _window_end(window_key)
+                metric, dimension, window = window_key.decode().split("|", 2)
+                key = f"{partition}|{metric}|{dimension}".encode()
+                window_end = _window_end(window)
                 if clock.value is not None and window_end <= clock.value:
                     metrics.cx_window_too_late.inc()  # a replay after a rebalance
                     continue
-                if key not in totals:
-                    stored = cx_windows.get(key)
-                    if stored is None:  # a new window: schedule its closing
-                        heapq.heappush(_closing_for(partition), (window_end.timestamp(), key))
-                    totals[key] = _decode_total(stored) if stored is not None else {}
+                state = states.get(key)
+                if state is None:
+                    state = states[key] = _load_aggregate(key)
+                parts = state.get(window)
+                if parts is None:  # a new window: schedule its closing
+                    parts = state[window] = {}
+                    heapq.heappush(_closing_for(partition), (window_end.timestamp(), key, window))
                 partial = decode_partial(value)
-                totals[key][partial.partition] = partial
+                parts[partial.partition] = partial
+                touched[key].add(window)
                 carriers[key] = event
-        final: dict[bytes, dict[int, Partial]] = {}
+        rows = []
         for partition, (clock, event) in clocks.items():
             horizon = clock.value
             with _writing_for(event):
                 cx_windows[_aggregator_clock_key(partition)] = msgspec.msgpack.encode(clock)
-                if horizon is None:
-                    continue
-                closing = _closing_for(partition)
-                while closing and closing[0][0] <= horizon.timestamp():
-                    _, key = heapq.heappop(closing)
-                    if key in totals:  # updated in this batch, or opened and closed in it
-                        final[key] = totals.pop(key)
-                    elif key in cx_windows:
-                        final[key] = _decode_total(cx_windows[key])
-                    else:
-                        continue
-                    if key in cx_windows:
-                        del cx_windows[key]
-        rows = [_metric_row(key, parts, False, version, now) for key, parts in totals.items()]
-        rows += [_metric_row(key, parts, True, version, now) for key, parts in final.items()]
-        for key, parts in totals.items():
+            if horizon is None:
+                continue
+            closing = _closing_for(partition)
+            while closing and closing[0][0] <= horizon.timestamp():
+                _, key, window = heapq.heappop(closing)
+                state = states.get(key)
+                if state is None:
+                    state = states[key] = _load_aggregate(key)
+                    carriers[key] = event
+                parts = state.pop(window, None)
+                if parts is not None:
+                    rows.append(_metric_row(key, window, parts, True, version, now))
+                touched[key].discard(window)
+        for key, windows in touched.items():
+            state = states[key]
+            rows += [_metric_row(key, window, state[window], False, version, now)
+                     for window in windows]
+        for key, state in states.items():
             with _writing_for(carriers[key]):
-                cx_windows[key] = _encode_total(parts)
+                if state:
+                    cx_windows[key] = _aggregate_encoder.encode(state)
+                elif key in cx_windows:
+                    del cx_windows[key]
         await sink.write({"cx_metrics": rows})
 
 
-def _metric_row(key: bytes, parts: dict[int, Partial], final: bool, version: int,
-                now: datetime) -> tuple:
-    _partition, metric, dimension, window, start_s = key.decode().split("|")
+#: An aggregator's windows of one metric and dimension: window (`<name>|<start>`) → the
+#: latest part of each journey partition.
+AggregatorState = dict[str, dict[int, Partial]]
+_aggregate_encoder = msgspec.msgpack.Encoder()
+_aggregate_decoder = msgspec.msgpack.Decoder(AggregatorState)
+
+
+def _load_aggregate(key: bytes) -> AggregatorState:
+    stored = cx_windows.get(key)
+    return _aggregate_decoder.decode(stored) if stored is not None else {}
+
+
+def _metric_row(key: bytes, window: str, parts: dict[int, Partial], final: bool,
+                version: int, now: datetime) -> tuple:
+    _partition, metric, dimension = key.decode().split("|")
+    name, start_s = window.split("|")
     start = datetime.fromtimestamp(int(start_s), UTC)
     numerator = sum(p.numerator for p in parts.values())
     denominator = sum(p.denominator for p in parts.values())
     return metric_row(
-        metric, dimension, window, start, start + spec_named(window).size,
+        metric, dimension, name, start, start + spec_named(name).size,
         SCALES[metric] * numerator / denominator if denominator else None, numerator,
         denominator, sum(p.samples for p in parts.values()), final, version, now)
 
 
-#: Per aggregator partition: (window end, table key) of its open windows, soonest first.
-#: Built from the table when first needed, and forgotten on a rebalance, so it always
-#: describes the table this worker holds.
-_closing: dict[int, list[tuple[float, bytes]]] = {}
+#: Per aggregator partition: (window end, table key, window) of its open windows,
+#: soonest first. Built from the table when first needed, and forgotten on a rebalance,
+#: so it always describes the table this worker holds.
+_closing: dict[int, list[tuple[float, bytes, str]]] = {}
 
 
-def _closing_for(partition: int) -> list[tuple[float, bytes]]:
+def _closing_for(partition: int) -> list[tuple[float, bytes, str]]:
     heap = _closing.get(partition)
     if heap is None:
         prefix = f"{partition}|".encode()
-        heap = [(_window_end(k[len(prefix):]).timestamp(), k) for k in cx_windows
-                if k.startswith(prefix)]
+        heap = [(_window_end(window).timestamp(), key, window)
+                for key, value in cx_windows.items()
+                if key.startswith(prefix) and key.count(b"|") == 2
+                for window in _aggregate_decoder.decode(value)]
         heapq.heapify(heap)
         _closing[partition] = heap
     return heap
@@ -347,9 +375,10 @@ async def _forget_closing(app: object, revoked: object, **kwargs: object) -> Non
     _next_end.clear()
 
 
-def _window_end(window_key: bytes) -> datetime:
-    _metric, _dimension, window, start_s = window_key.decode().split("|")
-    return datetime.fromtimestamp(int(start_s), UTC) + spec_named(window).size
+@functools.lru_cache(maxsize=65536)
+def _window_end(window: str) -> datetime:
+    name, start_s = window.split("|")
+    return datetime.fromtimestamp(int(start_s), UTC) + spec_named(name).size
 
 
 def _aggregator_clock_key(partition: int) -> bytes:
@@ -475,8 +504,9 @@ class Outbox:
         self.topic = topic
         self.items: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
 
-    def add(self, key: bytes, value: bytes) -> None:
-        self.items[(murmur2(key) & 0x7FFFFFFF) % PARTITIONS].append((key, value))
+    def add(self, key: bytes, value: bytes, partition_key: bytes | None = None) -> None:
+        """Queue a message; ``partition_key`` (default: the key) chooses its partition."""
+        self.items[_partition_of(partition_key or key)].append((key, value))
 
     async def send(self) -> None:
         for partition, items in self.items.items():
@@ -494,6 +524,19 @@ class Outbox:
 
     async def _send(self, partition: int, chunk: list[tuple[bytes, bytes]]) -> None:
         await self.topic.send(key=BUNDLE_KEY, value=encode_bundle(chunk), partition=partition)
+
+
+_partitions: dict[bytes, int] = {}
+
+
+def _partition_of(key: bytes) -> int:
+    """Kafka's default partition for ``key`` (murmur2, in pure Python: so remembered)."""
+    partition = _partitions.get(key)
+    if partition is None:
+        if len(_partitions) >= 1_000_000:
+            _partitions.clear()
+        partition = _partitions[key] = (murmur2(key) & 0x7FFFFFFF) % PARTITIONS
+    return partition
 
 
 def _unbundle(event: EventT) -> list[tuple[bytes, bytes]]:
@@ -584,8 +627,8 @@ async def _update_journeys(events: Sequence[EventT]) -> None:
     partials, horizons = _window_partials(contributions, clocks, partition_carriers)
     await sink.write(rows)
     parts = Outbox(cx_partials_topic)
-    for (key, _), partial in partials.items():
-        parts.add(key, encode_partial(partial))
+    for (key, _), partial in partials.items():  # a metric and dimension's to one place
+        parts.add(key, encode_partial(partial), partition_key=key.rsplit(b"|", 2)[0])
     await parts.send()  # after the rows they summarise
     for partition, horizon in horizons.items():  # after the partials they close
         await _broadcast(cx_partials_topic, Watermark(f"j{partition}", horizon))
@@ -634,8 +677,7 @@ def _window_partials(contributions: dict[int, list[Contribution]],
                         continue  # nothing of it to close: leave it undecoded
                     windows = _load_windows(table_key)
                 if first:
-                    dirty.update((table_key, (name, start)) for name, start in
-                                 map(OpenWindows._key, windows.windows))
+                    dirty.update((table_key, window) for window in windows.open_windows())
                 if horizon is None:
                     continue
                 closed = windows.close(horizon)
@@ -676,6 +718,7 @@ _flushed_at: dict[int, float] = {}
 _next_end: dict[bytes, int | None] = {}
 
 
+@functools.lru_cache(maxsize=65536)
 def _window_key(table_key: bytes, window: WindowKey) -> bytes:
     """The aggregator's key of a window: metric|dimension|window|start."""
     _partition, _, metric_dimension = table_key.partition(b"|")
@@ -696,17 +739,6 @@ def _load_clock(partition: int) -> LowWatermark:
     if stored is None:  # inputs: every touchpoint partition and every by-device partition
         return LowWatermark(channels=2 * PARTITIONS)
     return msgspec.msgpack.decode(stored, type=LowWatermark)
-
-
-_total_decoder = msgspec.msgpack.Decoder(dict[int, Partial])
-
-
-def _decode_total(data: bytes) -> dict[int, Partial]:
-    return _total_decoder.decode(data)
-
-
-def _encode_total(parts: dict[int, Partial]) -> bytes:
-    return msgspec.msgpack.encode(parts)
 
 
 def _emit_journey(journey_log: JourneyLog, fresh: list[Touchpoint], rows: dict[str, list],

@@ -51,10 +51,10 @@ def test_late_events_within_the_bound_update_and_closed_windows_refuse_the_rest(
     assert windows.get(minute).ratio() == -100 / 3
     closed = windows.close(T.replace(second=0, minute=8))  # the end itself closes it
     assert list(closed) == [minute] and closed[minute].samples == 3
-    assert windows.windows == {}
+    assert windows.panes == {}
     touched, late = windows.add([nps_contribution(9, T)], horizon=T.replace(minute=8),
                                 specs=(MINUTE,))
-    assert (touched, late, windows.windows) == (set(), 1, {})
+    assert (touched, late, windows.panes) == (set(), 1, {})
 
 
 def test_a_contribution_too_late_for_a_short_window_still_counts_in_longer_ones() -> None:
@@ -89,7 +89,8 @@ def test_open_windows_survive_encoding() -> None:
     windows = OpenWindows()
     windows.add([nps_contribution(10, T)], horizon=None)
     again = msgspec.msgpack.decode(msgspec.msgpack.encode(windows), type=OpenWindows)
-    assert again == windows and len(again.windows) == 74
+    assert again == windows and len(again.open_windows()) == 74
+    assert sum(len(p) for p in again.panes.values()) == 4  # a pane per hop
 
 
 def test_low_watermark_waits_for_every_input_and_takes_the_slowest() -> None:
@@ -116,3 +117,20 @@ def test_an_idle_input_holds_nothing_back_until_it_moves_again() -> None:
     assert clock.value == T - timedelta(minutes=10)
     again = msgspec.msgpack.decode(msgspec.msgpack.encode(clock), type=LowWatermark)
     assert again == clock
+
+
+def test_a_closed_window_never_changes_and_panes_leave_once_no_window_needs_them() -> None:
+    windows = OpenWindows()
+    windows.add([nps_contribution(10, T)], horizon=None)
+    hour_later = T + timedelta(hours=1)
+    first = windows.close(hour_later)
+    assert first and all(start + spec_named(name).size <= hour_later for name, start in first)
+    touched, late = windows.add([nps_contribution(0, T)], horizon=hour_later)
+    assert late == 1 and all(start + spec_named(name).size > hour_later
+                             for name, start in touched)
+    rest = windows.close(T + timedelta(days=60))
+    assert not set(first) & set(rest)  # what closed is never published again
+    assert all(state.samples == 1 for state in first.values())
+    assert all(state.samples == 2 for state in rest.values())  # the late one counts here
+    assert {name for name, _ in rest} == {"24h", "7d", "30d"}  # every 1 h one had closed
+    assert windows.panes == {} and windows.expiry == []
