@@ -110,6 +110,7 @@ from stream_processors.journey import (
 )
 from stream_processors.metrics import WorkerMetrics
 from stream_processors.windows import (
+    WINDOWS,
     Contribution,
     LowWatermark,
     OpenWindows,
@@ -256,13 +257,14 @@ async def aggregate_cx(stream: StreamT) -> None:
 
     Every journey partition also sends its horizon here; a window is final once all of
     them passed its end. Its final row is written and it leaves the table. The table
-    holds one entry per metric and dimension (all its open windows), so a batch costs
-    a changelog record per metric and dimension it touched, not one per window.
+    holds a metric and dimension's open windows in a few entries (``_shard``), so a
+    batch costs a few changelog records per metric and dimension it touched, not one
+    per window. An open window's row is rewritten at most every
+    JOURNEY_CX_UPDATE_SECONDS, however many partials changed it meanwhile.
     """
     async for events in stream.take_events(BATCH, within=WITHIN):
         now, version = utcnow(), _row_version()
         states: dict[bytes, AggregatorState] = {}
-        touched: dict[bytes, set[str]] = defaultdict(set)
         carriers: dict[bytes, EventT] = {}
         clocks: dict[int, tuple[LowWatermark, EventT]] = {}
         for event in events:
@@ -276,7 +278,7 @@ async def aggregate_cx(stream: StreamT) -> None:
                 continue
             for window_key, value in _unbundle(event):
                 metric, dimension, window = window_key.decode().split("|", 2)
-                key = f"{partition}|{metric}|{dimension}".encode()
+                key = f"{partition}|{metric}|{dimension}|{_shard(window)}".encode()
                 window_end = _window_end(window)
                 if clock.value is not None and window_end <= clock.value:
                     metrics.cx_window_too_late.inc()  # a replay after a rebalance
@@ -290,7 +292,7 @@ async def aggregate_cx(stream: StreamT) -> None:
                     heapq.heappush(_closing_for(partition), (window_end.timestamp(), key, window))
                 partial = decode_partial(value)
                 parts[partial.partition] = partial
-                touched[key].add(window)
+                _shown[partition].setdefault(key, set()).add(window)
                 carriers[key] = event
         rows = []
         for partition, (clock, event) in clocks.items():
@@ -309,11 +311,16 @@ async def aggregate_cx(stream: StreamT) -> None:
                 parts = state.pop(window, None)
                 if parts is not None:
                     rows.append(_metric_row(key, window, parts, True, version, now))
-                touched[key].discard(window)
-        for key, windows in touched.items():
-            state = states[key]
-            rows += [_metric_row(key, window, state[window], False, version, now)
-                     for window in windows]
+                _shown[partition].get(key, set()).discard(window)
+        for partition, changed in _shown.items():
+            if time.monotonic() - _shown_at.get(partition, -1e9) < settings.cx_update_seconds:
+                continue
+            for key, windows in changed.items():
+                state = states.get(key) or _load_aggregate(key)
+                rows += [_metric_row(key, window, state[window], False, version, now)
+                         for window in windows if window in state]
+            changed.clear()
+            _shown_at[partition] = time.monotonic()
         for key, state in states.items():
             with _writing_for(carriers[key]):
                 if state:
@@ -323,9 +330,23 @@ async def aggregate_cx(stream: StreamT) -> None:
         await sink.write({"cx_metrics": rows})
 
 
-#: An aggregator's windows of one metric and dimension: window (`<name>|<start>`) → the
-#: latest part of each journey partition.
+#: Per aggregator partition, the open windows changed since their rows were last written
+#: (by table key), and when that was.
+_shown: dict[int, dict[bytes, set[str]]] = defaultdict(dict)
+_shown_at: dict[int, float] = {}
+#: An aggregator's windows of one metric, dimension and shard: window (`<name>|<start>`)
+#: → the latest part of each journey partition.
 AggregatorState = dict[str, dict[int, Partial]]
+#: Windows of one spec whose starts fall in the same span share a table entry: few
+#: entries per metric and dimension, and each stays far below Kafka's 1 MB message
+#: limit however far the watermark lags (a 6 h span holds 360 one-minute windows).
+SHARD_SECONDS = {spec.name: int(max(spec.size, timedelta(hours=6)).total_seconds())
+                 for spec in WINDOWS}
+
+
+def _shard(window: str) -> str:
+    name, start = window.split("|")
+    return f"{name}@{int(start) // SHARD_SECONDS[name]}"
 _aggregate_encoder = msgspec.msgpack.Encoder()
 _aggregate_decoder = msgspec.msgpack.Decoder(AggregatorState)
 
@@ -337,7 +358,7 @@ def _load_aggregate(key: bytes) -> AggregatorState:
 
 def _metric_row(key: bytes, window: str, parts: dict[int, Partial], final: bool,
                 version: int, now: datetime) -> tuple:
-    _partition, metric, dimension = key.decode().split("|")
+    _partition, metric, dimension, _shard = key.decode().split("|")
     name, start_s = window.split("|")
     start = datetime.fromtimestamp(int(start_s), UTC)
     numerator = sum(p.numerator for p in parts.values())
@@ -360,7 +381,7 @@ def _closing_for(partition: int) -> list[tuple[float, bytes, str]]:
         prefix = f"{partition}|".encode()
         heap = [(_window_end(window).timestamp(), key, window)
                 for key, value in cx_windows.items()
-                if key.startswith(prefix) and key.count(b"|") == 2
+                if key.startswith(prefix) and key.count(b"|") == 3
                 for window in _aggregate_decoder.decode(value)]
         heapq.heapify(heap)
         _closing[partition] = heap
@@ -370,6 +391,8 @@ def _closing_for(partition: int) -> list[tuple[float, bytes, str]]:
 @app.on_partitions_revoked.connect
 async def _forget_closing(app: object, revoked: object, **kwargs: object) -> None:
     _closing.clear()
+    _shown.clear()
+    _shown_at.clear()
     _dirty.clear()
     _flushed_at.clear()
     _next_end.clear()
