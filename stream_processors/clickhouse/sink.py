@@ -21,6 +21,7 @@ from clickhouse_driver import Client
 
 from stream_processors.clickhouse.client import connect
 from stream_processors.clickhouse.rows import COLUMNS
+from stream_processors.clickhouse.timestamps import Converter, convert_rows, converters_for
 from stream_processors.metrics import WorkerMetrics
 
 __all__ = ["ClickHouseSink"]
@@ -39,6 +40,7 @@ class ClickHouseSink:
         # worker are serial anyway (one batch at a time).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-sink")
         self._client: Client | None = None
+        self._converters: dict[str, list[tuple[int, Converter]]] = {}
 
     async def write(self, batches: Mapping[str, Sequence[tuple]]) -> None:
         """Insert every table's rows; returns only once all of them are in ClickHouse."""
@@ -72,8 +74,14 @@ class ClickHouseSink:
         started = time.perf_counter()
         columns = ", ".join(COLUMNS[table])
         try:
-            self._client.execute(
-                f"INSERT INTO {self._database}.{table} ({columns}) VALUES", list(rows))
+            converters = self._converters.get(table)
+            if converters is None:
+                types = dict(self._client.execute(
+                    "SELECT name, type FROM system.columns WHERE database = %(db)s "
+                    "AND table = %(table)s", {"db": self._database, "table": table}))
+                converters = self._converters[table] = converters_for(COLUMNS[table], types)
+            self._client.execute(f"INSERT INTO {self._database}.{table} ({columns}) VALUES",
+                                 convert_rows(rows, converters))
         except Exception:
             # A fresh connection next time: the old one may be half-way through a packet.
             self._client.disconnect()

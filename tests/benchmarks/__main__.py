@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="record the single worker with py-spy and print its top costs")
     p.add_argument("--skip", nargs="*", default=[],
                    choices=["naive", "latency", "collector", "sdk", "rocksdb", "scale"],
-                   help="measurements to leave out")
+                   help="measurements to leave out (naive: also Faust's floor)")
     p.add_argument("--out", type=Path, default=Path(".journey/bench/bench.json"),
                    help="JSON results (the chart goes beside it as .png)")
     args = p.parse_args(argv)
@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
             say("2. naive Faust agent, one table update per event ...")
             results["naive_events_per_second"] = bench.naive(main_settings, n)
             say(f"  {results['naive_events_per_second']:,.0f} events/s")
+            say("2b. Faust's floor: batches JSON-decoded, no table, no work ...")
+            results["faust_floor_events_per_second"] = bench.naive(main_settings, n, bare=True)
+            say(f"  {results['faust_floor_events_per_second']:,.0f} events/s")
 
         say("3. the real pipeline, one worker (memory store) ...")
         profile = out.parent / "profile.txt" if args.profile else None
@@ -150,6 +153,8 @@ def _ratios(r: dict) -> None:
     r["ratios"] = {"pipeline_over_ceiling": pipe / r["ceiling_events_per_second"]}
     if "naive_events_per_second" in r:
         r["ratios"]["pipeline_over_naive"] = pipe / r["naive_events_per_second"]
+    if "faust_floor_events_per_second" in r:
+        r["ratios"]["pipeline_over_faust_floor"] = pipe / r["faust_floor_events_per_second"]
 
 
 def _table(r: dict) -> str:
@@ -158,6 +163,9 @@ def _table(r: dict) -> str:
     rows.append(("1. ceiling (aiokafka + json)", f"{r['ceiling_events_per_second']:,.0f} ev/s", ""))
     if "naive_events_per_second" in r:
         rows.append(("2. naive Faust agent", f"{r['naive_events_per_second']:,.0f} ev/s", ""))
+    if "faust_floor_events_per_second" in r:
+        rows.append(("2b. Faust floor (no work)",
+                     f"{r['faust_floor_events_per_second']:,.0f} ev/s", ""))
     p = r["pipeline"]
     ratio = r["ratios"]
     note = f"{ratio['pipeline_over_ceiling']:.2f}x ceiling"

@@ -112,19 +112,24 @@ class Bench:
         return asyncio.run(_consume_all(settings, settings.touchpoints_topic, expected))
 
     # ── 2. naive baseline ────────────────────────────────────────────────────
-    def naive(self, settings: Settings, expected: int, timeout: float = 900) -> float:
-        """A Faust agent with one table update per event: events/s from first to last."""
+    def naive(self, settings: Settings, expected: int, timeout: float = 900,
+              bare: bool = False) -> float:
+        """A Faust agent with one table update per event: events/s from first to last.
+
+        ``bare``: Faust's floor instead, batches JSON-decoded and nothing else.
+        """
         # A consumer group of its own: the pipeline reads the same topic afterwards.
-        settings = settings.replace(app_id=f"{settings.app_id}-naive",
+        name = "bare" if bare else "naive"
+        settings = settings.replace(app_id=f"{settings.app_id}-{name}",
                                     worker_web_port=self.free_port())
         env = {**os.environ, **settings.to_env()}
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        log = settings.data_dir / "naive.log"
+        log = settings.data_dir / f"{name}.log"
         with open(log, "w") as out:  # Faust sends print() to its log: read it there
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tests.benchmarks.naive", settings.touchpoints_topic,
-                 str(expected)], stdout=out, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True)
+                 str(expected), *(["bare"] if bare else [])],
+                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         stamps: dict[str, float] = {}
         try:
             deadline = time.monotonic() + timeout

@@ -15,6 +15,7 @@ def test_bench_smoke_measures_everything(tmp_path) -> None:
     r = json.loads(out.read_text())
     assert r["events"] > 1000
     for number in (r["ceiling_events_per_second"], r["naive_events_per_second"],
+                   r["faust_floor_events_per_second"],
                    r["pipeline"]["events_per_second"], r["pipeline_rocksdb"]["events_per_second"],
                    r["pipeline_two_workers"]["events_per_second"], r["sdk_events_per_second"],
                    r["collector"]["events_per_second"], r["latency"]["p99_seconds"],
