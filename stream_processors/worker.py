@@ -39,5 +39,7 @@ def run_worker(settings: Settings) -> None:
     from stream_processors.topology import app
 
     sys.argv = ["journey worker", "worker", "--loglevel", settings.log_level,
-                "--web-port", str(settings.worker_web_port), "--web-host", settings.worker_web_host]
+                "--web-port", str(settings.worker_web_port), "--web-host", settings.worker_web_host,
+                # Faust binds every interface unless told: --web-host only names the URL.
+                "--web-bind", settings.worker_web_host]
     app.main()

@@ -36,6 +36,9 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         assert f"http://127.0.0.1:{ports['--collector-port']}/v1/batch" in text
         for port in ports.values():
             assert port_in_use("127.0.0.1", port)
+        # Loopback only: a development stack is not reachable from the network.
+        assert {port: _listening_on(port) for port in ports.values()} == {
+            port: {"127.0.0.1"} for port in ports.values()}
         # The data directory holds everything the servers wrote.
         assert (tmp_path / "clickhouse" / "data").is_dir()
         assert (tmp_path / "logs" / "worker.log").exists()
@@ -68,3 +71,23 @@ def test_up_on_a_taken_port_fails_with_one_clear_line(tmp_path: Path) -> None:
         f"journey: port {port} on 127.0.0.1 (broker) is already in use: stop what listens "
         "there or choose another port with --broker-port or JOURNEY_BROKER_URL")
     assert not (tmp_path / "logs").exists()  # nothing was started
+
+
+def _listening_on(port: int) -> set[str]:
+    """The local addresses with a listening TCP socket on ``port`` (from /proc/net)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                local, state = line.split()[1], line.split()[3]
+                address, _, hex_port = local.rpartition(":")
+                if state != "0A" or int(hex_port, 16) != port:
+                    continue
+                if len(address) == 8:
+                    found.add(socket.inet_ntop(socket.AF_INET, bytes.fromhex(address)[::-1]))
+                else:
+                    words = bytes.fromhex(address)
+                    raw = b"".join(words[i:i + 4][::-1] for i in range(0, 16, 4))
+                    found.add(socket.inet_ntop(socket.AF_INET6, raw))
+    return found
