@@ -16,7 +16,7 @@
         ClickHouse: touchpoints, customer_journeys, journey_transitions, support_tickets
                                  │  and each partition's part of the CX metric windows
                                  ▼
-                          <prefix>.cx-partials (key: metric|dimension|window|start)
+                          <prefix>.cx-partials (partitioned by metric|dimension)
                                  │  aggregate_cx: `cx-windows` table; sums the partials
                                  ▼
         ClickHouse: cx_metrics (open windows as they fill, then the final value)
@@ -161,8 +161,9 @@ journeys = app.Table("journeys", partitions=settings.topic_partitions, key_type=
 # partition named in it, so its changelog goes to that partition (the carrier event's).
 cx_partials = app.Table("cx-partials", partitions=settings.topic_partitions, key_type=bytes,
                         value_type=bytes)
-# The aggregator's windows (key `<partition>|<window>`: the latest partial of each journey
-# partition, until final) and its watermark: the horizon of each journey partition.
+# The aggregator's open windows (key `<partition>|<metric>|<dimension>|<shard>`: the
+# latest partial of each journey partition, until final) and its watermark: the horizon
+# of each journey partition.
 cx_windows = app.Table("cx-windows", partitions=settings.topic_partitions, key_type=bytes,
                        value_type=bytes)
 #: Event-time progress of the touchpoint partitions this worker reads (monotonic clock
