@@ -63,4 +63,3 @@ def create_app(settings: Settings) -> faust.App:
 
 settings = Settings.from_env()
 app = create_app(settings)
-

@@ -65,7 +65,7 @@ class Partial(msgspec.Struct, array_like=True):
     samples: int
 
 
-_encoder = msgspec.msgpack.Encoder()
+_encoder = msgspec.msgpack.Encoder()  # one for every message of this module
 _decoder = msgspec.msgpack.Decoder(Command)
 
 
@@ -77,12 +77,11 @@ def decode_command(data: bytes) -> Command:
     return _decoder.decode(data)
 
 
-_partial_encoder = msgspec.msgpack.Encoder()
 _partial_decoder = msgspec.msgpack.Decoder(Partial)
 
 
 def encode_partial(partial: Partial) -> bytes:
-    return _partial_encoder.encode(partial)
+    return _encoder.encode(partial)
 
 
 def decode_partial(data: bytes) -> Partial:
@@ -93,7 +92,7 @@ _bundle_decoder = msgspec.msgpack.Decoder(list[tuple[bytes, bytes]])
 
 
 def encode_bundle(items: list[tuple[bytes, bytes]]) -> bytes:
-    return _partial_encoder.encode(items)
+    return _encoder.encode(items)
 
 
 def decode_bundle(data: bytes) -> list[tuple[bytes, bytes]]:

@@ -325,7 +325,7 @@ async def aggregate_cx(stream: StreamT) -> None:
         for key, state in states.items():
             with _writing_for(carriers[key]):
                 if state:
-                    cx_windows[key] = _aggregate_encoder.encode(state)
+                    cx_windows[key] = msgspec.msgpack.encode(state)
                 elif key in cx_windows:
                     del cx_windows[key]
         await sink.write({"cx_metrics": rows})
@@ -348,7 +348,8 @@ SHARD_SECONDS = {spec.name: int(max(spec.size, timedelta(hours=6)).total_seconds
 def _shard(window: str) -> str:
     name, start = window.split("|")
     return f"{name}@{int(start) // SHARD_SECONDS[name]}"
-_aggregate_encoder = msgspec.msgpack.Encoder()
+
+
 _aggregate_decoder = msgspec.msgpack.Decoder(AggregatorState)
 
 
@@ -359,7 +360,7 @@ def _load_aggregate(key: bytes) -> AggregatorState:
 
 def _metric_row(key: bytes, window: str, parts: dict[int, Partial], final: bool,
                 version: int, now: datetime) -> tuple:
-    _partition, metric, dimension, _shard = key.decode().split("|")
+    _partition, metric, dimension, _span = key.decode().split("|")
     name, start_s = window.split("|")
     start = datetime.fromtimestamp(int(start_s), UTC)
     numerator = sum(p.numerator for p in parts.values())
@@ -633,7 +634,6 @@ async def _update_journeys(events: Sequence[EventT]) -> None:
             continue
         for key, value in _unbundle(event):
             apply(key, decode_command(value), event)
-    raised: list[Alert] = []
     raised: list[Alert] = []
     contributions: dict[int, list[Contribution]] = defaultdict(list)
     for key, journey_log in logs.items():
