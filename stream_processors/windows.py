@@ -99,6 +99,7 @@ class WindowState(msgspec.Struct, array_like=True):
 WindowKey = tuple[str, datetime]
 
 
+@functools.cache
 def _by_hop(specs: tuple[WindowSpec, ...]) -> dict[int, tuple[int, tuple[WindowSpec, ...]]]:
     """Hop (s) → (how long a pane of that hop matters: the largest size, s; its specs)."""
     hops: dict[int, list[WindowSpec]] = defaultdict(list)
@@ -106,9 +107,6 @@ def _by_hop(specs: tuple[WindowSpec, ...]) -> dict[int, tuple[int, tuple[WindowS
         hops[int(spec.hop.total_seconds())].append(spec)
     return {hop: (max(int(s.size.total_seconds()) for s in group), tuple(group))
             for hop, group in hops.items()}
-
-
-_HOPS = _by_hop(WINDOWS)
 
 
 class OpenWindows(msgspec.Struct):
@@ -138,7 +136,7 @@ class OpenWindows(msgspec.Struct):
         in the longer windows that are open. The caller closes every window up to
         ``horizon`` before (or has nothing there to close).
         """
-        hops = _HOPS if specs is WINDOWS else _by_hop(specs)
+        hops = _by_hop(specs)
         h = None if horizon is None else int(horizon.timestamp())
         if h is not None and (self.closed_through is None or h > self.closed_through):
             self.closed_through = h
@@ -188,7 +186,7 @@ class OpenWindows(msgspec.Struct):
 
     def open_windows(self, specs: tuple[WindowSpec, ...] = WINDOWS) -> set[WindowKey]:
         """Every open window that holds something."""
-        hops = _HOPS if specs is WINDOWS else _by_hop(specs)
+        hops = _by_hop(specs)
         out: set[WindowKey] = set()
         for hop, panes in self.panes.items():
             for spec in hops.get(hop, (0, ()))[1]:
@@ -212,7 +210,7 @@ class OpenWindows(msgspec.Struct):
               specs: tuple[WindowSpec, ...] = WINDOWS) -> dict[WindowKey, WindowState]:
         """Close every window that ends at or before ``horizon``; returns those holding
         something, with their final state."""
-        hops = _HOPS if specs is WINDOWS else _by_hop(specs)
+        hops = _by_hop(specs)
         h = int(horizon.timestamp())
         was = self.closed_through
         if was is not None and h <= was:
