@@ -53,13 +53,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
-from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
 from faust.types import EventT, StreamT
 from faust.web import Request, Response, Web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from schemas import SchemaError, Touchpoint, decode_touchpoint, decode_trusted, utcnow
+from schemas.partitioning import partition_for
 from stream_processors.app import app, settings
 from stream_processors.clickhouse.rows import (
     alert_row,
@@ -531,7 +531,7 @@ class Outbox:
 
     def add(self, key: bytes, value: bytes, partition_key: bytes | None = None) -> None:
         """Queue a message; ``partition_key`` (default: the key) chooses its partition."""
-        self.items[_partition_of(partition_key or key)].append((key, value))
+        self.items[partition_for(partition_key or key, PARTITIONS)].append((key, value))
 
     async def send(self) -> None:
         for partition, items in self.items.items():
@@ -549,19 +549,6 @@ class Outbox:
 
     async def _send(self, partition: int, chunk: list[tuple[bytes, bytes]]) -> None:
         await self.topic.send(key=BUNDLE_KEY, value=encode_bundle(chunk), partition=partition)
-
-
-_partitions: dict[bytes, int] = {}
-
-
-def _partition_of(key: bytes) -> int:
-    """Kafka's default partition for ``key`` (murmur2, in pure Python: so remembered)."""
-    partition = _partitions.get(key)
-    if partition is None:
-        if len(_partitions) >= 1_000_000:
-            _partitions.clear()
-        partition = _partitions[key] = (murmur2(key) & 0x7FFFFFFF) % PARTITIONS
-    return partition
 
 
 def _unbundle(event: EventT) -> list[tuple[bytes, bytes]]:

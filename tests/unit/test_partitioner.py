@@ -1,9 +1,13 @@
-"""The SDK's partitioner must place every key where Kafka's default partitioner does:
+"""The SDK and the worker must place every key where Kafka's default partitioner does:
 the worker's tables are co-partitioned with the touchpoints topic by that hash."""
 
+from aiokafka.partitioner import DefaultPartitioner as AiokafkaPartitioner
 from kafka.partitioner.default import DefaultPartitioner
 
 from producers.sdk import KeyHashPartitioner
+from schemas.partitioning import key_hash, partition_for
+
+KEYS = [f"customer-{n}".encode() for n in range(300)] + [b"", b"\xff" * 37]
 
 
 class Cluster:
@@ -23,17 +27,21 @@ class Cluster:
 
 
 def test_same_partition_as_kafkas_default_for_every_key_and_count() -> None:
-    ours, default = KeyHashPartitioner(remember=50), DefaultPartitioner()
-    keys = [f"customer-{n}".encode() for n in range(300)] + [b"", b"\xff" * 37]
+    ours, default = KeyHashPartitioner(), DefaultPartitioner()
+    key_hash.cache_clear()
     for partitions in (1, 3, 8, 12):
         cluster = Cluster(partitions)
-        for key in keys * 2:  # the second time from what it remembers (or forgot)
+        for key in KEYS * 2:  # the second time from what it remembers
             assert (ours.partition("t", key, key, None, None, cluster)
                     == default.partition("t", key, key, None, None, cluster)), key
 
 
-def test_remembers_at_most_its_bound() -> None:
-    ours = KeyHashPartitioner(remember=10)
-    for n in range(25):
-        ours.partition("t", None, str(n).encode(), None, None, Cluster(4))
-    assert len(ours._hashes) <= 10
+def test_the_workers_partitions_are_aiokafkas_too() -> None:
+    for partitions in (1, 3, 8, 12):
+        every = list(range(partitions))
+        for key in KEYS:
+            assert partition_for(key, partitions) == AiokafkaPartitioner()(key, every, every)
+
+
+def test_remembers_a_bounded_number_of_hashes() -> None:
+    assert key_hash.cache_info().maxsize == 1 << 20
