@@ -51,6 +51,30 @@ def _default_spool_dir(topic: str) -> Path:
     return base / "journey-sdk" / topic
 
 
+def kafka_config(bootstrap_servers: str | list[str], *, linger_ms: int = 20,
+                 batch_size: int = 256 * 1024, compression_type: str | None = "gzip",
+                 delivery_timeout_ms: int = 15_000) -> dict[str, Any]:
+    """The SDK's kafka-python producer settings (the benchmark's bare loop uses them too)."""
+    return {
+        "bootstrap_servers": bootstrap_servers,
+        "linger_ms": linger_ms,
+        "batch_size": batch_size,
+        "compression_type": compression_type,
+        "acks": "all",
+        # One request in flight keeps a key's order through retries without the
+        # idempotent producer (kafka-python 3 enables it by default): after a broker
+        # restart that lost producer state (Tansu in memory), InitProducerId fails for
+        # good and nothing would be sent again. Duplicates from retries are absorbed
+        # downstream by event_id.
+        "enable_idempotence": False,
+        "max_in_flight_requests_per_connection": 1,
+        "delivery_timeout_ms": delivery_timeout_ms,
+        # kafka-python requires delivery > linger + request timeout.
+        "request_timeout_ms": max(500, min(10_000, delivery_timeout_ms - linger_ms - 500)),
+        "max_block_ms": 5_000,
+    }
+
+
 class JourneyClient:
     """Publishes touchpoints to ``<prefix>.touchpoints``; thread-safe, one per process."""
 
@@ -73,24 +97,9 @@ class JourneyClient:
         self.topic = topic
         self.source = source
         self.block_timeout = block_timeout
-        self._config: dict[str, Any] = {
-            "bootstrap_servers": bootstrap_servers,
-            "linger_ms": linger_ms,
-            "batch_size": batch_size,
-            "compression_type": compression_type,
-            "acks": "all",
-            # One request in flight keeps a key's order through retries without the
-            # idempotent producer (kafka-python 3 enables it by default): after a broker
-            # restart that lost producer state (Tansu in memory), InitProducerId fails for
-            # good and nothing would be sent again. Duplicates from retries are absorbed
-            # downstream by event_id.
-            "enable_idempotence": False,
-            "max_in_flight_requests_per_connection": 1,
-            "delivery_timeout_ms": delivery_timeout_ms,
-            # kafka-python requires delivery > linger + request timeout.
-            "request_timeout_ms": max(500, min(10_000, delivery_timeout_ms - linger_ms - 500)),
-            "max_block_ms": 5_000,
-        }
+        self._config = kafka_config(bootstrap_servers, linger_ms=linger_ms,
+                                    batch_size=batch_size, compression_type=compression_type,
+                                    delivery_timeout_ms=delivery_timeout_ms)
         self._config.update(producer_config or {})
         if self._config["delivery_timeout_ms"] <= (self._config["linger_ms"]
                                                    + self._config["request_timeout_ms"]):

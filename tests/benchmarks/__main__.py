@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="record the single worker with py-spy and print its top costs")
     p.add_argument("--skip", nargs="*", default=[],
                    choices=["naive", "latency", "collector", "sdk", "rocksdb", "scale"],
-                   help="measurements to leave out (naive: also Faust's floor)")
+                   help="measurements to leave out (naive: also Faust's floor; sdk: also "
+                        "kafka-python's)")
     p.add_argument("--out", type=Path, default=Path(".journey/bench/bench.json"),
                    help="JSON results (the chart goes beside it as .png)")
     args = p.parse_args(argv)
@@ -136,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
             results["sdk_events_per_second"] = bench.sdk(bench.fresh(), workload,
                                                          min(n, 200_000))
             say(f"  {results['sdk_events_per_second']:,.0f} events/s")
+            say("5b. kafka-python's floor: the same records, a bare send loop ...")
+            results["kafka_python_floor_events_per_second"] = bench.kafka_python_floor(
+                bench.fresh(), workload, min(n, 200_000))
+            say(f"  {results['kafka_python_floor_events_per_second']:,.0f} events/s")
         series = bench.series
     results["wall_seconds"] = time.monotonic() - started
     _ratios(results)
@@ -183,6 +188,9 @@ def _table(r: dict) -> str:
                      f"p99 request {c['p99_request_seconds'] * 1000:.1f} ms"))
     if "sdk_events_per_second" in r:
         rows.append(("5. SDK", f"{r['sdk_events_per_second']:,.0f} ev/s", ""))
+    if "kafka_python_floor_events_per_second" in r:
+        rows.append(("5b. kafka-python floor",
+                     f"{r['kafka_python_floor_events_per_second']:,.0f} ev/s", "bare send loop"))
     m = r["memory"]
     rows.append(("6. worker RSS / 100k customers",
                  f"{m['memory_store_rss_bytes_per_100k_customers'] / 2**20:,.0f} MiB",

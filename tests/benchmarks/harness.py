@@ -268,6 +268,26 @@ class Bench:
         return len(tps) / elapsed
 
 
+    def kafka_python_floor(self, settings: Settings, workload: Workload, events: int) -> float:
+        """kafka-python alone: the SDK's records sent in a bare loop with the SDK's producer
+        settings. The SDK is built on it and cannot be faster."""
+        from kafka import KafkaProducer
+
+        from producers.sdk import kafka_config
+
+        ensure_topics(settings)
+        records = workload.records[:events]
+        producer = KafkaProducer(**kafka_config(settings.bootstrap_servers))
+        try:
+            start = time.perf_counter()
+            for key, value in records:
+                producer.send(settings.touchpoints_topic, key=key, value=value)
+            producer.flush()
+            return len(records) / (time.perf_counter() - start)
+        finally:
+            producer.close()
+
+
 # ── helpers ──────────────────────────────────────────────────────────────────
 def _clickhouse(settings: Settings):
     """A client on the run's own database, migrated."""

@@ -18,6 +18,7 @@ def test_bench_smoke_measures_everything(tmp_path) -> None:
                    r["faust_floor_events_per_second"],
                    r["pipeline"]["events_per_second"], r["pipeline_rocksdb"]["events_per_second"],
                    r["pipeline_two_workers"]["events_per_second"], r["sdk_events_per_second"],
+                   r["kafka_python_floor_events_per_second"],
                    r["collector"]["events_per_second"], r["latency"]["p99_seconds"],
                    r["memory"]["memory_store_rss_bytes"]):
         assert number > 0
