@@ -293,7 +293,7 @@ async def aggregate_cx(stream: StreamT) -> None:
                     heapq.heappush(_closing_for(partition), (window_end.timestamp(), key, window))
                 partial = decode_partial(value)
                 parts[partial.partition] = partial
-                _shown[partition].setdefault(key, set()).add(window)
+                _shown.windows[partition].add((key, window))
                 carriers[key] = event
         rows = []
         for partition, (clock, event) in clocks.items():
@@ -312,16 +312,17 @@ async def aggregate_cx(stream: StreamT) -> None:
                 parts = state.pop(window, None)
                 if parts is not None:
                     rows.append(_metric_row(key, window, parts, True, version, now))
-                _shown[partition].get(key, set()).discard(window)
-        for partition, changed in _shown.items():
-            if time.monotonic() - _shown_at.get(partition, -1e9) < settings.cx_update_seconds:
+                _shown.windows[partition].discard((key, window))
+        read: dict[bytes, AggregatorState] = {}  # unchanged: not written back
+        for partition in list(_shown.windows):
+            if not _shown.due(partition):
                 continue
-            for key, windows in changed.items():
-                state = states.get(key) or _load_aggregate(key)
-                rows += [_metric_row(key, window, state[window], False, version, now)
-                         for window in windows if window in state]
-            changed.clear()
-            _shown_at[partition] = time.monotonic()
+            for key, window in _shown.take(partition):
+                state = states[key] if key in states else read.get(key)
+                if state is None:
+                    state = read[key] = _load_aggregate(key)
+                if window in state:
+                    rows.append(_metric_row(key, window, state[window], False, version, now))
         for key, state in states.items():
             with _writing_for(carriers[key]):
                 if state:
@@ -331,10 +332,6 @@ async def aggregate_cx(stream: StreamT) -> None:
         await sink.write({"cx_metrics": rows})
 
 
-#: Per aggregator partition, the open windows changed since their rows were last written
-#: (by table key), and when that was.
-_shown: dict[int, dict[bytes, set[str]]] = defaultdict(dict)
-_shown_at: dict[int, float] = {}
 #: An aggregator's windows of one metric, dimension and shard: window (`<name>|<start>`)
 #: → the latest part of each journey partition.
 AggregatorState = dict[str, dict[int, Partial]]
@@ -394,9 +391,7 @@ def _closing_for(partition: int) -> list[tuple[float, bytes, str]]:
 async def _forget_closing(app: object, revoked: object, **kwargs: object) -> None:
     _closing.clear()
     _shown.clear()
-    _shown_at.clear()
     _dirty.clear()
-    _flushed_at.clear()
     _next_end.clear()
 
 
@@ -658,10 +653,9 @@ def _window_partials(contributions: dict[int, list[Contribution]],
     """
     out: dict[tuple[bytes, int], Partial] = {}
     horizons: dict[int, datetime] = {}
-    now = time.monotonic()
     for partition in sorted(set(clocks) | {p for p, cs in contributions.items() if cs}):
         clock = clocks.get(partition) or _load_clock(partition)
-        dirty = _dirty[partition]
+        dirty = _dirty.windows[partition]
         by_key: dict[tuple[str, str], list[Contribution]] = defaultdict(list)
         for c in contributions.get(partition, []):
             by_key[(c.metric, c.dimension)].append(c)
@@ -674,9 +668,9 @@ def _window_partials(contributions: dict[int, list[Contribution]],
             dirty.update((table_key, window) for window in touched)
         prefix = f"{partition}|".encode()
         horizon = clock.advance(LATENESS)
-        refresh = now - _flushed_at.get(partition, -1e9) >= settings.cx_update_seconds
+        refresh = _dirty.due(partition)
         if horizon is not None or refresh:
-            first = partition not in _flushed_at  # since start: what was sent is unknown
+            first = not _dirty.published(partition)  # since start: what was sent is unknown
             for table_key in [k for k in cx_partials if k.startswith(prefix)]:
                 if table_key == prefix:
                     continue
@@ -702,13 +696,13 @@ def _window_partials(contributions: dict[int, list[Contribution]],
             if horizon is not None:
                 horizons[partition] = horizon
         if refresh:
-            for table_key, window in dirty:
-                windows = changed.get(table_key) or _load_windows(table_key)
-                changed.setdefault(table_key, windows)
+            read: dict[bytes, OpenWindows] = {}  # unchanged: not written back
+            for table_key, window in _dirty.take(partition):
+                windows = changed.get(table_key) or read.get(table_key)
+                if windows is None:
+                    windows = read[table_key] = _load_windows(table_key)
                 out[(_window_key(table_key, window), partition)] = _partial(
                     partition, windows.get(window))
-            dirty.clear()
-            _flushed_at[partition] = now
         if clock.value is not None:
             metrics.cx_watermark_seconds.labels(str(partition)).set(clock.value.timestamp())
         with _writing_for(carriers[partition]):
@@ -719,11 +713,40 @@ def _window_partials(contributions: dict[int, list[Contribution]],
     return out, horizons
 
 
-#: Per journey partition, the open windows changed since their part was last sent, and
-#: when that was. In memory: after a restart or a rebalance every open window is sent
-#: once again (the aggregator keeps the latest part, so repeats are harmless).
-_dirty: dict[int, set[tuple[bytes, WindowKey]]] = defaultdict(set)
-_flushed_at: dict[int, float] = {}
+class Changed:
+    """Per partition, the open windows changed since they were last published, and when
+    that was: a window that many batches change is published once per
+    JOURNEY_CX_UPDATE_SECONDS. In memory: after a restart or a rebalance it starts empty.
+    """
+
+    def __init__(self) -> None:
+        self.windows: dict[int, set[tuple[bytes, Any]]] = defaultdict(set)
+        self._published_at: dict[int, float] = {}
+
+    def published(self, partition: int) -> bool:
+        """Whether this process has published the partition's windows yet."""
+        return partition in self._published_at
+
+    def due(self, partition: int) -> bool:
+        last = self._published_at.get(partition)
+        return last is None or time.monotonic() - last >= settings.cx_update_seconds
+
+    def take(self, partition: int) -> set[tuple[bytes, Any]]:
+        """The changed windows, to publish now; the partition starts afresh."""
+        self._published_at[partition] = time.monotonic()
+        return self.windows.pop(partition, set())
+
+    def clear(self) -> None:
+        self.windows.clear()
+        self._published_at.clear()
+
+
+#: The journey partitions' windows (table key, window) whose parts are to be sent. After
+#: a restart or a rebalance every open window is sent once again (the aggregator keeps
+#: the latest part, so repeats are harmless).
+_dirty = Changed()
+#: The aggregator partitions' windows (table key, window) whose rows are to be written.
+_shown = Changed()
 #: When the soonest open window of each `cx-partials` key ends (None: none open), so a
 #: key with nothing to close is not decoded; filled as keys are written.
 _next_end: dict[bytes, int | None] = {}
