@@ -135,7 +135,9 @@ class Settings:
     data_dir: Path = _setting(  # noqa: RUF009 - an immutable Path, shared safely
         Path(".journey"), "JOURNEY_DATA_DIR",
         "Where the local stack keeps ClickHouse data, logs and the worker's table state.")
-    log_level: str = _setting("info", "JOURNEY_LOG_LEVEL", "crit, error, warn, info or debug.")
+    log_level: str = _setting(
+        "info", "JOURNEY_LOG_LEVEL",
+        "debug, info, warning (or warn), error or critical (or crit); any case.")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -159,6 +161,9 @@ class Settings:
             raise ConfigError("JOURNEY_TOPIC_PARTITIONS must be at least 1")
         if self.sink_batch_size < 1:
             raise ConfigError("JOURNEY_SINK_BATCH_SIZE must be at least 1")
+        if self.log_level.strip().lower() not in _LOG_LEVELS:
+            raise ConfigError(f"JOURNEY_LOG_LEVEL={self.log_level!r}: use one of "
+                              f"{', '.join(sorted(set(_LOG_LEVELS.values())))}")
         if self.store.split("://")[0] not in ("memory", "rocksdb"):
             raise ConfigError(f"JOURNEY_STORE={self.store!r}: use memory:// or rocksdb://")
         if urlsplit(self.clickhouse_url).scheme not in ("clickhouse", "clickhouses"):
@@ -228,6 +233,11 @@ class Settings:
         return {f.metadata["env"]: str(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @property
+    def python_log_level(self) -> str:
+        """The log level as Python's logging names it (``WARNING`` for ``warn``)."""
+        return _LOG_LEVELS[self.log_level.strip().lower()]
+
+    @property
     def cors_origins(self) -> frozenset[str]:
         return frozenset(o.strip().rstrip("/") for o in self.collector_cors_origins.split(",")
                          if o.strip())
@@ -241,6 +251,11 @@ class Settings:
                 value = _mask_url(value) if "://" in value else _mask_hashes(value)
             rows.append((f.metadata["env"], value, f.metadata["doc"]))
         return rows
+
+
+#: Accepted spellings of JOURNEY_LOG_LEVEL → Python's level name.
+_LOG_LEVELS = {"debug": "DEBUG", "info": "INFO", "warn": "WARNING", "warning": "WARNING",
+               "error": "ERROR", "crit": "CRITICAL", "critical": "CRITICAL"}
 
 
 def _mask_url(url: str) -> str:

@@ -9,6 +9,9 @@ Faust settings chosen for the broker (measured on Tansu 0.6.0, see the README):
   that wait ends even if data arrived meanwhile (measured: a message produced to an
   idle topic reached a waiting consumer after up to the whole wait; 10 ms with a
   0.1 s wait). Each internal hop paid it; ``JOURNEY_BROKER_FETCH_WAIT_SECONDS`` sets it.
+- table recovery: Tansu's ListOffsets answers the wrong log end, so Faust's recovery
+  found "persisted offset above the highwater" after every restart of a RocksDB worker;
+  ``stream_processors.recovery`` corrects it and rebuilds inconsistent partitions.
 - ``processing_guarantee`` at-least-once: Tansu has no EndTxn, so no exactly-once;
   duplicates are absorbed downstream (event ids, ReplacingMergeTree).
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import faust
 
 from schemas.settings import Settings
+from stream_processors import recovery
 
 __all__ = ["app", "create_app", "settings"]
 
@@ -40,6 +44,7 @@ def _set_fetch_wait(seconds: float) -> None:
 
 def create_app(settings: Settings) -> faust.App:
     _set_fetch_wait(settings.broker_fetch_wait_seconds)
+    recovery.install()
     return faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers],
@@ -58,6 +63,9 @@ def create_app(settings: Settings) -> faust.App:
         web_port=settings.worker_web_port,
         web_in_thread=False,
         autodiscover=False,
+        # Recovery that rebuilds a partition whose local state disagrees with its
+        # changelog, instead of stopping the worker (stream_processors/recovery.py).
+        TableManager=recovery.HealingTableManager,
     )
 
 

@@ -8,9 +8,9 @@ import msgspec
 
 from stream_processors.journey import JourneyLog
 
-__all__ = ["BUNDLE_KEY", "WATERMARK_KEY", "Command", "Merge", "MergeInto", "Partial", "Touch",
-           "Watermark", "decode_bundle", "decode_command", "decode_partial", "encode_bundle",
-           "encode_command", "encode_partial"]
+__all__ = ["BUNDLE_KEY", "WATERMARK_KEY", "Command", "Merge", "MergeInto", "Partial", "Sweep",
+           "Touch", "Watermark", "decode_bundle", "decode_command", "decode_partial",
+           "encode_bundle", "encode_command", "encode_partial"]
 
 #: Key of watermark markers. They are sent to an explicit partition (every one of
 #: them), so the key only tells them apart from touchpoints on the by-device topic.
@@ -39,6 +39,12 @@ class Merge(msgspec.Struct, tag="merge"):
     log: JourneyLog
 
 
+class Sweep(msgspec.Struct, tag="sweep"):
+    """To a journey that looked inactive to the churn sweep: fold it again with today's
+    clock. A command, not a direct write, so its rows, alerts and state go through the
+    same crash-safe path as a touchpoint's."""
+
+
 class Watermark(msgspec.Struct, tag="watermark"):
     """Everything from ``channel`` before this marker occurred before ``at``.
 
@@ -53,7 +59,7 @@ class Watermark(msgspec.Struct, tag="watermark"):
     idle: bool = False
 
 
-Command = Touch | MergeInto | Merge | Watermark
+Command = Touch | MergeInto | Merge | Sweep | Watermark
 
 
 class Partial(msgspec.Struct, array_like=True):

@@ -72,6 +72,9 @@ class JourneyLog(msgspec.Struct, kw_only=True):
     #: Survey answers whose rated ticket, order or touchpoint has not arrived yet
     #: (see stream_processors.contributions).
     pending_rated: list[str] = []
+    #: The ``version`` the inactivity sweep last folded (-1: never): it folds a journey
+    #: once per version, so a restart does not sweep it again.
+    swept_version: int = -1
 
 
 class Transition(msgspec.Struct, frozen=True):

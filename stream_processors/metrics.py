@@ -36,6 +36,7 @@ class WorkerMetrics(NamedTuple):
     alerts_raised: Counter
     consumer_lag: Gauge
     table_keys: Gauge
+    state_rebuilds: Counter
     cx_survey_responses: Counter
     cx_rated_responses: Counter
     cx_ces_score: Histogram
@@ -113,6 +114,10 @@ class WorkerMetrics(NamedTuple):
                 ["topic", "partition"], registry=registry),
             table_keys=Gauge(f"{prefix}_table_keys", "Keys in this worker's part of a table.",
                              ["table"], registry=registry),
+            state_rebuilds=Counter(
+                f"{prefix}_state_rebuilds", "Table partitions whose local state was "
+                "discarded and rebuilt from the changelog (reason: ahead_of_changelog, "
+                "unreadable_store).", ["table", "reason"], registry=registry),
             # CX counts, not ratios: NPS, CSAT and quantiles are recording rules over
             # them (deploy/prometheus/rules), so they aggregate across workers.
             cx_survey_responses=Counter(

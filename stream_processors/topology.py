@@ -37,29 +37,40 @@ acked only after its outputs were handed on (Faust flushes the producer before i
 commits; the sink returns only once ClickHouse has the rows). Identity lives with the
 device's partition and a journey with its own, so results do not depend on how
 partitions are spread over workers.
+
+**Crash safety.** No agent writes a table while it works. Each reads through ``Staged``
+tables and collects an ``Effects``, whose ``commit`` does one thing after another: rows
+into ClickHouse, messages acknowledged by the broker, then table writes, so that state
+which marks work as done is saved only after the effects it guards are durable
+(stream_processors/effects.py). Where two tables of one batch guard each other, the
+guarded one is saved first: a journey partition's CX windows (``cx-partials``), then the
+``journeys`` whose known event ids keep a replay from contributing again. Each window
+entry also remembers the last journey-events offset it took in (``applied_through``),
+so a replay that finds the windows saved but the journeys not does not count twice.
+The inactivity sweep sends ``Sweep`` commands instead of writing rows itself, so its
+rows, alerts and churn transition go the same way.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import functools
 import heapq
 import logging
 import time
-import weakref
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
-from faust.streams import _current_event
 from faust.types import EventT, StreamT
 from faust.web import Request, Response, Web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from schemas import SchemaError, Touchpoint, decode_touchpoint, decode_trusted, utcnow
 from schemas.partitioning import partition_for
+from stream_processors import recovery
 from stream_processors.app import app, settings
 from stream_processors.clickhouse.rows import (
     alert_row,
@@ -74,18 +85,16 @@ from stream_processors.clickhouse.rows import (
 )
 from stream_processors.clickhouse.sink import ClickHouseSink
 from stream_processors.commands import (
-    BUNDLE_KEY,
     WATERMARK_KEY,
     Command,
     Merge,
     MergeInto,
     Partial,
+    Sweep,
     Touch,
     Watermark,
-    decode_bundle,
     decode_command,
     decode_partial,
-    encode_bundle,
     encode_command,
     encode_partial,
 )
@@ -96,6 +105,7 @@ from stream_processors.contributions import (
     resolve_pending,
 )
 from stream_processors.cx_metrics import csat_satisfied, nps_category
+from stream_processors.effects import Effects, Staged, unbundle
 from stream_processors.journey import (
     Alert,
     Journey,
@@ -125,10 +135,11 @@ registry = CollectorRegistry()
 metrics = WorkerMetrics.create(registry)
 sink = ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database, metrics,
                       max_retry_seconds=settings.sink_max_retry_seconds)
-#: Journeys the inactivity sweep already wrote as churned (until they move again), and
-#: the alerts it raised (the sweep cannot write the table; ClickHouse deduplicates).
-swept: set[bytes] = set()
-swept_alerts: set[str] = set()
+recovery.on_rebuild(lambda table, partition, reason:
+                    metrics.state_rebuilds.labels(table, reason).inc())
+for _table in ("devices", "journeys", "cx-partials", "cx-windows"):
+    for _reason in ("ahead_of_changelog", "unreadable_store"):
+        metrics.state_rebuilds.labels(_table, _reason)
 SLA = timedelta(seconds=settings.first_response_sla_seconds)
 INACTIVE_AFTER = (timedelta(days=settings.churn_inactive_days)
                   if settings.churn_inactive_days > 0 else None)
@@ -174,20 +185,25 @@ STARTED = time.monotonic()
 
 
 # ── agents ───────────────────────────────────────────────────────────────────
+def _effects() -> Effects:
+    return Effects(sink.write, app.producer.flush)
+
+
 @app.agent(touchpoints_topic)
 async def route_by_device(stream: StreamT) -> None:
     async for events in stream.take_events(BATCH, within=HOP_WITHIN):
-        dead_rows = []
+        out = _effects()
         now = utcnow()
         progress: dict[int, datetime] = {}
-        to_devices, to_journeys = Outbox(by_device_topic), Outbox(journey_events_topic)
+        to_devices = out.outbox(by_device_topic, PARTITIONS)
+        to_journeys = out.outbox(journey_events_topic, PARTITIONS)
         for event in events:
             partition = event.message.partition
             source_seen[partition] = time.monotonic()
             try:
                 tp = decode_touchpoint(event.value)
             except SchemaError as exc:
-                dead_rows.append(await _dead_letter(event, exc))
+                _dead_letter(out, event, exc)
                 continue
             if partition not in progress or tp.occurred_at > progress[partition]:
                 progress[partition] = tp.occurred_at
@@ -199,22 +215,21 @@ async def route_by_device(stream: StreamT) -> None:
             else:
                 to_journeys.add(tp.key.encode(), encode_command(Touch(tp.customer_id,
                                                                       [event.value])))
-        await to_devices.send()
-        await to_journeys.send()
-        # Only now, after the events were handed to the producer, may a marker say so.
+        await out.commit()
+        # Only now, after the events were acknowledged, may a marker say so.
         for partition, at in progress.items():
             if partition not in source_progress or at > source_progress[partition]:
                 source_progress[partition] = at
-        if dead_rows:
-            await sink.write({"dead_letters": dead_rows})
 
 
 @app.agent(by_device_topic)
 async def resolve_identity(stream: StreamT) -> None:
     inputs: dict[int, LowWatermark] = {}  # per by-device partition: its sources' marks
     async for events in stream.take_events(BATCH, within=HOP_WITHIN):
+        out = _effects()
+        links = Staged(devices)
         marked: set[int] = set()
-        to_journeys = Outbox(journey_events_topic)
+        to_journeys = out.outbox(journey_events_topic, PARTITIONS)
         for event in events:
             if event.key == WATERMARK_KEY:
                 mark = decode_command(event.value)
@@ -224,26 +239,26 @@ async def resolve_identity(stream: StreamT) -> None:
                 clock.update(mark.channel, mark.at, mark.idle)
                 marked.add(partition)
                 continue
-            for device, raw in _unbundle(event):
+            for device, raw in unbundle(event):
                 tp = decode_trusted(raw)
-                linked = devices.get(device)
+                linked = links.get(device)
                 customer = tp.customer_id
                 if customer:
                     if linked is None:  # first identification: the past comes along
                         to_journeys.add(f"anon:{tp.anonymous_id}".encode(),
                                         encode_command(MergeInto(customer)))
                     if linked != customer.encode():  # later anonymous visits follow the login
-                        with _writing_for(event):
-                            devices[device] = customer.encode()
+                        links.set(device, customer.encode(), event)
                 elif linked is not None:
                     customer = linked.decode()
                 key = customer or f"anon:{tp.anonymous_id}"
                 to_journeys.add(key.encode(), encode_command(Touch(customer, [raw])))
-        await to_journeys.send()
         for partition in sorted(marked):  # after this batch's touchpoints
             clock = inputs[partition]
-            await _broadcast(journey_events_topic,
-                             Watermark(f"d{partition}", clock.value, clock.idle))
+            _broadcast(out, journey_events_topic,
+                       Watermark(f"d{partition}", clock.value, clock.idle))
+        out.save(links)  # a link is saved once its MergeInto is acknowledged
+        await out.commit()
 
 
 @app.agent(journey_events_topic)
@@ -264,20 +279,22 @@ async def aggregate_cx(stream: StreamT) -> None:
     JOURNEY_CX_UPDATE_SECONDS, however many partials changed it meanwhile.
     """
     async for events in stream.take_events(BATCH, within=WITHIN):
+        out = _effects()
+        table = Staged(cx_windows)
         now, version = utcnow(), _row_version()
         states: dict[bytes, AggregatorState] = {}
         carriers: dict[bytes, EventT] = {}
         clocks: dict[int, tuple[LowWatermark, EventT]] = {}
         for event in events:
             partition = event.message.partition
-            clock, _ = clocks.get(partition) or (_aggregator_clock(partition), event)
+            clock, _ = clocks.get(partition) or (_aggregator_clock(table, partition), event)
             clocks[partition] = (clock, event)
             if event.key == WATERMARK_KEY:
                 mark = decode_command(event.value)
                 assert isinstance(mark, Watermark)
                 clock.update(mark.channel, mark.at, mark.idle)
                 continue
-            for window_key, value in _unbundle(event):
+            for window_key, value in unbundle(event):
                 metric, dimension, window = window_key.decode().split("|", 2)
                 key = f"{partition}|{metric}|{dimension}|{_shard(window)}".encode()
                 window_end = _window_end(window)
@@ -286,7 +303,7 @@ async def aggregate_cx(stream: StreamT) -> None:
                     continue
                 state = states.get(key)
                 if state is None:
-                    state = states[key] = _load_aggregate(key)
+                    state = states[key] = _load_aggregate(table, key)
                 parts = state.get(window)
                 if parts is None:  # a new window: schedule its closing
                     parts = state[window] = {}
@@ -295,11 +312,10 @@ async def aggregate_cx(stream: StreamT) -> None:
                 parts[partial.partition] = partial
                 _shown.windows[partition].add((key, window))
                 carriers[key] = event
-        rows = []
+        rows = out.rows["cx_metrics"]
         for partition, (clock, event) in clocks.items():
             horizon = clock.value
-            with _writing_for(event):
-                cx_windows[_aggregator_clock_key(partition)] = msgspec.msgpack.encode(clock)
+            table.set(_aggregator_clock_key(partition), msgspec.msgpack.encode(clock), event)
             if horizon is None:
                 continue
             closing = _closing_for(partition)
@@ -307,7 +323,7 @@ async def aggregate_cx(stream: StreamT) -> None:
                 _, key, window = heapq.heappop(closing)
                 state = states.get(key)
                 if state is None:
-                    state = states[key] = _load_aggregate(key)
+                    state = states[key] = _load_aggregate(table, key)
                     carriers[key] = event
                 parts = state.pop(window, None)
                 if parts is not None:
@@ -320,16 +336,16 @@ async def aggregate_cx(stream: StreamT) -> None:
             for key, window in _shown.take(partition):
                 state = states[key] if key in states else read.get(key)
                 if state is None:
-                    state = read[key] = _load_aggregate(key)
+                    state = read[key] = _load_aggregate(table, key)
                 if window in state:
                     rows.append(_metric_row(key, window, state[window], False, version, now))
         for key, state in states.items():
-            with _writing_for(carriers[key]):
-                if state:
-                    cx_windows[key] = msgspec.msgpack.encode(state)
-                elif key in cx_windows:
-                    del cx_windows[key]
-        await sink.write({"cx_metrics": rows})
+            if state:
+                table.set(key, msgspec.msgpack.encode(state), carriers[key])
+            elif table.get(key) is not None:
+                table.delete(key, carriers[key])
+        out.save(table)  # a window leaves the table once its final row is in ClickHouse
+        await out.commit()
 
 
 #: An aggregator's windows of one metric, dimension and shard: window (`<name>|<start>`)
@@ -350,8 +366,8 @@ def _shard(window: str) -> str:
 _aggregate_decoder = msgspec.msgpack.Decoder(AggregatorState)
 
 
-def _load_aggregate(key: bytes) -> AggregatorState:
-    stored = cx_windows.get(key)
+def _load_aggregate(table: Staged, key: bytes) -> AggregatorState:
+    stored = table.get(key)
     return _aggregate_decoder.decode(stored) if stored is not None else {}
 
 
@@ -405,8 +421,8 @@ def _aggregator_clock_key(partition: int) -> bytes:
     return WATERMARK_KEY + f"|{partition}".encode()
 
 
-def _aggregator_clock(partition: int) -> LowWatermark:
-    stored = cx_windows.get(_aggregator_clock_key(partition))
+def _aggregator_clock(table: Staged, partition: int) -> LowWatermark:
+    stored = table.get(_aggregator_clock_key(partition))
     if stored is None:  # inputs: the horizon of every journey partition
         return LowWatermark(channels=PARTITIONS)
     return msgspec.msgpack.decode(stored, type=LowWatermark)
@@ -430,6 +446,7 @@ async def send_watermarks() -> None:
     had no touchpoint for JOURNEY_WATERMARK_IDLE_SECONDS.
     """
     consumer = app.consumer
+    out = _effects()
     for tp in consumer.assignment():
         if tp.topic != touchpoints_topic.get_topic_name():
             continue
@@ -443,37 +460,50 @@ async def send_watermarks() -> None:
                 position = highwater = None
             idle = position is not None and highwater is not None and position >= highwater
         mark = Watermark(f"t{tp.partition}", source_progress.get(tp.partition), idle)
-        await _broadcast(by_device_topic, mark, key=WATERMARK_KEY)
-        await _broadcast(journey_events_topic, mark)
+        _broadcast(out, by_device_topic, mark)
+        _broadcast(out, journey_events_topic, mark)
+    await out.commit()
+
+
+#: How many journeys the sweep decodes before it lets the event loop run again.
+SWEEP_CHUNK = 500
 
 
 @app.timer(interval=settings.churn_sweep_seconds)
 async def sweep_inactive() -> None:
     """Journeys that went quiet churn without a touchpoint to tell us: look for them.
 
-    Writes rows only, never the table (a table write needs the event that carried the
-    key); ``swept`` remembers what was written until the journey moves again.
+    Sends each a ``Sweep`` command; ``update_journey`` folds it with today's clock and
+    writes its rows, alerts and state like any update, so a crash or a restart neither
+    loses the churn nor raises its alerts twice. Only this worker's active journey
+    partitions are read, a chunk at a time, so the event loop keeps running.
     """
     if INACTIVE_AFTER is None:
         return
+    mine = {tp.partition for tp in app.consumer.assignment()
+            if tp.topic == journey_events_topic.get_topic_name()}
     now = utcnow()
-    rows: dict[str, list] = defaultdict(list)
-    raised: list[Alert] = []
-    version = _row_version()
-    for key, value in list(journeys.items()):
-        if key in swept:
+    out = _effects()
+    commands = out.outbox(journey_events_topic, PARTITIONS)
+    sweep = encode_command(Sweep())
+    found = 0
+    keys = [k for k in list(journeys.keys()) if partition_for(k, PARTITIONS) in mine]
+    for i, key in enumerate(keys):
+        if i % SWEEP_CHUNK == SWEEP_CHUNK - 1:
+            await asyncio.sleep(0)
+        stored = journeys.get(key)
+        if stored is None:
             continue
-        journey_log = decode_log(value)
+        journey_log = decode_log(stored)
         if (journey_log.merged_into or not journey_log.events
+                or journey_log.swept_version == journey_log.version
                 or now - journey_log.events[-1].at <= INACTIVE_AFTER):
             continue
-        swept.add(key)
-        raised += _emit_journey(journey_log, [], rows, now, version, already=swept_alerts)
-    swept_alerts.update(a.alert_id for a in raised)
-    await _raise(raised)
-    if rows:
-        log.info("inactivity sweep: %d journeys churned", len(rows["customer_journeys"]))
-        await sink.write(rows)
+        commands.add(key, sweep)
+        found += 1
+    if found:
+        log.info("inactivity sweep: %d journeys to fold as churned", found)
+        await out.commit()
 
 
 @app.timer(interval=5.0)
@@ -497,75 +527,35 @@ async def observe_lag() -> None:
 
 
 # ── what the agents call ─────────────────────────────────────────────────────
-async def _broadcast(topic: Any, mark: Watermark, key: bytes = WATERMARK_KEY) -> None:
+def _broadcast(out: Effects, topic: Any, mark: Watermark) -> None:
     value = encode_command(mark)
     for partition in range(PARTITIONS):
-        await topic.send(key=key, value=value, partition=partition)
+        out.send(topic, WATERMARK_KEY, value, partition=partition)
 
 
-async def _raise(alerts: list[Alert]) -> None:
+def _raise(out: Effects, alerts: list[Alert]) -> None:
     for alert in alerts:
         metrics.alerts_raised.labels(alert.kind).inc()
-        await alerts_topic.send(key=alert.customer_id.encode(), value=msgspec.json.encode(alert))
-
-
-class Outbox:
-    """Messages for one topic, sent as one bundle per partition (in chunks).
-
-    The partition is the one Kafka's default partitioner gives the key, as if each
-    message had been sent alone: tables stay co-partitioned with their topics, and a
-    key's messages keep their order. A bundle stays well under Kafka's 1 MB default
-    message size (a merge carries a whole journey).
-    """
-
-    CHUNK_BYTES = 256 * 1024
-
-    def __init__(self, topic: Any) -> None:
-        self.topic = topic
-        self.items: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
-
-    def add(self, key: bytes, value: bytes, partition_key: bytes | None = None) -> None:
-        """Queue a message; ``partition_key`` (default: the key) chooses its partition."""
-        self.items[partition_for(partition_key or key, PARTITIONS)].append((key, value))
-
-    async def send(self) -> None:
-        for partition, items in self.items.items():
-            chunk: list[tuple[bytes, bytes]] = []
-            size = 0
-            for item in items:
-                if chunk and size + len(item[1]) > self.CHUNK_BYTES:
-                    await self._send(partition, chunk)
-                    chunk, size = [], 0
-                chunk.append(item)
-                size += len(item[0]) + len(item[1]) + 8
-            if chunk:
-                await self._send(partition, chunk)
-        self.items.clear()
-
-    async def _send(self, partition: int, chunk: list[tuple[bytes, bytes]]) -> None:
-        await self.topic.send(key=BUNDLE_KEY, value=encode_bundle(chunk), partition=partition)
-
-
-def _unbundle(event: EventT) -> list[tuple[bytes, bytes]]:
-    """A bundle's (key, value) messages, or the event's own (a message sent alone)."""
-    if event.key == BUNDLE_KEY:
-        return decode_bundle(event.value)
-    return [(event.key, event.value)]
+        out.send(alerts_topic, alert.customer_id.encode(), msgspec.json.encode(alert))
 
 
 async def _update_journeys(events: Sequence[EventT]) -> None:
     now, version = utcnow(), _row_version()
+    out = _effects()
+    stored = Staged(journeys)
+    windows_table = Staged(cx_partials)
     logs: dict[bytes, JourneyLog] = {}
     fresh: dict[bytes, list[Touchpoint]] = defaultdict(list)
-    outgoing: list[tuple[str, Merge]] = []
-    rows: dict[str, list] = defaultdict(list)
+    fresh_offsets: dict[str, int] = {}  # event id → offset of the message that brought it
+    rows = out.rows
+    merges = out.outbox(journey_events_topic, PARTITIONS)
     carriers: dict[bytes, EventT] = {}
     counted: set[str] = set()
     partition_carriers: dict[int, EventT] = {}  # an event of each journey partition
     clocks: dict[int, LowWatermark] = {}
 
     def apply(key: bytes, command: Command, event: EventT) -> None:
-        journey_log = logs.get(key) or _load(key)
+        journey_log = logs.get(key) or _load(stored, key)
         logs[key] = journey_log
         carriers[key] = event
         if isinstance(command, Touch):
@@ -579,11 +569,14 @@ async def _update_journeys(events: Sequence[EventT]) -> None:
                                command.customer_id)
             new_ids = {e.event_id for e in added}
             fresh[key] += [tp for tp in tps if tp.event_id in new_ids]
-            swept.discard(key)
+            fresh_offsets.update((event_id, event.message.offset) for event_id in new_ids)
+        elif isinstance(command, Sweep):
+            journey_log.swept_version = journey_log.version
         elif isinstance(command, MergeInto):
             if journey_log.merged_into or not journey_log.events:
                 return
-            outgoing.append((command.customer_id, Merge(msgspec.structs.replace(journey_log))))
+            merges.add(command.customer_id.encode(),
+                       encode_command(Merge(msgspec.structs.replace(journey_log))))
             rows["customer_journeys"].append(merged_row(
                 journey_log.key, command.customer_id, journey_log.anonymous_ids,
                 journey_log.events[0].at, (journey_log.version + 1) * 2, now))
@@ -611,36 +604,36 @@ async def _update_journeys(events: Sequence[EventT]) -> None:
             mark = decode_command(event.value)
             assert isinstance(mark, Watermark)
             if partition not in clocks:
-                clocks[partition] = _load_clock(partition)
+                clocks[partition] = _load_clock(windows_table, partition)
             clocks[partition].update(mark.channel, mark.at, mark.idle)
             continue
-        for key, value in _unbundle(event):
+        for key, value in unbundle(event):
             apply(key, decode_command(value), event)
     raised: list[Alert] = []
-    contributions: dict[int, list[Contribution]] = defaultdict(list)
+    contributions: dict[int, list[tuple[int, Contribution]]] = defaultdict(list)
     for key, journey_log in logs.items():
+        carrier = carriers[key]
         if journey_log.events and not journey_log.merged_into:
             raised += _emit_journey(journey_log, fresh.get(key, []), rows, now, version, counted,
-                                    contributions=contributions[
-                                        carriers[key].message.partition])
-        with _writing_for(carriers[key]):
-            journeys[key] = encode_log(journey_log)
-    merges = Outbox(journey_events_topic)
-    for customer, merge in outgoing:
-        merges.add(customer.encode(), encode_command(merge))
-    await merges.send()
-    await _raise(raised)
-    partials, horizons = _window_partials(contributions, clocks, partition_carriers)
-    await sink.write(rows)
-    parts = Outbox(cx_partials_topic)
+                                    contributions=contributions[carrier.message.partition],
+                                    offsets=fresh_offsets, offset=carrier.message.offset)
+        stored.set(key, encode_log(journey_log), carrier)
+    _raise(out, raised)
+    partials, horizons = _window_partials(windows_table, contributions, clocks,
+                                          partition_carriers)
+    parts = out.outbox(cx_partials_topic, PARTITIONS)  # after the rows they summarise
     for (key, _), partial in partials.items():  # a metric and dimension's to one place
         parts.add(key, encode_partial(partial), partition_key=key.rsplit(b"|", 2)[0])
-    await parts.send()  # after the rows they summarise
     for partition, horizon in horizons.items():  # after the partials they close
-        await _broadcast(cx_partials_topic, Watermark(f"j{partition}", horizon))
+        _broadcast(out, cx_partials_topic, Watermark(f"j{partition}", horizon))
+    # The windows first: the journeys' known event ids are what keeps a replay from
+    # contributing again, so they are saved only once the windows hold the contributions.
+    out.save(windows_table)
+    out.save(stored)
+    await out.commit()
 
 
-def _window_partials(contributions: dict[int, list[Contribution]],
+def _window_partials(table: Staged, contributions: dict[int, list[tuple[int, Contribution]]],
                      clocks: dict[int, LowWatermark],
                      carriers: dict[int, EventT],
                      ) -> tuple[dict[tuple[bytes, int], Partial], dict[int, datetime]]:
@@ -648,22 +641,27 @@ def _window_partials(contributions: dict[int, list[Contribution]],
     those its watermark passed. Returns the partials to send (key: window and
     partition) and the partitions' horizons that moved.
 
+    Each contribution comes with the offset of the message that brought it; an entry
+    skips those at or below its ``applied_through`` (already in it: a replay).
     An open window's part goes out at most every JOURNEY_CX_UPDATE_SECONDS (a window
     touched by many batches is sent once), a closing window's last part at once.
     """
     out: dict[tuple[bytes, int], Partial] = {}
     horizons: dict[int, datetime] = {}
     for partition in sorted(set(clocks) | {p for p, cs in contributions.items() if cs}):
-        clock = clocks.get(partition) or _load_clock(partition)
+        clock = clocks.get(partition) or _load_clock(table, partition)
         dirty = _dirty.windows[partition]
-        by_key: dict[tuple[str, str], list[Contribution]] = defaultdict(list)
-        for c in contributions.get(partition, []):
-            by_key[(c.metric, c.dimension)].append(c)
+        by_key: dict[tuple[str, str], list[tuple[int, Contribution]]] = defaultdict(list)
+        for offset, c in contributions.get(partition, []):
+            by_key[(c.metric, c.dimension)].append((offset, c))
         changed: dict[bytes, OpenWindows] = {}
         for (metric, dimension), items in by_key.items():
             table_key = f"{partition}|{metric}|{dimension}".encode()
-            windows = changed[table_key] = _load_windows(table_key)
-            touched, too_late = windows.add(items, clock.horizon)
+            windows = changed[table_key] = _load_windows(table, table_key)
+            done = windows.applied_through
+            new = [c for offset, c in items if done is None or offset > done]
+            windows.applied_through = max(offset for offset, _ in items)
+            touched, too_late = windows.add(new, clock.horizon)
             metrics.cx_window_too_late.inc(too_late)
             dirty.update((table_key, window) for window in touched)
         prefix = f"{partition}|".encode()
@@ -671,7 +669,7 @@ def _window_partials(contributions: dict[int, list[Contribution]],
         refresh = _dirty.due(partition)
         if horizon is not None or refresh:
             first = not _dirty.published(partition)  # since start: what was sent is unknown
-            for table_key in [k for k in cx_partials if k.startswith(prefix)]:
+            for table_key in table.keys_with(prefix):
                 if table_key == prefix:
                     continue
                 windows = changed.get(table_key)
@@ -680,7 +678,7 @@ def _window_partials(contributions: dict[int, list[Contribution]],
                     if not first and (horizon is None or next_end is None
                                       or next_end > horizon.timestamp()):
                         continue  # nothing of it to close: leave it undecoded
-                    windows = _load_windows(table_key)
+                    windows = _load_windows(table, table_key)
                 if first:
                     dirty.update((table_key, window) for window in windows.open_windows())
                 if horizon is None:
@@ -700,16 +698,16 @@ def _window_partials(contributions: dict[int, list[Contribution]],
             for table_key, window in _dirty.take(partition):
                 windows = changed.get(table_key) or read.get(table_key)
                 if windows is None:
-                    windows = read[table_key] = _load_windows(table_key)
+                    windows = read[table_key] = _load_windows(table, table_key)
                 out[(_window_key(table_key, window), partition)] = _partial(
                     partition, windows.get(window))
         if clock.value is not None:
             metrics.cx_watermark_seconds.labels(str(partition)).set(clock.value.timestamp())
-        with _writing_for(carriers[partition]):
-            for table_key, windows in changed.items():
-                cx_partials[table_key] = msgspec.msgpack.encode(windows)
-                _next_end[table_key] = windows.next_end
-            cx_partials[prefix] = msgspec.msgpack.encode(clock)
+        carrier = carriers[partition]
+        for table_key, windows in changed.items():
+            table.set(table_key, msgspec.msgpack.encode(windows), carrier)
+            _next_end[table_key] = windows.next_end
+        table.set(prefix, msgspec.msgpack.encode(clock), carrier)
     return out, horizons
 
 
@@ -763,28 +761,31 @@ def _partial(partition: int, state: WindowState) -> Partial:
     return Partial(partition, state.numerator, state.denominator, state.samples)
 
 
-def _load_windows(table_key: bytes) -> OpenWindows:
-    stored = cx_partials.get(table_key)
+def _load_windows(table: Staged, table_key: bytes) -> OpenWindows:
+    stored = table.get(table_key)
     return msgspec.msgpack.decode(stored, type=OpenWindows) if stored else OpenWindows()
 
 
-def _load_clock(partition: int) -> LowWatermark:
-    stored = cx_partials.get(f"{partition}|".encode())
+def _load_clock(table: Staged, partition: int) -> LowWatermark:
+    stored = table.get(f"{partition}|".encode())
     if stored is None:  # inputs: every touchpoint partition and every by-device partition
         return LowWatermark(channels=2 * PARTITIONS)
     return msgspec.msgpack.decode(stored, type=LowWatermark)
 
 
 def _emit_journey(journey_log: JourneyLog, fresh: list[Touchpoint], rows: dict[str, list],
-                  now: datetime, version: int, counted: set[str] | None = None,
-                  already: set[str] | frozenset[str] = frozenset(),
-                  contributions: list[Contribution] | None = None) -> list[Alert]:
+                  now: datetime, version: int, counted: set[str],
+                  contributions: list[tuple[int, Contribution]], offsets: Mapping[str, int],
+                  offset: int) -> list[Alert]:
     """Rows for a journey that changed; returns the alerts it raises for the first time.
 
-    ``contributions`` collects what the journey's new touchpoints add to CX windows.
+    ``contributions`` collects what the journey's new touchpoints add to CX windows,
+    each with the offset of the message that brought its touchpoint (``offsets`` by
+    event id; ``offset``, the journey's last message of the batch, for answers whose
+    rated thing arrived now).
     """
     j = fold(journey_log, inactive_after=INACTIVE_AFTER, now=now)
-    new: list[Contribution] = resolve_pending(j, journey_log) if contributions is not None else []
+    new = [(offset, c) for c in resolve_pending(j, journey_log)]
     # Twice the log version, plus one once inactivity churned it: the sweep's row (no
     # new touchpoint, same log version) wins over the last one, and loses to the next.
     snapshot_version = journey_log.version * 2 + int(j.churn_reason == "inactive")
@@ -795,41 +796,25 @@ def _emit_journey(journey_log: JourneyLog, fresh: list[Touchpoint], rows: dict[s
         rows["touchpoints"].append(touchpoint_row(
             tp, j.key, journey_log.customer_id, j.stage_at_event.get(tp.event_id, j.stage),
             now, version))
-        if counted is None or tp.event_id not in counted:
+        if tp.event_id not in counted:
             _count_cx(tp, j)
-            if contributions is not None:
-                new += contributions_for(event_of(tp), j, journey_log)
-    if contributions is not None:
-        contributions += new
-        for c in new:
-            if c.dimension.startswith("rated="):
-                metrics.cx_rated_responses.labels(c.metric, answer_category(c),
-                                                  c.dimension[6:]).inc()
+            brought_by = offsets.get(tp.event_id, offset)
+            new += [(brought_by, c) for c in contributions_for(event_of(tp), j, journey_log)]
+    contributions += new
+    for _, c in new:
+        if c.dimension.startswith("rated="):
+            metrics.cx_rated_responses.labels(c.metric, answer_category(c),
+                                              c.dimension[6:]).inc()
     journey_log.emitted_transitions = len(j.transitions)
     if journey_log.customer_id:  # identified: its events never move again
         journey_log.events = [msgspec.structs.replace(e, raw=b"") if e.raw else e
                               for e in journey_log.events]
     raised = [a for a in alerts_for(journey_log, j, now=now, first_response_sla=SLA,
                                     churn_risk_threshold=settings.churn_risk_alert)
-              if a.alert_id not in journey_log.alerts_raised and a.alert_id not in already]
+              if a.alert_id not in journey_log.alerts_raised]
     journey_log.alerts_raised += [a.alert_id for a in raised]
     rows["journey_alerts"] += [alert_row(a, now) for a in raised]
     return raised
-
-
-@contextlib.contextmanager
-def _writing_for(event: EventT) -> Iterator[None]:
-    """Make ``event`` Faust's current event for a table write.
-
-    A batch is processed after its events were iterated, but Faust's RocksDB store picks
-    the partition's database from the current event (the memory store does not care).
-    The event given is the one that carried the key, so the partition is the key's.
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 def _count_cx(tp: Touchpoint, j: Journey) -> None:
@@ -866,26 +851,27 @@ def _count_cx(tp: Touchpoint, j: Journey) -> None:
             metrics.cx_resolution_seconds.observe(ticket.resolution_seconds or 0.0)
 
 
-def _load(key: bytes) -> JourneyLog:
-    stored = journeys.get(key)
+def _load(table: Staged, key: bytes) -> JourneyLog:
+    stored = table.get(key)
     if stored is not None:
         return decode_log(stored)
     text = key.decode()
     return JourneyLog(key=text, customer_id=None if text.startswith("anon:") else text)
 
 
-async def _dead_letter(event: EventT, exc: SchemaError) -> tuple:
+def _dead_letter(out: Effects, event: EventT, exc: SchemaError) -> None:
     message = event.message
     raw: bytes = event.value
     metrics.dead_letters.labels(exc.reason).inc()
     log.warning("dead letter %s[%d]@%d: %s", message.topic, message.partition, message.offset,
                 exc)
-    await dead_letters_topic.send(key=message.key, value=msgspec.json.encode({
+    out.send(dead_letters_topic, message.key, msgspec.json.encode({
         "reason": exc.reason, "field": exc.field, "error": exc.detail, "topic": message.topic,
         "partition": message.partition, "offset": message.offset,
         "payload": raw.decode("utf-8", errors="replace")}))
-    return dead_letter_row(utcnow(), message.topic, message.partition, message.offset,
-                           exc.reason, exc.field, exc.detail, raw)
+    out.rows["dead_letters"].append(dead_letter_row(
+        utcnow(), message.topic, message.partition, message.offset, exc.reason, exc.field,
+        exc.detail, raw))
 
 
 def _row_version() -> int:

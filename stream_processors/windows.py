@@ -126,6 +126,9 @@ class OpenWindows(msgspec.Struct):
     panes: dict[int, dict[int, WindowState]] = {}
     closed_through: int | None = None
     expiry: list[tuple[int, int, int]] = []  # (when, hop, start)
+    #: The offset of the last input message whose contributions are in these panes
+    #: (the caller's bookkeeping: a replay after a crash skips what was applied).
+    applied_through: int | None = None
 
     def add(self, contributions: Iterable[Contribution], horizon: datetime | None,
             specs: tuple[WindowSpec, ...] = WINDOWS) -> tuple[set[WindowKey], int]:

@@ -27,18 +27,19 @@ def prepare(settings: Settings, timeout: float = 60.0) -> None:
     ensure_topics(settings, timeout)
 
 
-
 def run_worker(settings: Settings) -> None:
     """Blocks until the worker stops (SIGTERM or Ctrl-C)."""
-    logging.basicConfig(level=settings.log_level.upper().replace("WARN", "WARNING")
-                        .replace("CRIT", "CRITICAL"),
+    logging.basicConfig(level=settings.python_log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     prepare(settings)
     (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
     # Imported late: building the topology reads the settings from the environment.
     from stream_processors.topology import app
 
-    sys.argv = ["journey worker", "worker", "--loglevel", settings.log_level,
+    # Faust's command line spells two levels its own way.
+    faust_level = {"CRITICAL": "crit", "WARNING": "warn"}.get(settings.python_log_level,
+                                                              settings.python_log_level.lower())
+    sys.argv = ["journey worker", "worker", "--loglevel", faust_level,
                 "--web-port", str(settings.worker_web_port), "--web-host", settings.worker_web_host,
                 # Faust binds every interface unless told: --web-host only names the URL.
                 "--web-bind", settings.worker_web_host]

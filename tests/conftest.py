@@ -144,8 +144,7 @@ class WorkerProcess(ServiceProcess):
     command = "worker"
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
-        super().__init__(settings, log_path, settings.worker_web_port,
-                         env={"JOURNEY_LOG_LEVEL": "info"})
+        super().__init__(settings, log_path, settings.worker_web_port)
 
 
 @pytest.fixture

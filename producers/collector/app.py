@@ -254,7 +254,7 @@ class Collector:
 
 def run_collector(settings: Settings) -> None:
     """Serve until SIGTERM or Ctrl-C."""
-    logging.basicConfig(level=logging.INFO,
+    logging.basicConfig(level=settings.python_log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     collector = Collector(settings)
     if not collector.keys:

@@ -53,3 +53,22 @@ def test_clickhouse_url_for_another_database_or_port_keeps_credentials() -> None
     assert s.clickhouse_url_for(port=19000) == "clickhouse://app:pw@ch:19000/prod"
     local = Settings.from_env({"JOURNEY_CLICKHOUSE_URL": "clickhouse://127.0.0.1/journey"})
     assert local.clickhouse_url_for("x", port=9001) == "clickhouse://127.0.0.1:9001/x"
+
+
+@pytest.mark.parametrize(("given", "python"), [
+    ("warning", "WARNING"), ("warn", "WARNING"), ("WARN", "WARNING"), ("Info", "INFO"),
+    ("crit", "CRITICAL"), ("critical", "CRITICAL"), ("error", "ERROR"), ("debug", "DEBUG"),
+])
+def test_log_level_accepts_every_spelling_of_the_python_levels(given: str, python: str) -> None:
+    # "warning" used to pass here and then crash the worker as "WARNINGING".
+    import logging
+
+    level = Settings.from_env({"JOURNEY_LOG_LEVEL": given}).python_log_level
+    assert level == python
+    assert isinstance(logging.getLevelName(level), int)
+
+
+def test_an_unknown_log_level_is_refused_with_the_choices() -> None:
+    with pytest.raises(ConfigError, match="JOURNEY_LOG_LEVEL='verbose': use one of CRITICAL, "
+                                          "DEBUG, ERROR, INFO, WARNING"):
+        Settings.from_env({"JOURNEY_LOG_LEVEL": "verbose"})
