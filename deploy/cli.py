@@ -63,10 +63,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
     print(f"Starting {', '.join(components)} (data in {settings.data_dir.resolve()}) ...")
     with Stack(settings) as stack:
         stack.start(components)
-        print("Ready. Ctrl-C stops everything.")
+        print("Ready. Ctrl-C stops everything. A worker or collector that dies is started "
+              "again.")
         try:
-            name = stack.wait()
+            name = stack.wait(restart=True)
         except KeyboardInterrupt:
+            restarted = {n: k for n, k in stack.restarts().items() if k}
+            if restarted:
+                print("\nrestarted: " + ", ".join(f"{n} {k}x" for n, k in restarted.items()))
             print("\nStopping ...")
             return 0
         print(f"{name} exited unexpectedly; its log ends with:\n{stack.log_tail(name)}\n"

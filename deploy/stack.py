@@ -36,6 +36,14 @@ __all__ = ["COMPONENTS", "Stack", "StackError", "clickhouse_server_bin", "tansu_
 
 #: Start order: the worker creates the topics the collector publishes to.
 COMPONENTS = ("broker", "clickhouse", "worker", "collector")
+#: Components `journey up` starts again when they die: their state lives in the broker
+#: and ClickHouse. Either server dying stops the stack (the in-memory broker loses
+#: every topic, so nothing downstream could go on).
+RESTARTABLE = ("worker", "collector")
+#: The restart delay doubles with each crash, up to this; a child that stayed up for
+#: HEALTHY_RUN_SECONDS starts again from one second.
+MAX_RESTART_DELAY = 30.0
+HEALTHY_RUN_SECONDS = 60.0
 
 
 class StackError(RuntimeError):
@@ -91,6 +99,9 @@ class _Child:
     cwd: Path | None = None
     process: subprocess.Popen | None = None
     log_path: Path | None = None
+    started_at: float = 0.0
+    restarts: int = 0  # in a row: reset after a healthy run
+    total_restarts: int = 0
 
 
 class Stack:
@@ -141,13 +152,44 @@ class Stack:
                 proc.wait()
             self.echo(f"  stopped {child.name}")
 
-    def wait(self) -> str:
-        """Block until a child exits (returns its name) or Ctrl-C (raises KeyboardInterrupt)."""
+    def wait(self, *, restart: bool = False) -> str:
+        """Block until a child exits (returns its name) or Ctrl-C (raises KeyboardInterrupt).
+
+        With ``restart``, a worker or collector that exits is started again after a
+        backoff (1 s, doubling to 30 s; reset after a minute's healthy run), and only a
+        server's exit returns.
+        """
         while True:
-            for child in self._started:
+            for child in list(self._started):
                 if child.process is not None and child.process.poll() is not None:
-                    return child.name
+                    if not restart or child.name not in RESTARTABLE:
+                        return child.name
+                    self._restart(child)
             time.sleep(0.5)
+
+    def restarts(self) -> dict[str, int]:
+        """How often each child was restarted so far."""
+        return {c.name: c.total_restarts for c in self._started}
+
+    def _restart(self, child: _Child) -> None:
+        assert child.process is not None
+        code = child.process.returncode
+        ran = time.monotonic() - child.started_at
+        if ran >= HEALTHY_RUN_SECONDS:
+            child.restarts = 0
+        delay = min(MAX_RESTART_DELAY, 2.0 ** child.restarts)
+        child.restarts += 1
+        child.total_restarts += 1
+        self.echo(f"  {child.name} exited with code {code} after {ran:.0f} s; restarting it in "
+                  f"{delay:.0f} s (restart {child.total_restarts}). Its log ({child.log_path}) "
+                  f"ends with:\n{_indent(self.log_tail(child.name, 8))}")
+        time.sleep(delay)
+        at = self._started.index(child)  # its place in the stop order
+        self._started.remove(child)
+        try:
+            self._launch(child, at)
+        except StackError as exc:  # tried again on the next round, with a longer delay
+            self.echo(f"  {child.name} did not come back: {exc}")
 
     def log_tail(self, name: str, lines: int = 20) -> str:
         path = self.data_dir / "logs" / f"{name}.log"
@@ -163,7 +205,7 @@ class Stack:
         self.stop()
 
     # ── children ─────────────────────────────────────────────────────────────
-    def _launch(self, child: _Child) -> None:
+    def _launch(self, child: _Child, at: int | None = None) -> None:
         log_path = self.data_dir / "logs" / f"{child.name}.log"
         child.log_path = log_path
         with open(log_path, "ab") as log:
@@ -171,7 +213,8 @@ class Stack:
                 child.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, **child.env}, cwd=child.cwd, start_new_session=True,
                 preexec_fn=_die_with_parent)
-        self._started.append(child)
+        self._started.insert(len(self._started) if at is None else at, child)
+        child.started_at = time.monotonic()
         deadline = time.monotonic() + self.start_timeout
         while not child.healthy():
             if child.process.poll() is not None:
@@ -230,6 +273,10 @@ class Stack:
             root=root, host=host, port=port, http_port=http_port))
         (root / "users.xml").write_text(_CLICKHOUSE_USERS)
         return root / "config.xml"
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"    {line}" for line in text.splitlines())
 
 
 def _tcp_open(host: str, port: int) -> bool:

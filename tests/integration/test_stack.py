@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from deploy.stack import port_in_use
@@ -42,6 +45,17 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         # The data directory holds everything the servers wrote.
         assert (tmp_path / "clickhouse" / "data").is_dir()
         assert (tmp_path / "logs" / "worker.log").exists()
+        # A worker killed outright is started again, and `up` says so.
+        worker_pid = int(re.search(r"worker .*\(pid (\d+)\)", text).group(1))
+        os.kill(worker_pid, signal.SIGKILL)
+        wait_for(lambda: "worker exited with code -9" in out.read_text(), timeout=30,
+                 what="`journey up` to notice the dead worker")
+        assert "restarting it in 1 s (restart 1)" in out.read_text()
+        wait_for(lambda: len(re.findall(r"worker .*\(pid \d+\)", out.read_text())) == 2,
+                 timeout=60, what="the worker to be healthy again")
+        assert proc.poll() is None
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['--worker-port']}/healthz") as r:
+            assert r.status == 200
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
     finally:
@@ -49,6 +63,7 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
             proc.kill()
         env_log.close()
     text = out.read_text()
+    assert "restarted: worker 1x" in text
     assert text.index("stopped collector") < text.index("stopped worker") \
         < text.index("stopped clickhouse") < text.index("stopped broker")
     time.sleep(0.5)

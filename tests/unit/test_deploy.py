@@ -53,3 +53,9 @@ def test_services_listen_beyond_loopback_in_containers() -> None:
     assert services["worker"]["environment"]["JOURNEY_WORKER_WEB_HOST"] == "0.0.0.0"
     assert services["worker"]["environment"]["JOURNEY_STORE"] == "rocksdb://"
     assert services["collector"]["environment"]["JOURNEY_COLLECTOR_HOST"] == "0.0.0.0"
+
+
+def test_workers_and_collectors_restart_on_failure() -> None:
+    services = compose()["services"]
+    assert services["worker"]["restart"] == "unless-stopped"
+    assert services["collector"]["restart"] == "unless-stopped"
