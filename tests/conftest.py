@@ -152,8 +152,11 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., W
     workers: list[WorkerProcess] = []
 
     def start(**changes: object) -> WorkerProcess:
-        worker = WorkerProcess(settings.replace(**changes) if changes else settings,
-                               tmp_path / f"worker-{len(workers)}.log")
+        # Each worker its own web port: a second one on the same port died at bind while
+        # the health check was answered by the first.
+        changes.setdefault("worker_web_port", free_port() if workers else
+                           settings.worker_web_port)
+        worker = WorkerProcess(settings.replace(**changes), tmp_path / f"worker-{len(workers)}.log")
         workers.append(worker)
         return worker
 

@@ -7,7 +7,6 @@ with duplicates, through both identity paths (by device and by customer).
 from __future__ import annotations
 
 import random
-from collections import defaultdict
 from datetime import datetime, timedelta
 
 import pytest
@@ -16,58 +15,15 @@ from deploy.queries import load_queries
 from producers import JourneyClient
 from producers.simulator import simulate
 from schemas import Touchpoint
-from stream_processors.cx_metrics import ces, csat, nps
-from stream_processors.windows import WINDOWS
 from tests.conftest import wait_for
+from tests.reference import WindowKey, closed_windows, same
 
 LATENESS = timedelta(hours=1)
-RATIO = {"nps": nps, "csat": csat, "ces": ces}
-
-WindowKey = tuple[str, str, str, datetime]  # metric, dimension, window, start
 
 
 def truth(events: list[Touchpoint]) -> tuple[dict[WindowKey, float | None], datetime]:
     """Closed windows and their values, straight from the simulator's events."""
-    tickets = {e.properties["ticket_id"]: e.properties["channel"] for e in events
-               if e.type == "support_ticket_opened"}
-    orders = {e.properties["order_id"]: e.channel for e in events if e.type == "order_placed"}
-    points: dict[tuple[str, str], list] = defaultdict(list)  # (metric, dimension) → (at, x)
-    for e in events:
-        p = e.properties
-        if e.type == "survey_response":
-            rates = p.get("rates") or {}
-            rated = (f"ticket:{tickets[rates['ticket_id']]}" if rates.get("ticket_id")
-                     else f"order:{orders[rates['order_id']]}" if rates.get("order_id")
-                     else "none")
-            for dim in ("all", f"channel={e.channel}", f"rated={rated}"):
-                points[(p["survey"], dim)].append((e.occurred_at, p["score"]))
-        elif e.type == "delivery_updated" and p["status"] in ("on_time", "late", "damaged"):
-            points[("on_time_rate", "all")].append((e.occurred_at, p["status"] == "on_time"))
-            points[("damaged_rate", "all")].append((e.occurred_at, p["status"] == "damaged"))
-        elif e.type in ("order_placed", "support_ticket_opened"):
-            points[("contact_rate", "all")].append((e.occurred_at, e.type))
-    # Once every partition went quiet, the watermark is the latest event time of all.
-    horizon = max(e.occurred_at for e in events) - LATENESS
-    out: dict[WindowKey, float | None] = {}
-    for (metric, dim), values in points.items():
-        for spec in WINDOWS:
-            for start in {start for at, _ in values for start, _ in spec.windows_for(at)}:
-                if start + spec.size > horizon:
-                    continue  # still open
-                inside = [x for at, x in values if start <= at < start + spec.size]
-                if metric in RATIO:
-                    value = RATIO[metric](inside).value
-                elif metric == "contact_rate":
-                    orders = inside.count("order_placed")
-                    value = 100 * (len(inside) - orders) / orders if orders else None
-                else:
-                    value = 100 * sum(inside) / len(inside)
-                out[(metric, dim, spec.name, start)] = value
-    return out, horizon
-
-
-def same(a: float | None, b: float | None) -> bool:
-    return a is b is None or (a is not None and b is not None and abs(a - b) < 1e-9)
+    return closed_windows(events, LATENESS)
 
 
 def arrival_order(events: list[Touchpoint], seed: int) -> list[Touchpoint]:
@@ -121,9 +77,11 @@ def test_closed_windows_equal_sql_and_truth(settings, clickhouse, start_worker, 
         print([line for line in started[0].metrics().splitlines() if "too_late" in line
                or "late_touch" in line or "watermark" in line])
     assert not differ, differ[:5]
-    # No window is final before its time, and open windows carry their partial values.
-    open_rows = clickhouse.execute(
-        "SELECT count(), min(window_end) FROM cx_metrics FINAL WHERE final = 0")[0]
+    # No window is final before its time, and open windows carry their partial values
+    # (refreshed every JOURNEY_CX_UPDATE_SECONDS, so possibly after the last final row).
+    open_rows = wait_for(lambda: clickhouse.execute(
+        "SELECT count(), min(window_end) FROM cx_metrics FINAL WHERE final = 0 "
+        "HAVING count() > 0"), timeout=30, what="rows of open windows")[0]
     assert open_rows[0] > 0 and open_rows[1] > horizon
 
     # The analyst's recomputation over the raw touchpoints agrees, window by window.
