@@ -64,6 +64,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+from aiokafka import TopicPartition
 from faust.types import EventT, StreamT
 from faust.web import Request, Response, Web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -181,6 +182,8 @@ cx_windows = app.Table("cx-windows", partitions=settings.topic_partitions, key_t
 #: of the last event, for idleness), and the last time their marks went out.
 source_progress: dict[int, datetime] = {}
 source_seen: dict[int, float] = {}
+#: The offset after the last touchpoint this worker routed and committed, per partition.
+source_done: dict[int, int] = {}
 STARTED = time.monotonic()
 
 
@@ -223,6 +226,8 @@ async def route_by_device(stream: StreamT) -> None:
         finished = time.monotonic()
         for event in events:
             source_seen[event.message.partition] = finished
+            source_done[event.message.partition] = max(
+                source_done.get(event.message.partition, 0), event.message.offset + 1)
         for partition, at in progress.items():
             if partition not in source_progress or at > source_progress[partition]:
                 source_progress[partition] = at
@@ -458,17 +463,42 @@ async def send_watermarks() -> None:
             continue
         quiet = time.monotonic() - source_seen.get(tp.partition, STARTED)
         idle = False
-        if quiet > settings.watermark_idle_seconds:
+        # Caught up only by a highwater that is fresh: while a rebalance or a pause stops
+        # fetching, the last one stays equal to the position, and every partition looked
+        # idle at once; the watermark then jumped to the furthest event seen (measured:
+        # five weeks of CX windows closed early, their touchpoints all too late).
+        # And caught up means processed: the fetch position runs ahead of it by whatever
+        # Faust holds in its buffers (measured: a restarted worker's partitions looked
+        # idle while the records it had just fetched still waited).
+        if (quiet > settings.watermark_idle_seconds and not app.rebalancing
+                and _fetched_within(tp, FRESH_FETCH_SECONDS)):
             try:
-                position = await consumer.position(tp)
                 highwater = consumer.highwater(tp)
-            except Exception:  # not fetched yet, or just revoked
-                position = highwater = None
-            idle = position is not None and highwater is not None and position >= highwater
+            except Exception:  # just revoked
+                highwater = None
+            done = max(source_done.get(tp.partition, 0),
+                       consumer._committed_offset.get(tp) or 0)
+            idle = highwater is not None and done >= highwater
         mark = Watermark(f"t{tp.partition}", source_progress.get(tp.partition), idle)
         _broadcast(out, by_device_topic, mark)
         _broadcast(out, journey_events_topic, mark)
     await out.commit()
+
+
+#: How recent a fetch response must be for its highwater to tell that a partition is
+#: caught up (the worker long-polls every JOURNEY_BROKER_FETCH_WAIT_SECONDS).
+FRESH_FETCH_SECONDS = max(2.0, 10 * settings.broker_fetch_wait_seconds)
+
+
+def _fetched_within(tp: Any, seconds: float) -> bool:
+    """Whether the consumer heard from the broker about ``tp`` in the last ``seconds``."""
+    try:
+        # aiokafka knows when each partition's last fetch response came; Faust does not say.
+        aio = app.consumer._thread._ensure_consumer()
+        stamp = aio.last_poll_timestamp(TopicPartition(tp.topic, tp.partition))
+    except Exception:  # not assigned (any more), or no fetch yet
+        return False
+    return stamp is not None and time.time() * 1000 - stamp <= seconds * 1000
 
 
 #: How many journeys the sweep decodes before it lets the event loop run again.
@@ -586,8 +616,12 @@ async def _update_journeys(events: Sequence[EventT]) -> None:
             rows["customer_journeys"].append(merged_row(
                 journey_log.key, command.customer_id, journey_log.anonymous_ids,
                 journey_log.events[0].at, (journey_log.version + 1) * 2, now))
+            # Every row it may have written, not only those its state counts: a crash
+            # after a batch wrote them and before its state was saved left more (a fold
+            # moves at most once per touchpoint, and once more for inactivity).
             rows["journey_transitions"] += deleted_transitions(
-                journey_log.key, None, 0, journey_log.emitted_transitions,
+                journey_log.key, None, 0,
+                max(journey_log.emitted_transitions, len(journey_log.events) + 1),
                 journey_log.events[0].at, version)
             journey_log.merged_into = command.customer_id
             journey_log.events, journey_log.emitted_transitions = [], 0
