@@ -257,9 +257,7 @@ def scenario_c(rng: random.Random, ch: OwnClickHouse, workers: list,
     # The new worker waits for ClickHouse before it is healthy, so it starts on a thread
     # while this one brings ClickHouse back (from this thread: the stack's children die
     # with the thread that started them, PR_SET_PDEATHSIG).
-    workers[0].process.kill()
-    coming = threading.Thread(target=restart, args=(0, False))
-    coming.start()
+    coming = _kill_and_restart_on_a_thread(workers, 0, restart)
     time.sleep(15)
     ch.start()
     print(f"{_now():5.1f} s: ClickHouse is back")
@@ -272,13 +270,20 @@ def scenario_d(rng: random.Random, ch: OwnClickHouse, workers: list,
     """SIGKILL a worker while the group rebalances (another worker just joined)."""
     _sleep_until(rng.uniform(3, 6))
     print(f"{_now():5.1f} s: SIGKILL worker 1 and start it again: the group rebalances")
-    workers[1].process.kill()
-    joining = threading.Thread(target=restart, args=(1, False))
-    joining.start()
+    joining = _kill_and_restart_on_a_thread(workers, 1, restart)
     time.sleep(rng.uniform(2.5, 4.5))  # the new worker is up and the group is re-forming
     print(f"{_now():5.1f} s: SIGKILL worker 0 during the rebalance")
     restart(0)
     joining.join()
+
+
+def _kill_and_restart_on_a_thread(workers: list, i: int, restart: Callable
+                                  ) -> threading.Thread:
+    """SIGKILL worker ``i`` and start it again on a thread (it may wait for ClickHouse)."""
+    workers[i].process.kill()
+    thread = threading.Thread(target=restart, args=(i, False))
+    thread.start()
+    return thread
 
 
 _t0 = 0.0
