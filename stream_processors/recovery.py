@@ -29,7 +29,6 @@ import gc
 import logging
 import shutil
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -148,11 +147,9 @@ def discard_partition(store: Any, partition: int) -> None:
     """Forget every local key of ``partition`` (memory or RocksDB store)."""
     if isinstance(store, faust_rocksdb.Store):
         db = store._dbs.pop(partition, None)
-        for key in [k for k, p in store._key_index.items() if p == partition]:
-            del store._key_index[key]
         del db
         gc.collect()  # rocksdict closes a database when its last reference goes
-        _destroy(store.partition_path(partition))
+        _remove_files(store, partition)
         return
     keys = [k for k, p in getattr(store, "_key_partition", {}).items() if p == partition]
     for key in keys:
@@ -160,8 +157,11 @@ def discard_partition(store: Any, partition: int) -> None:
         store._key_partition.pop(key, None)
 
 
-def _destroy(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def _remove_files(store: faust_rocksdb.Store, partition: int) -> None:
+    """Delete a closed RocksDB partition's files and forget which keys it held."""
+    for key in [k for k, p in store._key_index.items() if p == partition]:
+        del store._key_index[key]
+    shutil.rmtree(store.partition_path(partition), ignore_errors=True)
 
 
 class HealingRocksDBStore(faust_rocksdb.Store):
@@ -176,13 +176,10 @@ class HealingRocksDBStore(faust_rocksdb.Store):
         except faust_rocksdb.ERRORS_ROCKS_IO_ERROR as exc:
             if "lock" in repr(exc).lower():
                 raise
-            path = self.partition_path(partition)
             log.warning("%s partition %d: RocksDB at %s does not open (%s); removing it and "
                         "rebuilding the partition from the changelog", self.table.name,
-                        partition, path, exc)
-            for key in [k for k, p in self._key_index.items() if p == partition]:
-                del self._key_index[key]
-            _destroy(path)
+                        partition, self.partition_path(partition), exc)
+            _remove_files(self, partition)
             _rebuilt(self.table.name, partition, "unreadable_store")
             return super()._open_for_partition(partition)
 
