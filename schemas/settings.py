@@ -11,6 +11,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -231,6 +232,19 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """The environment that makes a child process build these same settings."""
         return {f.metadata["env"]: str(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @property
+    def lateness(self) -> timedelta:
+        return timedelta(seconds=self.lateness_seconds)
+
+    @property
+    def first_response_sla(self) -> timedelta:
+        return timedelta(seconds=self.first_response_sla_seconds)
+
+    @property
+    def churn_inactive_after(self) -> timedelta | None:
+        """How long a journey stays quiet before it churns; None: inactivity never churns."""
+        return timedelta(days=self.churn_inactive_days) if self.churn_inactive_days > 0 else None
 
     @property
     def python_log_level(self) -> str:

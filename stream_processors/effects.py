@@ -1,26 +1,31 @@
 """What one batch does to the world, and the one order in which it is safe to do it.
 
-The invariant every agent of the topology holds, so that a crash at any instant loses
+The invariant every stage of the topology holds, so that a crash at any instant loses
 nothing and counts nothing twice:
 
     **state that marks work as done is saved only after the effects it guards are
     durable**: rows inserted into ClickHouse, messages acknowledged by the broker.
 
-A batch therefore never writes a table while it runs. It reads tables through
-:class:`Staged` (which shows the batch its own pending writes) and collects rows,
-messages and table writes in an :class:`Effects`; :meth:`Effects.commit` then applies
-them in order:
+A stage therefore never writes a table while it runs. It reads and writes its tables
+through :class:`Staged` (which keeps the batch's writes aside, and shows them to the
+batch's own reads) and returns an :class:`Output`: rows, messages, and the order in
+which its tables are to be saved. :meth:`Committer.commit` then applies it, one step
+after another:
 
 1. rows into ClickHouse (the sink returns once they are inserted);
-2. messages, in the order they were queued, each acknowledged by the broker;
+2. messages, in the order they were queued per topic, each acknowledged by the broker;
 3. table writes, one group of tables after another, each group's changelog records
-   acknowledged before the next group starts (a group that guards another comes later).
+   acknowledged before the next group starts (a group that guards another comes later);
+4. the stage's in-memory bookkeeping (``Output.then``), which may now say "done".
 
 A crash before step 3 ends leaves some state unsaved: the batch's offsets are not
 committed either (Faust commits only after flushing its producer), so the replay does
 steps 1 and 2 again, and both are idempotent (ReplacingMergeTree rows, messages whose
 consumers keep the latest or deduplicate). A crash after step 3 and before the offset
 commit replays a batch whose state says it is done: it finds nothing new to do.
+
+Stages name topics by role (``BY_DEVICE`` ...), so they are tested with plain dicts
+for tables and no broker; the topology maps the roles to Faust topics.
 """
 
 from __future__ import annotations
@@ -29,8 +34,15 @@ import asyncio
 import contextlib
 import weakref
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
+from typing import Any, NamedTuple
 
 from faust.streams import _current_event
 from faust.types import EventT
@@ -38,7 +50,33 @@ from faust.types import EventT
 from schemas.partitioning import partition_for
 from stream_processors.commands import BUNDLE_KEY, decode_bundle, encode_bundle
 
-__all__ = ["Effects", "Outbox", "Staged", "unbundle", "writing_for"]
+__all__ = ["ALERTS", "BY_DEVICE", "CX_PARTIALS", "DEAD_LETTERS", "JOURNEY_EVENTS", "Committer",
+           "Message", "Output", "Staged", "Store", "keys_with", "unbundle", "writing_for"]
+
+#: Topic roles: the internal and output topics a stage may send to.
+BY_DEVICE = "by-device"
+JOURNEY_EVENTS = "journey-events"
+CX_PARTIALS = "cx-partials"
+ALERTS = "alerts"
+DEAD_LETTERS = "dead-letters"
+
+#: What a stage reads and writes a table through: a plain dict in unit tests, a
+#: :class:`Staged` Faust table in the worker. Keys and values are bytes.
+Store = MutableMapping[bytes, bytes]
+
+
+class Message(NamedTuple):
+    """One input message as a stage sees it: unbundled, its value decoded by the topology."""
+
+    partition: int
+    offset: int
+    key: bytes
+    value: Any
+
+
+def keys_with(store: Store, prefix: bytes) -> set[bytes]:
+    """The store's keys that start with ``prefix``."""
+    return {key for key in store if key.startswith(prefix)}
 
 
 @contextlib.contextmanager
@@ -47,7 +85,7 @@ def writing_for(event: EventT) -> Iterator[None]:
 
     A batch is committed after its events were iterated, but Faust's RocksDB store picks
     the partition's database from the current event (the memory store does not care).
-    The event given is the one that carried the key, so the partition is the key's.
+    The event given is one of the key's partition.
     """
     token = _current_event.set(weakref.ref(event))
     try:
@@ -56,41 +94,59 @@ def writing_for(event: EventT) -> Iterator[None]:
         _current_event.reset(token)
 
 
-class Staged:
-    """A table as one batch sees it: reads see the batch's own writes, which reach the
-    table (and its changelog) only when :meth:`Effects.commit` applies them."""
+_DELETED = object()
 
-    def __init__(self, table: Any) -> None:
+
+class Staged(MutableMapping[bytes, bytes]):
+    """A Faust table as one batch sees it: reads see the batch's own writes, which reach
+    the table (and its changelog) only when :meth:`apply` runs, at commit.
+
+    ``carrier`` gives, for a key, an event of the batch from the key's partition: the
+    RocksDB store writes to the database of the current event's partition.
+    """
+
+    def __init__(self, table: Any, carrier: Callable[[bytes], EventT]) -> None:
         self.table = table
-        self.writes: dict[bytes, tuple[bytes | None, EventT]] = {}
+        self.carrier = carrier
+        self.writes: dict[bytes, Any] = {}
 
-    def get(self, key: bytes) -> bytes | None:
+    def get(self, key: bytes, default: Any = None) -> Any:
         if key in self.writes:
-            return self.writes[key][0]
-        return self.table.get(key)
+            value = self.writes[key]
+            return default if value is _DELETED else value
+        value = self.table.get(key)
+        return default if value is None else value
 
-    def set(self, key: bytes, value: bytes, carrier: EventT) -> None:
-        """Stage a write; ``carrier`` is an event of the key's partition."""
-        self.writes[key] = (value, carrier)
+    def __getitem__(self, key: bytes) -> bytes:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
 
-    def delete(self, key: bytes, carrier: EventT) -> None:
-        self.writes[key] = (None, carrier)
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.writes[key] = value
 
-    def keys_with(self, prefix: bytes) -> set[bytes]:
-        """Keys starting with ``prefix``, as the batch sees them."""
-        keys = {k for k in self.table if k.startswith(prefix)}
-        for key, (value, _) in self.writes.items():
-            if key.startswith(prefix):
-                if value is None:
-                    keys.discard(key)
-                else:
-                    keys.add(key)
-        return keys
+    def __delitem__(self, key: bytes) -> None:
+        self.writes[key] = _DELETED
+
+    def __iter__(self) -> Iterator[bytes]:
+        seen = set()
+        for key in self.table:
+            value = self.writes.get(key)
+            if value is not _DELETED:
+                seen.add(key)
+                yield key
+        for key, value in self.writes.items():
+            if value is not _DELETED and key not in seen:
+                yield key
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
     def apply(self) -> None:
-        for key, (value, carrier) in self.writes.items():
-            with writing_for(carrier):
-                if value is not None:
+        for key, value in self.writes.items():
+            with writing_for(self.carrier(key)):
+                if value is not _DELETED:
                     self.table[key] = value
                 elif key in self.table:
                     del self.table[key]
@@ -98,7 +154,7 @@ class Staged:
 
 
 class Outbox:
-    """Messages for one topic, sent as one bundle per partition (in chunks).
+    """Keyed messages for one topic, sent as one bundle per partition (in chunks).
 
     The partition is the one Kafka's default partitioner gives the key, as if each
     message had been sent alone: tables stay co-partitioned with their topics, and a
@@ -108,88 +164,127 @@ class Outbox:
 
     CHUNK_BYTES = 256 * 1024
 
-    def __init__(self, topic: Any, partitions: int) -> None:
+    def __init__(self, topic: str, partitions: int) -> None:
         self.topic = topic
         self.partitions = partitions
         self.items: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
 
     def add(self, key: bytes, value: bytes, partition_key: bytes | None = None) -> None:
-        """Queue a message; ``partition_key`` (default: the key) chooses its partition."""
         self.items[partition_for(partition_key or key, self.partitions)].append((key, value))
 
-    async def send(self) -> list[Awaitable[Any]]:
-        """Hand the bundles to the producer; returns their delivery futures."""
-        futures = []
+    def bundles(self) -> Iterator[tuple[int, list[tuple[bytes, bytes]]]]:
+        """(partition, messages) per bundle to send."""
         for partition, items in self.items.items():
             chunk: list[tuple[bytes, bytes]] = []
             size = 0
             for item in items:
                 if chunk and size + len(item[1]) > self.CHUNK_BYTES:
-                    futures.append(await self._send(partition, chunk))
+                    yield partition, chunk
                     chunk, size = [], 0
                 chunk.append(item)
                 size += len(item[0]) + len(item[1]) + 8
             if chunk:
-                futures.append(await self._send(partition, chunk))
-        self.items.clear()
-        return futures
-
-    async def _send(self, partition: int, chunk: list[tuple[bytes, bytes]]) -> Awaitable[Any]:
-        return await self.topic.send(key=BUNDLE_KEY, value=encode_bundle(chunk),
-                                     partition=partition)
+                yield partition, chunk
 
 
-def unbundle(event: EventT) -> list[tuple[bytes, bytes]]:
-    """A bundle's (key, value) messages, or the event's own (a message sent alone)."""
-    if event.key == BUNDLE_KEY:
-        return decode_bundle(event.value)
-    return [(event.key, event.value)]
+class _Single(NamedTuple):
+    topic: str
+    key: bytes
+    value: bytes
+    partition: int | None
 
 
-class _Message:
-    def __init__(self, topic: Any, key: bytes, value: bytes, partition: int | None) -> None:
-        self.topic, self.key, self.value, self.partition = topic, key, value, partition
+def unbundle(key: bytes, value: bytes) -> list[tuple[bytes, bytes]]:
+    """A bundle's (key, value) messages, or the message itself (sent alone)."""
+    if key == BUNDLE_KEY:
+        return decode_bundle(value)
+    return [(key, value)]
 
-    async def send(self) -> list[Awaitable[Any]]:
-        return [await self.topic.send(key=self.key, value=self.value, partition=self.partition)]
+
+class Output:
+    """One batch's rows, messages and table saves, in the order :class:`Committer` keeps.
+
+    Keyed messages (:meth:`add`) are bundled per topic; a message sent alone
+    (:meth:`send`, :meth:`broadcast`) goes after every message queued before it for its
+    topic, and before every one queued after it.
+    """
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.rows: dict[str, list[tuple]] = defaultdict(list)
+        self.messages: list[Outbox | _Single] = []
+        self.saves: list[tuple[Store, ...]] = []
+        self.callbacks: list[Callable[[], None]] = []
+        self._open: dict[str, Outbox] = {}
+
+    def add(self, topic: str, key: bytes, value: bytes, partition_key: bytes | None = None,
+            ) -> None:
+        """Queue a keyed message; ``partition_key`` (default: the key) picks its partition."""
+        box = self._open.get(topic)
+        if box is None:
+            box = self._open[topic] = Outbox(topic, self.partitions)
+            self.messages.append(box)
+        box.add(key, value, partition_key)
+
+    def send(self, topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
+        """Queue one message sent alone (to ``partition``, or where Kafka puts its key)."""
+        self._open.pop(topic, None)  # keyed messages queued later go after this one
+        self.messages.append(_Single(topic, key, value, partition))
+
+    def broadcast(self, topic: str, key: bytes, value: bytes) -> None:
+        """Queue one message to every partition of ``topic``."""
+        for partition in range(self.partitions):
+            self.send(topic, key, value, partition)
+
+    def save(self, *stores: Store) -> None:
+        """Save these stores' writes after the rows and messages, and after earlier groups."""
+        self.saves.append(stores)
+
+    def then(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once everything else is durable."""
+        self.callbacks.append(callback)
+
+    def sent(self, topic: str | None = None) -> list[tuple[str, int | None, bytes, bytes]]:
+        """Every message as (topic, partition, key, value), unbundled, in sending order."""
+        out = []
+        for message in self.messages:
+            if isinstance(message, Outbox):
+                out += [(message.topic, partition, key, value)
+                        for partition, items in message.items.items() for key, value in items]
+            else:
+                out.append((message.topic, message.partition, message.key, message.value))
+        return [m for m in out if topic is None or m[0] == topic]
 
 
-class Effects:
-    """One batch's rows, messages and table writes; :meth:`commit` applies them in the
-    order the module doc gives."""
+class Committer:
+    """Applies a stage's :class:`Output` to the world in the order the module doc gives."""
 
     def __init__(self, write_rows: Callable[[Mapping[str, Sequence[tuple]]], Awaitable[None]],
-                 flush: Callable[[], Awaitable[None]]) -> None:
+                 flush: Callable[[], Awaitable[None]], topics: Mapping[str, Any]) -> None:
         self._write_rows = write_rows
         self._flush = flush
-        self.rows: dict[str, list[tuple]] = defaultdict(list)
-        self._messages: list[Outbox | _Message] = []
-        self._groups: list[list[Staged]] = []
+        self._topics = topics
 
-    def outbox(self, topic: Any, partitions: int) -> Outbox:
-        """A new outbox, sent after everything queued before it."""
-        box = Outbox(topic, partitions)
-        self._messages.append(box)
-        return box
-
-    def send(self, topic: Any, key: bytes, value: bytes, partition: int | None = None) -> None:
-        """Queue one message, sent after everything queued before it."""
-        self._messages.append(_Message(topic, key, value, partition))
-
-    def save(self, *tables: Staged) -> None:
-        """Apply these tables' writes after the effects, and after earlier groups."""
-        self._groups.append(list(tables))
-
-    async def commit(self) -> None:
-        if any(self.rows.values()):
-            await self._write_rows(self.rows)
+    async def commit(self, out: Output) -> None:
+        if any(out.rows.values()):
+            await self._write_rows(out.rows)
         futures: list[Awaitable[Any]] = []
-        for message in self._messages:
-            futures += await message.send()
+        for message in out.messages:
+            topic = self._topics[message.topic]
+            if isinstance(message, Outbox):
+                for partition, chunk in message.bundles():
+                    futures.append(await topic.send(key=BUNDLE_KEY, value=encode_bundle(chunk),
+                                                    partition=partition))
+            else:
+                futures.append(await topic.send(key=message.key, value=message.value,
+                                                partition=message.partition))
         if futures:
             await asyncio.gather(*futures)
-        for i, group in enumerate(self._groups):
-            if i and any(t.writes for t in group):
+        for i, group in enumerate(out.saves):
+            staged = [store for store in group if isinstance(store, Staged)]
+            if i and any(store.writes for store in staged):
                 await self._flush()  # the previous group's changelog records are acked
-            for table in group:
-                table.apply()
+            for store in staged:
+                store.apply()
+        for callback in out.callbacks:
+            callback()

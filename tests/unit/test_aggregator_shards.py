@@ -1,7 +1,7 @@
 """The aggregator's table entries stay bounded however far its watermark lags: one
 entry grew past Kafka's 1 MB message limit and crashed the worker before sharding."""
 
-from stream_processors.topology import SHARD_SECONDS, _shard
+from stream_processors.stages.aggregator import SHARD_SECONDS, shard
 from stream_processors.windows import WINDOWS
 
 
@@ -11,8 +11,8 @@ def test_an_entry_holds_at_most_360_windows_of_one_spec() -> None:
         starts = range(1_777_000_000 // hop * hop, 1_777_000_000 + 40 * 86400, hop)
         per_shard: dict[str, int] = {}
         for start in starts:
-            shard = _shard(f"{spec.name}|{start}")
-            per_shard[shard] = per_shard.get(shard, 0) + 1
+            span = shard(f"{spec.name}|{start}")
+            per_shard[span] = per_shard.get(span, 0) + 1
         assert max(per_shard.values()) <= 360, spec.name
         assert SHARD_SECONDS[spec.name] // hop <= 360
-        assert all(shard.startswith(f"{spec.name}@") for shard in per_shard)
+        assert all(span.startswith(f"{spec.name}@") for span in per_shard)

@@ -1,0 +1,263 @@
+"""Third hop, keyed by journey (a customer, or ``anon:<device>``): each journey's log.
+
+A journey's state is its log of touchpoints (stream_processors/journey.py folds it).
+For each batch, a journey takes in its commands:
+
+- ``Touch``: new touchpoints (duplicates by event id change nothing);
+- ``MergeInto`` (to an anonymous journey): its device was identified; the log moves to
+  the customer's journey as a ``Merge``, and its own rows are retracted;
+- ``Merge`` (to a customer's journey): a device journey joins it;
+- ``Sweep``: fold again with today's clock (inactivity churn, no touchpoint to say so).
+
+Then every changed journey is folded once and written: its snapshot, transitions,
+tickets and touchpoint rows, the alerts it raises for the first time, and what its new
+touchpoints contribute to the CX windows (handed to :class:`PartitionWindows`).
+
+Saving order: the CX windows (``cx-partials``) first, then ``journeys``: the journeys'
+known event ids are what keeps a replay from contributing again, so they are saved
+only once the windows hold the contributions.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import msgspec
+
+from schemas import Touchpoint, decode_trusted
+from stream_processors.clickhouse.rows import (
+    alert_row,
+    deleted_transitions,
+    journey_row,
+    merged_row,
+    ticket_rows,
+    touchpoint_row,
+    transition_rows,
+)
+from stream_processors.commands import (
+    Command,
+    Merge,
+    MergeInto,
+    Sweep,
+    Touch,
+    Watermark,
+    encode_command,
+)
+from stream_processors.contributions import answer_category, contributions_for, resolve_pending
+from stream_processors.cx_metrics import csat_satisfied, nps_category
+from stream_processors.effects import ALERTS, JOURNEY_EVENTS, Message, Output, Store
+from stream_processors.journey import (
+    Alert,
+    Journey,
+    JourneyLog,
+    add_events,
+    alerts_for,
+    decode_log,
+    encode_log,
+    event_of,
+    fold,
+    merge_logs,
+)
+from stream_processors.metrics import WorkerMetrics
+from stream_processors.stages.partials import Numbered, PartitionWindows
+
+__all__ = ["JourneyUpdater", "needs_sweep"]
+
+
+def needs_sweep(journey_log: JourneyLog, now: datetime, inactive_after: timedelta) -> bool:
+    """Whether the inactivity sweep should fold this journey again: quiet for longer
+    than ``inactive_after``, and not swept since its last change."""
+    return not (journey_log.merged_into or not journey_log.events
+                or journey_log.swept_version == journey_log.version
+                or now - journey_log.events[-1].at <= inactive_after)
+
+
+class _Batch:
+    """What one batch gathers before the journeys are folded and written."""
+
+    def __init__(self) -> None:
+        self.logs: dict[bytes, JourneyLog] = {}
+        self.fresh: dict[bytes, list[Touchpoint]] = defaultdict(list)
+        #: event id → offset of the message that brought it.
+        self.offsets: dict[str, int] = {}
+        #: a journey's last message: its partition and offset.
+        self.last: dict[bytes, tuple[int, int]] = {}
+        #: event ids counted in another journey (merged in from a device's).
+        self.counted: set[str] = set()
+
+
+class JourneyUpdater:
+    def __init__(self, metrics: WorkerMetrics, partitions: int, windows: PartitionWindows, *,
+                 lateness: timedelta, first_response_sla: timedelta,
+                 inactive_after: timedelta | None, churn_risk_alert: int) -> None:
+        self.metrics = metrics
+        self.partitions = partitions
+        self.windows = windows
+        self.lateness = lateness
+        self.sla = first_response_sla
+        self.inactive_after = inactive_after
+        self.churn_risk_alert = churn_risk_alert
+
+    def update(self, batch: Sequence[Message], journeys: Store, cx_partials: Store,
+               now: datetime, version: int) -> Output:
+        """``batch``: decoded commands (and watermarks); ``version``: the rows' version
+        (later writes of the same fact win)."""
+        out = Output(self.partitions)
+        b = _Batch()
+        marks: list[tuple[int, Watermark]] = []
+        for message in batch:
+            if isinstance(message.value, Watermark):
+                marks.append((message.partition, message.value))
+                continue
+            self._apply(b, out, journeys, message, now, version)
+        contributions: dict[int, list[Numbered]] = defaultdict(list)
+        for key, journey_log in b.logs.items():
+            partition, offset = b.last[key]
+            if journey_log.events and not journey_log.merged_into:
+                self._emit(b, out, key, journey_log, now, version, contributions[partition],
+                           offset)
+            journeys[key] = encode_log(journey_log)
+        self.windows.process(out, cx_partials, marks, contributions)
+        out.save(cx_partials)
+        out.save(journeys)
+        return out
+
+    def _apply(self, b: _Batch, out: Output, journeys: Store, message: Message,
+               now: datetime, version: int) -> None:
+        key: bytes = message.key
+        command: Command = message.value
+        journey_log = b.logs.get(key) or _load(journeys, key)
+        b.logs[key] = journey_log
+        b.last[key] = (message.partition, message.offset)
+        if isinstance(command, Touch):
+            anonymous = journey_log.customer_id is None and command.customer_id is None
+            tps = [decode_trusted(raw) for raw in command.touchpoints]
+            if journey_log.events:
+                horizon = journey_log.events[-1].at - self.lateness
+                self.metrics.late_touchpoints.inc(sum(1 for tp in tps
+                                                      if tp.occurred_at < horizon))
+            added = add_events(journey_log, [event_of(tp, raw if anonymous else b"") for tp, raw
+                                             in zip(tps, command.touchpoints, strict=True)],
+                               command.customer_id)
+            new_ids = {e.event_id for e in added}
+            b.fresh[key] += [tp for tp in tps if tp.event_id in new_ids]
+            b.offsets.update((event_id, message.offset) for event_id in new_ids)
+        elif isinstance(command, Sweep):
+            journey_log.swept_version = journey_log.version
+        elif isinstance(command, MergeInto):
+            if journey_log.merged_into or not journey_log.events:
+                return
+            out.add(JOURNEY_EVENTS, command.customer_id.encode(),
+                    encode_command(Merge(msgspec.structs.replace(journey_log))))
+            out.rows["customer_journeys"].append(merged_row(
+                journey_log.key, command.customer_id, journey_log.anonymous_ids,
+                journey_log.events[0].at, (journey_log.version + 1) * 2, now))
+            # Every row it may have written, not only those its state counts: a crash
+            # after a batch wrote them and before its state was saved left more (a fold
+            # moves at most once per touchpoint, and once more for inactivity).
+            out.rows["journey_transitions"] += deleted_transitions(
+                journey_log.key, None, 0,
+                max(journey_log.emitted_transitions, len(journey_log.events) + 1),
+                journey_log.events[0].at, version)
+            journey_log.merged_into = command.customer_id
+            journey_log.events, journey_log.emitted_transitions = [], 0
+            journey_log.version += 1
+            b.fresh.pop(key, None)  # their rows are written under the customer instead
+        elif isinstance(command, Merge):
+            merge_logs(journey_log, command.log)
+            # Every touchpoint the device journey held is written again under the
+            # customer, even one the customer's journey already had (a duplicate routed
+            # here after the link): the device journey may have written its row later,
+            # and this merge comes after that journey's last write.
+            b.fresh[key] += [decode_trusted(e.raw) for e in command.log.events if e.raw]
+            b.counted.update(e.event_id for e in command.log.events)  # in the device journey
+
+    def _emit(self, b: _Batch, out: Output, key: bytes, journey_log: JourneyLog,
+              now: datetime, version: int, contributions: list[Numbered], offset: int) -> None:
+        """Rows and first-time alerts of a journey that changed, and what its new
+        touchpoints contribute to CX windows, each with the offset of the message that
+        brought its touchpoint (``offset``, the journey's last message of the batch, for
+        answers whose rated thing arrived now)."""
+        rows = out.rows
+        j = fold(journey_log, inactive_after=self.inactive_after, now=now)
+        new = [(offset, c) for c in resolve_pending(j, journey_log)]
+        # Twice the log version, plus one once inactivity churned it: the sweep's row (no
+        # new touchpoint, same log version) wins over the last one, and loses to the next.
+        snapshot_version = journey_log.version * 2 + int(j.churn_reason == "inactive")
+        rows["customer_journeys"].append(journey_row(j, snapshot_version, now))
+        rows["journey_transitions"] += transition_rows(j, journey_log.emitted_transitions,
+                                                       version)
+        rows["support_tickets"] += ticket_rows(j, version)
+        for tp in {tp.event_id: tp for tp in b.fresh.get(key, [])}.values():
+            rows["touchpoints"].append(touchpoint_row(
+                tp, j.key, journey_log.customer_id,
+                j.stage_at_event.get(tp.event_id, j.stage), now, version))
+            if tp.event_id not in b.counted:
+                self._count_cx(tp, j)
+                brought_by = b.offsets.get(tp.event_id, offset)
+                new += [(brought_by, c)
+                        for c in contributions_for(event_of(tp), j, journey_log)]
+        contributions += new
+        for _, c in new:
+            if c.dimension.startswith("rated="):
+                self.metrics.cx_rated_responses.labels(c.metric, answer_category(c),
+                                                       c.dimension[6:]).inc()
+        journey_log.emitted_transitions = len(j.transitions)
+        if journey_log.customer_id:  # identified: its events never move again
+            journey_log.events = [msgspec.structs.replace(e, raw=b"") if e.raw else e
+                                  for e in journey_log.events]
+        raised = [a for a in alerts_for(journey_log, j, now=now, first_response_sla=self.sla,
+                                        churn_risk_threshold=self.churn_risk_alert)
+                  if a.alert_id not in journey_log.alerts_raised]
+        journey_log.alerts_raised += [a.alert_id for a in raised]
+        rows["journey_alerts"] += [alert_row(a, now) for a in raised]
+        self._raise(out, raised)
+
+    def _raise(self, out: Output, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            self.metrics.alerts_raised.labels(alert.kind).inc()
+            out.send(ALERTS, alert.customer_id.encode(), msgspec.json.encode(alert))
+
+    def _count_cx(self, tp: Touchpoint, j: Journey) -> None:
+        """CX counters for a touchpoint new to its journey.
+
+        The journey log deduplicates, so replays do not count twice; touchpoints merged
+        in from a device journey were counted there. (A duplicate whose copies straddle
+        the identify, one in each journey, counts twice: rare, and noted.)
+        """
+        m = self.metrics
+        p = tp.properties
+        if tp.type == "survey_response":
+            survey, score = p["survey"], int(p["score"])
+            if survey == "nps":
+                category = nps_category(score)
+            elif survey == "csat":
+                category = "satisfied" if csat_satisfied(score) else "unsatisfied"
+            else:
+                category = "answered"
+                m.cx_ces_score.observe(score)
+            m.cx_survey_responses.labels(survey, category, tp.channel).inc()
+        elif tp.type == "order_placed":
+            m.cx_orders.inc()
+        elif tp.type == "delivery_updated":
+            m.cx_deliveries.labels(p["status"]).inc()
+        elif tp.type == "support_ticket_opened":
+            m.cx_tickets_opened.labels(p["channel"]).inc()
+        elif tp.type in ("support_message", "support_ticket_resolved"):
+            ticket = j.tickets.get(str(p.get("ticket_id")))
+            if ticket is None:
+                return
+            if ticket.first_response_at == tp.occurred_at and p.get("author") == "agent":
+                m.cx_first_response_seconds.observe(ticket.first_response_seconds or 0.0)
+            elif ticket.resolved_at == tp.occurred_at and ticket.status == "resolved":
+                m.cx_resolution_seconds.observe(ticket.resolution_seconds or 0.0)
+
+
+def _load(journeys: Store, key: bytes) -> JourneyLog:
+    stored = journeys.get(key)
+    if stored is not None:
+        return decode_log(stored)
+    text = key.decode()
+    return JourneyLog(key=text, customer_id=None if text.startswith("anon:") else text)

@@ -1,0 +1,201 @@
+"""A journey partition's part of the CX metric windows, sent on to the aggregator.
+
+The journey stage hands over each batch's contributions (what new touchpoints add to a
+metric, under a dimension) and the watermarks that reached its partitions. Here they
+become each partition's open windows (``OpenWindows``, as panes), and a window's
+*part* (numerator, denominator, samples, as this partition saw it) goes to the
+aggregator, keyed by metric and dimension so that one aggregator partition sums all
+parts of a window.
+
+Table ``cx-partials``, per journey partition: ``<p>|<metric>|<dimension>`` → its open
+windows; ``<p>|`` → its watermark (the low watermark over every touchpoint and
+by-device partition, and the horizon windows were closed at).
+
+What is sent when:
+- an open window's part at most every JOURNEY_CX_UPDATE_SECONDS, however many batches
+  changed it (the aggregator keeps the latest part per partition);
+- a closing window's last part at once, then the partition's new horizon, after it:
+  the aggregator finalises a window once every partition's horizon passed its end;
+- after a restart or a rebalance, every open window once more (what was sent before is
+  not known; repeats are harmless).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+
+import msgspec
+
+from stream_processors.commands import (
+    WATERMARK_KEY,
+    Partial,
+    Watermark,
+    encode_command,
+    encode_partial,
+)
+from stream_processors.effects import CX_PARTIALS, Output, Store, keys_with
+from stream_processors.metrics import WorkerMetrics
+from stream_processors.stages.per_partition import PerPartition, Unpublished
+from stream_processors.windows import (
+    Contribution,
+    LowWatermark,
+    OpenWindows,
+    WindowKey,
+    WindowState,
+)
+
+__all__ = ["PartitionWindows", "clock_key"]
+
+#: A contribution and the offset of the journey-events message that brought it.
+Numbered = tuple[int, Contribution]
+
+
+def clock_key(partition: int) -> bytes:
+    """The table key of a partition's watermark; its windows' keys extend it."""
+    return f"{partition}|".encode()
+
+
+class _Held:
+    """What this process knows of one journey partition's windows."""
+
+    def __init__(self) -> None:
+        #: (table key, window) changed since last sent.
+        self.unpublished = Unpublished()
+        #: When the soonest open window of each table key ends (None: none open), so a
+        #: key with nothing to close is not decoded; learnt as keys are written.
+        self.next_end: dict[bytes, int | None] = {}
+
+
+class PartitionWindows:
+    def __init__(self, metrics: WorkerMetrics, partitions: int, lateness: timedelta,
+                 update_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.metrics = metrics
+        self.partitions = partitions
+        self.lateness = lateness
+        self.update_seconds = update_seconds
+        self.clock = clock
+        self.held: PerPartition[_Held] = PerPartition(lambda _partition: _Held())
+
+    def process(self, out: Output, store: Store, marks: Sequence[tuple[int, Watermark]],
+                contributions: Mapping[int, list[Numbered]]) -> None:
+        """Take in a batch's watermarks and contributions; queue the parts and horizons
+        to send in ``out`` and stage the windows in ``store``.
+
+        Each contribution comes with the offset of the message that brought it; a table
+        entry skips those at or below its ``applied_through`` (already in it: a replay).
+        """
+        clocks: dict[int, LowWatermark] = {}
+        for partition, mark in marks:
+            if partition not in clocks:
+                clocks[partition] = _load_clock(store, partition, self.partitions)
+            clocks[partition].update(mark.channel, mark.at, mark.idle)
+        parts: dict[tuple[bytes, int], Partial] = {}
+        horizons: list[tuple[int, datetime]] = []
+        for partition in sorted(set(clocks) | {p for p, cs in contributions.items() if cs}):
+            clock = clocks.get(partition) or _load_clock(store, partition, self.partitions)
+            horizon = self._advance(store, partition, clock, contributions.get(partition, []),
+                                    parts)
+            if horizon is not None:
+                horizons.append((partition, horizon))
+        for (key, _), partial in parts.items():  # a metric and dimension's to one place
+            out.add(CX_PARTIALS, key, encode_partial(partial),
+                    partition_key=key.rsplit(b"|", 2)[0])
+        for partition, horizon in horizons:  # after the parts they close
+            out.broadcast(CX_PARTIALS, WATERMARK_KEY,
+                          encode_command(Watermark(f"j{partition}", horizon)))
+
+    def _advance(self, store: Store, partition: int, clock: LowWatermark,
+                 contributions: list[Numbered], parts: dict[tuple[bytes, int], Partial],
+                 ) -> datetime | None:
+        """One partition: apply its contributions, close what its horizon passed, and
+        collect the parts due; returns its new horizon, if it moved."""
+        held = self.held[partition]
+        unpublished = held.unpublished
+        by_key: dict[tuple[str, str], list[Numbered]] = defaultdict(list)
+        for offset, c in contributions:
+            by_key[(c.metric, c.dimension)].append((offset, c))
+        changed: dict[bytes, OpenWindows] = {}
+        for (metric, dimension), items in by_key.items():
+            table_key = f"{partition}|{metric}|{dimension}".encode()
+            windows = changed[table_key] = _load_windows(store, table_key)
+            done = windows.applied_through
+            new = [c for offset, c in items if done is None or offset > done]
+            windows.applied_through = max(offset for offset, _ in items)
+            touched, too_late = windows.add(new, clock.horizon)
+            self.metrics.cx_window_too_late.inc(too_late)
+            unpublished.windows.update((table_key, window) for window in touched)
+        prefix = clock_key(partition)
+        horizon = clock.advance(self.lateness)
+        now = self.clock()
+        refresh = unpublished.due(now, self.update_seconds)
+        if horizon is not None or refresh:
+            first = unpublished.never_published
+            # The entries this batch created too: left for the next batch, their windows
+            # would close after this horizon told the aggregator they had (measured: their
+            # final parts arrived too late, and hundreds of windows never got a final row).
+            for table_key in keys_with(store, prefix) | changed.keys():
+                if table_key == prefix:
+                    continue
+                windows = changed.get(table_key)
+                if windows is None:
+                    next_end = held.next_end.get(table_key, 0)  # 0: not known here yet
+                    if not first and (horizon is None or next_end is None
+                                      or next_end > horizon.timestamp()):
+                        continue  # nothing of it to close: leave it undecoded
+                    windows = _load_windows(store, table_key)
+                if first:
+                    unpublished.windows.update((table_key, window)
+                                               for window in windows.open_windows())
+                if horizon is None:
+                    continue
+                closed = windows.close(horizon)
+                if closed:
+                    changed[table_key] = windows
+                for window, state in closed.items():
+                    if (table_key, window) in unpublished.windows:
+                        unpublished.windows.discard((table_key, window))
+                        parts[(_window_key(table_key, window), partition)] = _partial(
+                            partition, state)
+        if refresh:
+            read: dict[bytes, OpenWindows] = {}  # unchanged: not written back
+            for table_key, window in unpublished.take(now):
+                windows = changed.get(table_key) or read.get(table_key)
+                if windows is None:
+                    windows = read[table_key] = _load_windows(store, table_key)
+                parts[(_window_key(table_key, window), partition)] = _partial(
+                    partition, windows.get(window))
+        if clock.value is not None:
+            self.metrics.cx_watermark_seconds.labels(str(partition)).set(
+                clock.value.timestamp())
+        for table_key, windows in changed.items():
+            store[table_key] = msgspec.msgpack.encode(windows)
+            held.next_end[table_key] = windows.next_end
+        store[prefix] = msgspec.msgpack.encode(clock)
+        return horizon
+
+
+@functools.lru_cache(maxsize=65536)
+def _window_key(table_key: bytes, window: WindowKey) -> bytes:
+    """The aggregator's key of a window: metric|dimension|window|start."""
+    _partition, _, metric_dimension = table_key.partition(b"|")
+    return metric_dimension + f"|{window[0]}|{int(window[1].timestamp())}".encode()
+
+
+def _partial(partition: int, state: WindowState) -> Partial:
+    return Partial(partition, state.numerator, state.denominator, state.samples)
+
+
+def _load_windows(store: Store, table_key: bytes) -> OpenWindows:
+    stored = store.get(table_key)
+    return msgspec.msgpack.decode(stored, type=OpenWindows) if stored else OpenWindows()
+
+
+def _load_clock(store: Store, partition: int, partitions: int) -> LowWatermark:
+    stored = store.get(clock_key(partition))
+    if stored is None:  # inputs: every touchpoint partition and every by-device partition
+        return LowWatermark(channels=2 * partitions)
+    return msgspec.msgpack.decode(stored, type=LowWatermark)

@@ -1,0 +1,125 @@
+"""First hop: validate each touchpoint and route it to its device or its customer.
+
+A touchpoint with an anonymous id goes to the identity stage (keyed by device: the
+device's link to a customer lives there); one with only a customer id goes straight to
+its journey. Invalid input goes to the dead letters with its reason, never stalls.
+
+The router also keeps each source partition's progress, for the watermarks it sends
+downstream (stream_processors/windows.py says why): the furthest event time routed,
+when the partition was last active, and the offset after the last touchpoint whose
+outputs are acknowledged. All three move only once a batch is committed: a marker may
+not say "passed" before the events it passes are delivered.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+
+import msgspec
+
+from schemas import SchemaError, decode_touchpoint
+from stream_processors.clickhouse.rows import dead_letter_row
+from stream_processors.commands import Touch, Watermark, encode_command
+from stream_processors.effects import BY_DEVICE, DEAD_LETTERS, JOURNEY_EVENTS, Message, Output
+from stream_processors.metrics import WorkerMetrics
+from stream_processors.stages.per_partition import PerPartition
+
+__all__ = ["Router", "SourceProgress"]
+
+log = logging.getLogger(__name__)
+
+
+class SourceProgress:
+    """One touchpoint partition, as far as this worker took it."""
+
+    __slots__ = ("done", "event_time", "seen")
+
+    def __init__(self, now: float) -> None:
+        #: The latest event time routed and acknowledged.
+        self.event_time: datetime | None = None
+        #: Monotonic time of the last touchpoint taken in or committed (quiet since).
+        self.seen = now
+        #: The offset after the last touchpoint routed and committed.
+        self.done = 0
+
+
+class Router:
+    def __init__(self, metrics: WorkerMetrics, partitions: int, topic: str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.metrics = metrics
+        self.partitions = partitions
+        self.topic = topic  # the touchpoints topic's name, for dead letters
+        self.clock = clock
+        self.sources: PerPartition[SourceProgress] = PerPartition(
+            lambda _partition: SourceProgress(clock()))
+
+    def route(self, batch: Sequence[Message], now: datetime) -> Output:
+        """``batch``: raw touchpoints as received."""
+        out = Output(self.partitions)
+        progress: dict[int, datetime] = {}
+        for message in batch:
+            # Activity counts from intake, not only from the commit: a batch being routed
+            # is not quiet (see the fault suite's notes in the README).
+            self.sources[message.partition].seen = self.clock()
+            try:
+                tp = decode_touchpoint(message.value)
+            except SchemaError as exc:
+                self._dead_letter(out, message, exc, now)
+                continue
+            if message.partition not in progress or tp.occurred_at > progress[message.partition]:
+                progress[message.partition] = tp.occurred_at
+            self.metrics.touchpoints_processed.labels(tp.type).inc()
+            self.metrics.processing_lag_seconds.observe(
+                max(0.0, (now - tp.occurred_at).total_seconds()))
+            if tp.anonymous_id:
+                out.add(BY_DEVICE, tp.anonymous_id.encode(), message.value)
+            else:
+                out.add(JOURNEY_EVENTS, tp.key.encode(),
+                        encode_command(Touch(tp.customer_id, [message.value])))
+        out.then(lambda: self._committed(batch, progress))
+        return out
+
+    def _committed(self, batch: Sequence[Message], progress: dict[int, datetime]) -> None:
+        # Quiet counts from here: a batch still committing is not idle (the consumer's
+        # position says fetched, not processed; measured: a 3 s wait on acks let the
+        # watermark overtake buffered touchpoints, which then missed their windows).
+        finished = self.clock()
+        for message in batch:
+            source = self.sources[message.partition]
+            source.seen = finished
+            source.done = max(source.done, message.offset + 1)
+        for partition, at in progress.items():
+            source = self.sources[partition]
+            if source.event_time is None or at > source.event_time:
+                source.event_time = at
+
+    def watermarks(self, partitions: Iterable[int], idle_seconds: float,
+                   caught_up: Callable[[int, int], bool]) -> list[Watermark]:
+        """Each source partition's marker. A partition is idle, and stops holding
+        windows open, once it had no touchpoint for ``idle_seconds`` and
+        ``caught_up(partition, done)`` (the consumer's view: fetched lately, nothing
+        left to process below the highwater)."""
+        marks = []
+        now = self.clock()
+        for partition in partitions:
+            source = self.sources[partition]
+            idle = now - source.seen > idle_seconds and caught_up(partition, source.done)
+            marks.append(Watermark(f"t{partition}", source.event_time, idle))
+        return marks
+
+    def _dead_letter(self, out: Output, message: Message, exc: SchemaError,
+                     now: datetime) -> None:
+        raw: bytes = message.value
+        self.metrics.dead_letters.labels(exc.reason).inc()
+        log.warning("dead letter %s[%d]@%d: %s", self.topic, message.partition, message.offset,
+                    exc)
+        out.send(DEAD_LETTERS, message.key, msgspec.json.encode({
+            "reason": exc.reason, "field": exc.field, "error": exc.detail, "topic": self.topic,
+            "partition": message.partition, "offset": message.offset,
+            "payload": raw.decode("utf-8", errors="replace")}))
+        out.rows["dead_letters"].append(dead_letter_row(
+            now, self.topic, message.partition, message.offset, exc.reason, exc.field,
+            exc.detail, raw))

@@ -1,0 +1,357 @@
+"""Each stage of the topology on its own, with plain dicts for tables and no broker.
+
+Expected values are counted by hand from the inputs (how many touchpoints, which of
+them on time), never read back from the code under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+from prometheus_client import CollectorRegistry
+
+from schemas.partitioning import partition_for
+from stream_processors.clickhouse.rows import COLUMNS
+from stream_processors.commands import (
+    WATERMARK_KEY,
+    Merge,
+    MergeInto,
+    Partial,
+    Touch,
+    Watermark,
+    decode_command,
+    decode_partial,
+)
+from stream_processors.effects import (
+    BY_DEVICE,
+    CX_PARTIALS,
+    DEAD_LETTERS,
+    JOURNEY_EVENTS,
+    Committer,
+    Message,
+    Output,
+    Staged,
+)
+from stream_processors.journey import decode_log
+from stream_processors.metrics import WorkerMetrics
+from stream_processors.stages import (
+    Aggregator,
+    IdentityResolver,
+    JourneyUpdater,
+    PartitionWindows,
+    Router,
+)
+from stream_processors.windows import Contribution, OpenWindows
+
+P = 4
+T0 = datetime(2026, 5, 1, 9, 0, tzinfo=UTC)
+NOW = datetime(2026, 5, 2, 9, 0, tzinfo=UTC)
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def tp(event_id: str, type_: str, minutes: float, *, customer: str | None = None,
+       anon: str | None = None, **props: object) -> bytes:
+    body = {"event_id": event_id, "type": type_,
+            "occurred_at": (T0 + timedelta(minutes=minutes)).isoformat(),
+            "properties": props}
+    if customer:
+        body["customer_id"] = customer
+    if anon:
+        body["anonymous_id"] = anon
+    return msgspec.json.encode(body)
+
+
+def new_metrics() -> WorkerMetrics:
+    return WorkerMetrics.create(CollectorRegistry())
+
+
+def as_dicts(rows: list[tuple], table: str) -> list[dict]:
+    return [dict(zip(COLUMNS[table], row, strict=True)) for row in rows]
+
+
+def updater(clock: Clock | None = None) -> JourneyUpdater:
+    metrics = new_metrics()
+    windows = PartitionWindows(metrics, P, timedelta(hours=1), 5.0, clock or Clock())
+    return JourneyUpdater(metrics, P, windows, lateness=timedelta(hours=1),
+                          first_response_sla=timedelta(hours=4), inactive_after=None,
+                          churn_risk_alert=60)
+
+
+def window_state(store: dict, partition: int, metric: str, spec: str,
+                 start: datetime) -> tuple[float, float]:
+    windows = msgspec.msgpack.decode(store[f"{partition}|{metric}|all".encode()],
+                                     type=OpenWindows)
+    state = windows.get((spec, start))
+    return state.numerator, state.denominator
+
+
+# ── routing ───────────────────────────────────────────────────────────────────
+def test_router_sends_devices_to_identity_customers_to_journeys_and_bad_input_aside() -> None:
+    clock = Clock()
+    router = Router(new_metrics(), P, "shop.touchpoints", clock)
+    by_device = tp("e1", "page_view", 0, anon="d-1")
+    by_customer = tp("e2", "page_view", 3, customer="c-1")
+    out = router.route([Message(0, 10, None, by_device), Message(0, 11, None, by_customer),
+                        Message(1, 5, b"k", b'{"event_id": 1}')], NOW)
+
+    assert out.sent(BY_DEVICE) == [(BY_DEVICE, partition_for(b"d-1", P), b"d-1", by_device)]
+    [(_, partition, key, value)] = out.sent(JOURNEY_EVENTS)
+    assert (partition, key) == (partition_for(b"c-1", P), b"c-1")
+    assert decode_command(value) == Touch("c-1", [by_customer])
+    [(_, _, _, letter)] = out.sent(DEAD_LETTERS)
+    assert msgspec.json.decode(letter)["offset"] == 5
+    [row] = as_dicts(out.rows["dead_letters"], "dead_letters")
+    assert (row["topic"], row["partition"], row["offset"]) == ("shop.touchpoints", 1, 5)
+
+
+def test_router_progress_moves_only_once_the_batch_is_committed() -> None:
+    clock = Clock()
+    router = Router(new_metrics(), P, "t", clock)
+    asked: list[tuple[int, int]] = []
+
+    def caught_up(partition: int, done: int) -> bool:
+        asked.append((partition, done))
+        return True
+
+    out = router.route([Message(0, 10, None, tp("e1", "page_view", 7, anon="d")),
+                        Message(0, 11, None, tp("e2", "page_view", 2, anon="d"))], NOW)
+    clock.t += 60
+    [mark] = router.watermarks([0], 10.0, caught_up)
+    assert (mark.channel, mark.at) == ("t0", None)  # not committed: nothing passed yet
+    assert mark.idle  # quiet for 60 s, and the consumer says caught up
+    for callback in out.callbacks:  # what Committer.commit does last
+        callback()
+    [mark] = router.watermarks([0], 10.0, caught_up)
+    assert mark.at == T0 + timedelta(minutes=7)  # the furthest event time of the batch
+    assert not mark.idle  # the commit just happened: not quiet
+    assert asked == [(0, 0)]  # asked only while quiet
+    clock.t += 11
+    [mark] = router.watermarks([0], 10.0, caught_up)
+    assert mark.idle and asked[-1] == (0, 12)  # done: the offset after the last one
+
+
+# ── identity ──────────────────────────────────────────────────────────────────
+def test_the_first_identify_merges_the_device_and_later_visits_follow_the_login() -> None:
+    identity = IdentityResolver(P)
+    devices: dict[bytes, bytes] = {}
+    anonymous = tp("e1", "page_view", 0, anon="d-1")
+    login = tp("e2", "identify", 1, anon="d-1", customer="c-1")
+    later = tp("e3", "page_view", 2, anon="d-1")
+    out = identity.resolve([Message(0, 1, b"d-1", anonymous), Message(0, 2, b"d-1", login),
+                            Message(0, 3, b"d-1", later)], devices)
+    sent = [(key, decode_command(value)) for _, _, key, value in out.sent(JOURNEY_EVENTS)]
+    assert sent == [(b"anon:d-1", Touch(None, [anonymous])),
+                    (b"anon:d-1", MergeInto("c-1")),
+                    (b"c-1", Touch("c-1", [login])),
+                    (b"c-1", Touch("c-1", [later]))]
+    assert devices == {b"d-1": b"c-1"}
+    relogin = tp("e4", "identify", 3, anon="d-1", customer="c-1")
+    again = identity.resolve([Message(0, 4, b"d-1", relogin)], devices)
+    assert [decode_command(v) for *_, v in again.sent()] == [Touch("c-1", [relogin])]
+
+
+def test_identity_forwards_the_minimum_of_its_inputs_after_the_touchpoints() -> None:
+    identity = IdentityResolver(P)
+    marks = [Message(2, i, WATERMARK_KEY, Watermark(f"t{i}", T0 + timedelta(minutes=10 - i)))
+             for i in range(P)]
+    touch = Message(2, 9, b"d", tp("e1", "page_view", 0, anon="d"))
+    out = identity.resolve([*marks[:2], touch, *marks[2:]], {})
+    sent = out.sent(JOURNEY_EVENTS)
+    assert decode_command(sent[0][3]) == Touch(None, [touch.value])
+    assert [partition for _, partition, _, _ in sent[1:]] == list(range(P))
+    assert [decode_command(v) for *_, v in sent[1:]] == [
+        Watermark("d2", T0 + timedelta(minutes=10 - (P - 1)))] * P
+
+
+# ── journeys ──────────────────────────────────────────────────────────────────
+def deliveries(customer: str) -> Message:
+    """Two deliveries, one on time, and a redelivered duplicate of it."""
+    on_time = tp("e1", "delivery_updated", 0, customer=customer, order_id="o", status="on_time")
+    late = tp("e2", "delivery_updated", 30, customer=customer, order_id="o", status="late")
+    return Message(partition_for(customer.encode(), P), 7, customer.encode(),
+                   Touch(customer, [on_time, late, on_time]))
+
+
+def test_a_journey_writes_its_rows_and_saves_its_windows_before_itself() -> None:
+    journeys: dict[bytes, bytes] = {}
+    windows: dict[bytes, bytes] = {}
+    message = deliveries("c-1")
+    out = updater().update([message], journeys, windows, NOW, 1)
+
+    assert sorted(r["event_id"] for r in as_dicts(out.rows["touchpoints"], "touchpoints")) == [
+        "e1", "e2"]
+    [journey] = as_dicts(out.rows["customer_journeys"], "customer_journeys")
+    assert (journey["journey_key"], journey["deliveries_on_time"], journey["deliveries_late"]) \
+        == ("c-1", 1, 1)
+    assert [e.event_id for e in decode_log(journeys[b"c-1"]).events] == ["e1", "e2"]
+    assert window_state(windows, message.partition, "on_time_rate", "1h", T0) == (1.0, 2.0)
+    # The windows are saved first: the journey's event ids mark the work as done.
+    assert [tuple(map(id, group)) for group in out.saves] == [(id(windows),), (id(journeys),)]
+
+
+def test_a_replay_after_a_crash_between_the_two_saves_counts_nothing_twice() -> None:
+    journeys: dict[bytes, bytes] = {}
+    windows: dict[bytes, bytes] = {}
+    message = deliveries("c-1")
+    updater().update([message], journeys, windows, NOW, 1)
+    # Crash after the windows were saved and before the journeys were: a new process
+    # replays the batch against the old journey state and the new windows.
+    out = updater().update([message], {}, windows, NOW, 2)
+    assert len(out.rows["touchpoints"]) == 2  # rows are redone (idempotent)
+    assert window_state(windows, message.partition, "on_time_rate", "1h", T0) == (1.0, 2.0)
+    # Crash after both saves, before the offsets were committed: nothing new at all.
+    out = updater().update([message], journeys, windows, NOW, 3)
+    assert out.rows["touchpoints"] == []
+    assert window_state(windows, message.partition, "on_time_rate", "1h", T0) == (1.0, 2.0)
+
+
+def test_an_identified_device_journey_moves_to_the_customer_with_its_touchpoints() -> None:
+    journeys: dict[bytes, bytes] = {}
+    stage = updater()
+    anon_key = b"anon:d-1"
+    partition = partition_for(anon_key, P)
+    visit = tp("e1", "page_view", 0, anon="d-1")
+    stage.update([Message(partition, 1, anon_key, Touch(None, [visit]))], journeys, {}, NOW, 1)
+    out = stage.update([Message(partition, 2, anon_key, MergeInto("c-1"))], journeys, {}, NOW, 2)
+
+    [(_, to, key, value)] = out.sent(JOURNEY_EVENTS)
+    merge = decode_command(value)
+    assert (to, key) == (partition_for(b"c-1", P), b"c-1") and isinstance(merge, Merge)
+    assert [e.event_id for e in merge.log.events] == ["e1"]
+    [row] = as_dicts(out.rows["customer_journeys"], "customer_journeys")
+    assert (row["journey_key"], row["customer_id"]) == ("anon:d-1", "c-1")
+    assert decode_log(journeys[anon_key]).merged_into == "c-1"
+
+    out = stage.update([Message(to, 1, b"c-1", merge)], journeys, {}, NOW, 3)
+    [row] = as_dicts(out.rows["touchpoints"], "touchpoints")
+    assert (row["event_id"], row["journey_key"], row["customer_id"]) == ("e1", "c-1", "c-1")
+
+
+# ── a journey partition's windows ─────────────────────────────────────────────
+def all_inputs_at(partition: int, at: datetime) -> list[tuple[int, Watermark]]:
+    """Every input of a journey partition (each touchpoint and by-device partition)."""
+    return [(partition, Watermark(f"{kind}{i}", at)) for kind in "td" for i in range(P)]
+
+
+def test_a_closing_window_sends_its_final_part_then_the_horizon() -> None:
+    metrics = new_metrics()
+    clock = Clock()
+    windows = PartitionWindows(metrics, P, timedelta(hours=1), 5.0, clock)
+    store: dict[bytes, bytes] = {}
+    on_time = [(3, Contribution("on_time_rate", "all", T0, 1.0)),
+               (4, Contribution("on_time_rate", "all", T0 + timedelta(seconds=20), 0.0))]
+    out = Output(P)
+    windows.process(out, store, [], {1: on_time})
+    first_minute = b"on_time_rate|all|1m|" + str(int(T0.timestamp())).encode()
+    parts = {key: decode_partial(v) for _, _, key, v in out.sent(CX_PARTIALS)}
+    assert parts[first_minute] == Partial(1, 1.0, 2.0, 2)  # open, sent once (first time)
+
+    out = Output(P)  # one more, then the watermark passes: sent at once, not in 5 s
+    late = [(5, Contribution("on_time_rate", "all", T0 + timedelta(seconds=40), 1.0))]
+    windows.process(out, store, all_inputs_at(1, T0 + timedelta(hours=1, minutes=2)), {1: late})
+    sent = out.sent(CX_PARTIALS)
+    keys = [key for _, _, key, _ in sent]
+    assert decode_partial(sent[keys.index(first_minute)][3]) == Partial(1, 2.0, 3.0, 3)
+    horizon = [decode_command(v) for _, _, key, v in sent if key == WATERMARK_KEY]
+    assert horizon == [Watermark("j1", T0 + timedelta(minutes=2))] * P
+    assert keys.index(WATERMARK_KEY) > keys.index(first_minute)  # after the parts it closes
+
+
+# ── aggregator ────────────────────────────────────────────────────────────────
+def horizons(partition: int, at: datetime, offset: int = 100) -> list[Message]:
+    return [Message(partition, offset + j, WATERMARK_KEY, Watermark(f"j{j}", at))
+            for j in range(P)]
+
+
+def test_the_aggregator_sums_the_partitions_parts_and_finalises_once_all_passed() -> None:
+    aggregator = Aggregator(new_metrics(), P, 5.0, Clock())
+    store: dict[bytes, bytes] = {}
+    window = b"on_time_rate|all|1m|" + str(int(T0.timestamp())).encode()
+    parts = [Message(2, 1, window, Partial(0, 1.0, 2.0, 2)),
+             Message(2, 2, window, Partial(3, 0.0, 1.0, 1)),
+             Message(2, 3, window, Partial(0, 2.0, 3.0, 3))]  # partition 0's newer part
+    aggregator.aggregate(parts, store, NOW, 1)
+    out = aggregator.aggregate(horizons(2, T0 + timedelta(minutes=1)), store, NOW, 2)
+    [row] = as_dicts(out.rows["cx_metrics"], "cx_metrics")
+    # Partition 0's latest part (2 of 3) and partition 3's (0 of 1): 2 of 4 on time.
+    assert (row["final"], row["numerator"], row["denominator"], row["value"]) == (
+        1, 2.0, 4.0, 50.0)
+    assert list(store) == [b"2|"]  # only the clock is left: the window is gone
+
+
+def test_a_partition_taken_back_rebuilds_what_it_knew_from_its_table() -> None:
+    aggregator = Aggregator(new_metrics(), P, 5.0, Clock())
+    store: dict[bytes, bytes] = {}
+    window = b"csat|all|1m|" + str(int(T0.timestamp())).encode()
+    aggregator.aggregate([Message(1, 1, window, Partial(2, 3.0, 4.0, 4))], store, NOW, 1)
+    aggregator.held.revoke([1])
+    assert 1 not in aggregator.held
+    aggregator.held.assign([1])  # back, with nothing in memory: the closing comes from the table
+    out = aggregator.aggregate(horizons(1, T0 + timedelta(minutes=5)), store, NOW, 2)
+    [row] = as_dicts(out.rows["cx_metrics"], "cx_metrics")
+    assert (row["final"], row["value"]) == (1, 75.0)
+
+
+# ── output and commit ─────────────────────────────────────────────────────────
+def test_a_message_sent_alone_splits_the_keyed_messages_around_it() -> None:
+    out = Output(P)
+    out.add(CX_PARTIALS, b"a", b"1")
+    out.broadcast(CX_PARTIALS, WATERMARK_KEY, b"m")
+    out.add(CX_PARTIALS, b"b", b"2")
+    assert [key for _, _, key, _ in out.sent()] == [b"a", *[WATERMARK_KEY] * P, b"b"]
+
+
+class _Table(dict):
+    name = "t"
+
+
+class _Topic:
+    def __init__(self, name: str, log: list) -> None:
+        self.name, self.log = name, log
+
+    async def send(self, key: bytes, value: bytes, partition: int | None) -> asyncio.Future:
+        self.log.append(("send", self.name))
+        done: asyncio.Future = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+def test_commit_inserts_rows_then_sends_then_saves_group_by_group() -> None:
+    calls: list = []
+
+    async def write(rows: object) -> None:
+        calls.append(("rows",))
+
+    async def flush() -> None:
+        calls.append(("flush",))
+
+    first, second = _Table(), _Table()
+
+    class Event:  # what Staged makes Faust's current event while it writes
+        class message:
+            partition = 0
+
+    a, b = Staged(first, lambda key: Event()), Staged(second, lambda key: Event())
+    a[b"x"], b[b"y"] = b"1", b"2"
+    assert (a.get(b"x"), b"x" in first) == (b"1", False)  # the batch sees it; the table not yet
+    out = Output(P)
+    out.rows["touchpoints"].append(())
+    out.add(JOURNEY_EVENTS, b"k", b"v")
+    out.save(a)
+    out.save(b)
+    out.then(lambda: calls.append(("then", dict(first), dict(second))))
+    committer = Committer(write, flush, {JOURNEY_EVENTS: _Topic(JOURNEY_EVENTS, calls)})
+    asyncio.run(committer.commit(out))
+    assert calls == [("rows",), ("send", JOURNEY_EVENTS), ("flush",),
+                     ("then", {b"x": b"1"}, {b"y": b"2"})]
