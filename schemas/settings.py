@@ -51,6 +51,15 @@ class Settings:
         "memory://", "JOURNEY_STORE",
         "Faust table store: `memory://` (tests, demo) or `rocksdb://` (production; needs "
         "the `rocksdb` extra).")
+    rocksdb_write_buffer_mb: int = _setting(
+        4, "JOURNEY_ROCKSDB_WRITE_BUFFER_MB",
+        "RocksDB memtable size of each table partition's database (two per database). With "
+        "the block cache below, a worker's RocksDB memory is at most 4 tables x partitions "
+        "held x (2 x this + the cache); Faust's defaults allow 2.2 GB per database.")
+    rocksdb_block_cache_mb: int = _setting(
+        8, "JOURNEY_ROCKSDB_BLOCK_CACHE_MB",
+        "RocksDB block cache of each table partition's database (reads of state that is "
+        "not in a memtable).")
     clickhouse_url: str = _setting(
         "clickhouse://default@127.0.0.1:9000/journey", "JOURNEY_CLICKHOUSE_URL",
         "ClickHouse native-protocol URL; the path is the database, created when missing.",
@@ -90,7 +99,21 @@ class Settings:
         "A journey with no touchpoint for this many days counts as churned (0 turns it off).")
     churn_sweep_seconds: float = _setting(
         3600.0, "JOURNEY_CHURN_SWEEP_SECONDS",
-        "How often the worker looks for journeys that went quiet past the churn period.")
+        "How often the worker looks for journeys that went quiet past the churn period, "
+        "and for state past its retention.")
+    anonymous_retention_days: float = _setting(
+        30.0, "JOURNEY_ANONYMOUS_RETENTION_DAYS",
+        "An anonymous journey unchanged for this many days leaves the worker's state (its "
+        "rows stay in ClickHouse; if the device comes back it starts a new journey, and an "
+        "identify then merges only that). 0 keeps them forever.")
+    merged_retention_days: float = _setting(
+        7.0, "JOURNEY_MERGED_RETENTION_DAYS",
+        "How long the marker of a device journey merged into its customer's is kept (it "
+        "makes a replayed merge a no-op; replays come within seconds). 0 keeps them.")
+    device_retention_days: float = _setting(
+        400.0, "JOURNEY_DEVICE_RETENTION_DAYS",
+        "A device → customer link unused for this many days is forgotten: the device's "
+        "later anonymous touchpoints start an anonymous journey again. 0 keeps them.")
     first_response_sla_seconds: float = _setting(
         14400.0, "JOURNEY_FIRST_RESPONSE_SLA_SECONDS",
         "A ticket without a first agent answer for this long raises an alert.")
@@ -234,6 +257,16 @@ class Settings:
         return {f.metadata["env"]: str(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @property
+    def table_options(self) -> dict[str, int]:
+        """Faust table options: RocksDB's memory, bounded by configuration."""
+        if not self.store.startswith("rocksdb:"):
+            return {}
+        mb = 1024 * 1024
+        return {"write_buffer_size": self.rocksdb_write_buffer_mb * mb,
+                "max_write_buffer_number": 2,
+                "block_cache_size": self.rocksdb_block_cache_mb * mb}
+
+    @property
     def lateness(self) -> timedelta:
         return timedelta(seconds=self.lateness_seconds)
 
@@ -244,7 +277,19 @@ class Settings:
     @property
     def churn_inactive_after(self) -> timedelta | None:
         """How long a journey stays quiet before it churns; None: inactivity never churns."""
-        return timedelta(days=self.churn_inactive_days) if self.churn_inactive_days > 0 else None
+        return _days(self.churn_inactive_days)
+
+    @property
+    def anonymous_retention(self) -> timedelta | None:
+        return _days(self.anonymous_retention_days)
+
+    @property
+    def merged_retention(self) -> timedelta | None:
+        return _days(self.merged_retention_days)
+
+    @property
+    def device_retention(self) -> timedelta | None:
+        return _days(self.device_retention_days)
 
     @property
     def python_log_level(self) -> str:
@@ -270,6 +315,11 @@ class Settings:
 #: Accepted spellings of JOURNEY_LOG_LEVEL → Python's level name.
 _LOG_LEVELS = {"debug": "DEBUG", "info": "INFO", "warn": "WARNING", "warning": "WARNING",
                "error": "ERROR", "crit": "CRITICAL", "critical": "CRITICAL"}
+
+
+def _days(days: float) -> timedelta | None:
+    """A retention in days; 0 (or less) means kept forever (None)."""
+    return timedelta(days=days) if days > 0 else None
 
 
 def _mask_url(url: str) -> str:

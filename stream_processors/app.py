@@ -12,6 +12,9 @@ Faust settings chosen for the broker (measured on Tansu 0.6.0, see the README):
 - table recovery: Tansu's ListOffsets answers the wrong log end, so Faust's recovery
   found "persisted offset above the highwater" after every restart of a RocksDB worker;
   ``stream_processors.recovery`` corrects it and rebuilds inconsistent partitions.
+- offset commits: Faust may commit past a record it never processed (a stale
+  acknowledgement after a rebalance, or one missing record at the head of its run);
+  ``stream_processors.consumer`` guards both, see the README's broker notes.
 - ``processing_guarantee`` at-least-once: Tansu has no EndTxn, so no exactly-once;
   duplicates are absorbed downstream (event ids, ReplacingMergeTree).
 """
@@ -21,7 +24,7 @@ from __future__ import annotations
 import faust
 
 from schemas.settings import Settings
-from stream_processors import recovery
+from stream_processors import consumer, recovery
 
 __all__ = ["app", "create_app", "settings"]
 
@@ -44,6 +47,7 @@ def _set_fetch_wait(seconds: float) -> None:
 
 def create_app(settings: Settings) -> faust.App:
     _set_fetch_wait(settings.broker_fetch_wait_seconds)
+    consumer.guard_commits()
     recovery.install()
     return faust.App(
         settings.app_id,

@@ -8,9 +8,10 @@ import msgspec
 
 from stream_processors.journey import JourneyLog
 
-__all__ = ["BUNDLE_KEY", "WATERMARK_KEY", "Command", "Merge", "MergeInto", "Partial", "Sweep",
-           "Touch", "Watermark", "decode_bundle", "decode_command", "decode_partial",
-           "encode_bundle", "encode_command", "encode_partial"]
+__all__ = ["BUNDLE_KEY", "WATERMARK_KEY", "Command", "Expire", "Link", "Marks", "Merge",
+           "MergeInto", "Partial", "Sweep", "Touch", "Watermark", "decode_bundle",
+           "decode_command", "decode_partial", "encode_bundle", "encode_command",
+           "encode_partial"]
 
 #: Key of watermark markers. They are sent to an explicit partition (every one of
 #: them), so the key only tells them apart from touchpoints on the by-device topic.
@@ -21,10 +22,21 @@ BUNDLE_KEY = b"\x00bundle"
 
 
 class Touch(msgspec.Struct, tag="touch"):
-    """Touchpoints for this journey; ``customer_id`` is the resolved customer, if any."""
+    """Touchpoints for this journey (or, on the by-device topic, from this device);
+    ``customer_id`` is the resolved customer, if any."""
 
     customer_id: str | None
     touchpoints: list[bytes]
+
+
+class Link(msgspec.Struct, tag="link"):
+    """To a device (by-device topic): a touchpoint named both it and ``customer_id``.
+
+    The touchpoint itself went straight to the customer's journey; only the link
+    travels through the device's partition, where the first one merges the device's
+    anonymous journey."""
+
+    customer_id: str
 
 
 class MergeInto(msgspec.Struct, tag="merge_into"):
@@ -45,6 +57,11 @@ class Sweep(msgspec.Struct, tag="sweep"):
     same crash-safe path as a touchpoint's."""
 
 
+class Expire(msgspec.Struct, tag="expire"):
+    """To a journey or a device that looked past its retention to the sweep: forget it,
+    if it still is (a command, so the delete takes the crash-safe path)."""
+
+
 class Watermark(msgspec.Struct, tag="watermark"):
     """Everything from ``channel`` before this marker occurred before ``at``.
 
@@ -59,7 +76,14 @@ class Watermark(msgspec.Struct, tag="watermark"):
     idle: bool = False
 
 
-Command = Touch | MergeInto | Merge | Sweep | Watermark
+class Marks(msgspec.Struct, tag="marks"):
+    """Every watermark a stage has for one downstream partition, in one message: a
+    marker per input and target would make O(P²) messages per interval."""
+
+    marks: list[Watermark]
+
+
+Command = Touch | Link | MergeInto | Merge | Sweep | Expire | Watermark | Marks
 
 
 class Partial(msgspec.Struct, array_like=True):

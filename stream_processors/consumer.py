@@ -1,18 +1,20 @@
 """What Faust's consumer knows about a partition that it does not readily say.
 
-Used by the topology's timers: whether a source partition is caught up (for idle
-watermarks) and how far each partition lags (for ops). These read aiokafka's and
-Faust's internals, in one place, so an upgrade that moves them breaks here only.
+Used by the topology: which events of a batch still belong to this worker's current
+generation, whether a source partition is caught up (for idle watermarks) and how far
+each partition lags (for ops). These read aiokafka's and Faust's internals, in one
+place, so an upgrade that moves them breaks here only.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import TopicPartition
 
-__all__ = ["caught_up", "fetched_within", "lag"]
+__all__ = ["caught_up", "disown_stale", "fetched_within", "guard_commits", "lag"]
 
 
 def caught_up(app: Any, tp: TopicPartition, done: int, fresh_seconds: float) -> bool:
@@ -61,3 +63,58 @@ async def lag(app: Any) -> list[tuple[str, int, int]]:
         if position is not None and highwater is not None:
             out.append((tp.topic, tp.partition, max(0, highwater - position)))
     return out
+
+
+def disown_stale(app: Any, events: Sequence[Any]) -> list[Any]:
+    """The events of the consumer's current generation; the others are disowned.
+
+    Faust's ``take_events`` may hold events fetched before a rebalance, and it
+    acknowledges a batch whatever happened meanwhile. After a rebalance Faust forgets
+    the committed offset of every partition it was given again, so one stale event's
+    acknowledgement is enough to commit past the records the new generation has not
+    processed yet; a kill then loses them (measured: 1,922 anonymous touchpoints of a
+    fault run, in whole runs of offsets). A disowned event is marked acknowledged
+    without being counted, so Faust never commits it; the partition's owner reads it
+    again from the last commit. Called before a batch (stale events are not processed)
+    and after it (a rebalance during the batch: its output stands, and is redone
+    idempotently by the owner).
+    """
+    generation = app.consumer_generation_id
+    fresh = []
+    for event in events:
+        message = event.message
+        if message.generation_id == generation:
+            fresh.append(event)
+        elif not message.acked:
+            message.acked = True  # Consumer.ack() now skips it: its offset is not counted
+            app.consumer._unacked_messages.discard(message)
+    return fresh
+
+
+def guard_commits() -> None:
+    """Make Faust's consumer never commit past a record it was not told was processed.
+
+    Faust's ``Consumer._new_offset`` commits the first run of consecutive acknowledged
+    offsets, and guards against a hole at its head with ``min(acked) - committed > 1``:
+    one record at the committed offset may be missing and the run is committed anyway
+    (the committed offset is the next one to read, so any ``min(acked) > committed`` is a
+    hole). With bundles one record carries a whole batch of touchpoints. Here a hole at
+    the head holds the commit back, unless Faust itself recorded it as a gap (offsets with
+    no record, e.g. transaction markers): a record not yet processed is read again after
+    a crash, never skipped.
+    """
+    from faust.transport.consumer import Consumer
+
+    original = getattr(Consumer, "_journey_original_new_offset", Consumer._new_offset)
+
+    def _new_offset(self: Any, tp: Any) -> int | None:
+        acked = self._acked[tp]
+        committed = self._committed_offset[tp]
+        if acked and committed is not None and min(acked) > committed:
+            gap = self._gap.get(tp)
+            if gap is None or not gap.overlaps(committed):
+                return None
+        return original(self, tp)
+
+    Consumer._journey_original_new_offset = original  # type: ignore[attr-defined]
+    Consumer._new_offset = _new_offset  # type: ignore[method-assign]

@@ -48,7 +48,15 @@ from faust.streams import _current_event
 from faust.types import EventT
 
 from schemas.partitioning import partition_for
-from stream_processors.commands import BUNDLE_KEY, decode_bundle, encode_bundle
+from stream_processors.commands import (
+    BUNDLE_KEY,
+    WATERMARK_KEY,
+    Marks,
+    Watermark,
+    decode_bundle,
+    encode_bundle,
+    encode_command,
+)
 
 __all__ = ["ALERTS", "BY_DEVICE", "CX_PARTIALS", "DEAD_LETTERS", "JOURNEY_EVENTS", "Committer",
            "Message", "Output", "Staged", "Store", "keys_with", "unbundle", "writing_for"]
@@ -205,14 +213,17 @@ class Output:
     """One batch's rows, messages and table saves, in the order :class:`Committer` keeps.
 
     Keyed messages (:meth:`add`) are bundled per topic; a message sent alone
-    (:meth:`send`, :meth:`broadcast`) goes after every message queued before it for its
-    topic, and before every one queued after it.
+    (:meth:`send`) goes after every message queued before it for its topic, and before
+    every one queued after it. Watermarks (:meth:`mark`) go last, all of a topic's in
+    one message per partition: a marker may always come later than the messages it
+    follows, never earlier.
     """
 
     def __init__(self, partitions: int) -> None:
         self.partitions = partitions
         self.rows: dict[str, list[tuple]] = defaultdict(list)
         self.messages: list[Outbox | _Single] = []
+        self.marks: dict[str, list[Watermark]] = defaultdict(list)
         self.saves: list[tuple[Store, ...]] = []
         self.callbacks: list[Callable[[], None]] = []
         self._open: dict[str, Outbox] = {}
@@ -231,10 +242,9 @@ class Output:
         self._open.pop(topic, None)  # keyed messages queued later go after this one
         self.messages.append(_Single(topic, key, value, partition))
 
-    def broadcast(self, topic: str, key: bytes, value: bytes) -> None:
-        """Queue one message to every partition of ``topic``."""
-        for partition in range(self.partitions):
-            self.send(topic, key, value, partition)
+    def mark(self, topic: str, mark: Watermark) -> None:
+        """Queue a watermark for every partition of ``topic``, after all its messages."""
+        self.marks[topic].append(mark)
 
     def save(self, *stores: Store) -> None:
         """Save these stores' writes after the rows and messages, and after earlier groups."""
@@ -244,10 +254,19 @@ class Output:
         """Run ``callback`` once everything else is durable."""
         self.callbacks.append(callback)
 
+    def outgoing(self) -> list[Outbox | _Single]:
+        """Everything to send, in order: the messages, then each topic's marks."""
+        out = list(self.messages)
+        for topic, marks in self.marks.items():
+            value = encode_command(Marks(marks))
+            out += [_Single(topic, WATERMARK_KEY, value, partition)
+                    for partition in range(self.partitions)]
+        return out
+
     def sent(self, topic: str | None = None) -> list[tuple[str, int | None, bytes, bytes]]:
         """Every message as (topic, partition, key, value), unbundled, in sending order."""
         out = []
-        for message in self.messages:
+        for message in self.outgoing():
             if isinstance(message, Outbox):
                 out += [(message.topic, partition, key, value)
                         for partition, items in message.items.items() for key, value in items]
@@ -269,7 +288,7 @@ class Committer:
         if any(out.rows.values()):
             await self._write_rows(out.rows)
         futures: list[Awaitable[Any]] = []
-        for message in out.messages:
+        for message in out.outgoing():
             topic = self._topics[message.topic]
             if isinstance(message, Outbox):
                 for partition, chunk in message.bundles():

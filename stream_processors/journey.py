@@ -67,6 +67,10 @@ class JourneyLog(msgspec.Struct, kw_only=True):
     version: int = 0
     #: How many transition rows were last written (to delete those a refold dropped).
     emitted_transitions: int = 0
+    #: Digests of the transition (by seq) and ticket (by id) rows last written: a row
+    #: is written again only when it changed (stream_processors.clickhouse.rows).
+    transition_digests: dict[int, int] = {}
+    ticket_digests: dict[str, int] = {}
     #: Ids of the alerts already raised for this journey: each is raised once.
     alerts_raised: list[str] = []
     #: Survey answers whose rated ticket, order or touchpoint has not arrived yet
@@ -75,6 +79,9 @@ class JourneyLog(msgspec.Struct, kw_only=True):
     #: The ``version`` the inactivity sweep last folded (-1: never): it folds a journey
     #: once per version, so a restart does not sweep it again.
     swept_version: int = -1
+    #: Wall-clock time of the last change (not event time: an import of old data is
+    #: fresh state); a retention counts from it. None: written before retention existed.
+    updated_at: datetime | None = None
 
 
 class Transition(msgspec.Struct, frozen=True):

@@ -2,12 +2,12 @@
 
     <prefix>.touchpoints
         │  route_by_device (stages/routing.py): validate; invalid → dead letters
-        ├──── has an anonymous id ──► <prefix>.touchpoints-by-device (key: device)
-        │                                 │  resolve_identity (stages/identity.py):
-        │                                 │  `devices` table (device → customer); the first
-        │                                 │  identify of a device merges its anonymous journey
-        └──── customer only ─────┐        │
-                                 ▼        ▼
+        ├──── anonymous ───────────► <prefix>.touchpoints-by-device (key: device)
+        │     (identified, with a       │  resolve_identity (stages/identity.py):
+        │      device: a Link too)      │  `devices` table (device → customer); the first
+        │                               │  link of a device merges its anonymous journey
+        └──── identified ────────┐      │
+                                 ▼      ▼
                           <prefix>.journey-events (key: customer, or anon:<device>)
                                  │  update_journey (stages/journeys.py): `journeys` table
                                  │  (each journey's touchpoints); fold; rows and alerts;
@@ -51,22 +51,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
+import msgspec
 from aiokafka import TopicPartition
 from faust.types import EventT, StreamT
 from faust.web import Request, Response, Web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from schemas import utcnow
+from schemas import decode_trusted, utcnow
 from schemas.partitioning import partition_for
 from stream_processors import consumer, recovery
 from stream_processors.app import app, settings
+from stream_processors.batches import BatchRunner
 from stream_processors.clickhouse.sink import ClickHouseSink
 from stream_processors.commands import (
     WATERMARK_KEY,
+    Command,
+    Expire,
+    Marks,
     Sweep,
+    Touch,
     decode_command,
     decode_partial,
     encode_command,
@@ -92,7 +99,7 @@ from stream_processors.stages import (
     PartitionWindows,
     Router,
 )
-from stream_processors.stages.journeys import needs_sweep
+from stream_processors.stages.journeys import needs_sweep, past_retention
 
 log = logging.getLogger(__name__)
 
@@ -123,57 +130,87 @@ alerts_topic = app.topic(settings.alerts_topic, **_raw)
 # ── tables ───────────────────────────────────────────────────────────────────
 # Keys and values are bytes. use_partitioner: a changelog record follows its key (each
 # key's partition is the one its topic's messages go to).
-_bytes = {"partitions": PARTITIONS, "key_type": bytes, "value_type": bytes}
-devices = app.Table("devices", use_partitioner=True, **_bytes)
-journeys = app.Table("journeys", use_partitioner=True, **_bytes)
+def _table(name: str, **kwargs: Any) -> Any:
+    """A table of bytes; RocksDB's memory per partition database as configured."""
+    return app.Table(name, partitions=PARTITIONS, key_type=bytes, value_type=bytes,
+                     options=settings.table_options, **kwargs)
+
+
+
+devices = _table("devices", use_partitioner=True)
+journeys = _table("journeys", use_partitioner=True)
 # Keys `<partition>|...`: each belongs to the partition it names (stages/partials.py and
 # stages/aggregator.py give the layout); its changelog goes to that partition.
-cx_partials = app.Table("cx-partials", **_bytes)
-cx_windows = app.Table("cx-windows", **_bytes)
+cx_partials = _table("cx-partials")
+cx_windows = _table("cx-windows")
 
 # ── stages ───────────────────────────────────────────────────────────────────
 router = Router(metrics, PARTITIONS, settings.touchpoints_topic)
-identity = IdentityResolver(PARTITIONS)
+identity = IdentityResolver(PARTITIONS, settings.device_retention)
 journey_updater = JourneyUpdater(
     metrics, PARTITIONS,
     PartitionWindows(metrics, PARTITIONS, settings.lateness, settings.cx_update_seconds),
     lateness=settings.lateness, first_response_sla=settings.first_response_sla,
-    inactive_after=settings.churn_inactive_after, churn_risk_alert=settings.churn_risk_alert)
+    inactive_after=settings.churn_inactive_after, churn_risk_alert=settings.churn_risk_alert,
+    anonymous_retention=settings.anonymous_retention,
+    merged_retention=settings.merged_retention)
 aggregator = Aggregator(metrics, PARTITIONS, settings.cx_update_seconds)
 committer = Committer(sink.write, lambda: app.producer.flush(), {
     BY_DEVICE: by_device_topic, JOURNEY_EVENTS: journey_events_topic,
     CX_PARTIALS: cx_partials_topic, DEAD_LETTERS: dead_letters_topic, ALERTS: alerts_topic})
+runner = BatchRunner(committer, metrics, PARTITIONS)
 
 
 # ── agents ───────────────────────────────────────────────────────────────────
+# Each feeds its stage a batch and commits the output; ``runner`` keeps a failure from
+# losing the batch (stream_processors/batches.py). A stage gets fresh staged tables on
+# every call, as a failed batch is applied again message by message.
+async def _batches(stream: StreamT, within: float) -> AsyncIterator[list[EventT]]:
+    """Batches bounded by size and time, of this generation's events only: an event
+    fetched before a rebalance is left to its partition's owner, to read again
+    (consumer.disown_stale says why acknowledging it would lose others)."""
+    async for events in stream.take_events(BATCH, within=within):
+        fresh = consumer.disown_stale(app, events)
+        if fresh:
+            yield fresh
+        consumer.disown_stale(app, fresh)  # a rebalance came during the batch
+
+
 @app.agent(touchpoints_topic)
 async def route_by_device(stream: StreamT) -> None:
-    async for events in stream.take_events(BATCH, within=HOP_WITHIN):
+    async for events in _batches(stream, HOP_WITHIN):
         batch = [Message(e.message.partition, e.message.offset, e.key, e.value) for e in events]
-        await committer.commit(router.route(batch, utcnow()))
+        await runner.run("route_by_device", touchpoints_topic.get_topic_name(), batch,
+                         lambda b: router.route(b, utcnow()))
 
 
 @app.agent(by_device_topic)
 async def resolve_identity(stream: StreamT) -> None:
-    async for events in stream.take_events(BATCH, within=HOP_WITHIN):
-        await committer.commit(identity.resolve(
-            _decoded(events, bytes), _staged(devices, events, _key_partition)))
+    async for events in _batches(stream, HOP_WITHIN):
+        await runner.run(
+            "resolve_identity", by_device_topic.get_topic_name(), _unbundled(events),
+            lambda b, e=events: identity.resolve(
+                _decoded(b, _by_device), _staged(devices, e, _key_partition), utcnow()))
 
 
 @app.agent(journey_events_topic)
 async def update_journey(stream: StreamT) -> None:
-    async for events in stream.take_events(BATCH, within=WITHIN):
-        await committer.commit(journey_updater.update(
-            _decoded(events, decode_command), _staged(journeys, events, _key_partition),
-            _staged(cx_partials, events, _named_partition), utcnow(), _row_version()))
+    async for events in _batches(stream, WITHIN):
+        await runner.run(
+            "update_journey", journey_events_topic.get_topic_name(), _unbundled(events),
+            lambda b, e=events: journey_updater.update(
+                _decoded(b, decode_command), _staged(journeys, e, _key_partition),
+                _staged(cx_partials, e, _named_partition), utcnow(), _row_version()))
 
 
 @app.agent(cx_partials_topic)
 async def aggregate_cx(stream: StreamT) -> None:
-    async for events in stream.take_events(BATCH, within=WITHIN):
-        await committer.commit(aggregator.aggregate(
-            _decoded(events, decode_partial), _staged(cx_windows, events, _named_partition),
-            utcnow(), _row_version()))
+    async for events in _batches(stream, WITHIN):
+        await runner.run(
+            "aggregate_cx", cx_partials_topic.get_topic_name(), _unbundled(events),
+            lambda b, e=events: aggregator.aggregate(
+                _decoded(b, decode_partial), _staged(cx_windows, e, _named_partition),
+                utcnow(), _row_version()))
 
 
 # ── partitions come and go ───────────────────────────────────────────────────
@@ -211,42 +248,58 @@ async def send_watermarks() -> None:
     out = Output(PARTITIONS)
     mine = _assigned_partitions(touchpoints_topic)
     for mark in router.watermarks(mine, settings.watermark_idle_seconds, _caught_up):
-        value = encode_command(mark)
-        out.broadcast(BY_DEVICE, WATERMARK_KEY, value)
-        out.broadcast(JOURNEY_EVENTS, WATERMARK_KEY, value)
+        out.mark(BY_DEVICE, mark)
+        out.mark(JOURNEY_EVENTS, mark)
     await committer.commit(out)
 
 
 @app.timer(interval=settings.churn_sweep_seconds)
-async def sweep_inactive() -> None:
-    """Journeys that went quiet churn without a touchpoint to tell us: look for them.
+async def sweep() -> None:
+    """What changes with time alone, with no touchpoint to say so: journeys that went
+    quiet churn (``Sweep``), and state past its retention goes (``Expire``: anonymous
+    and merged device journeys, device links).
 
-    Sends each a ``Sweep`` command, which ``update_journey`` folds with today's clock
-    like any update, so a crash neither loses the churn nor raises its alerts twice.
-    Only this worker's journey partitions are read, a chunk at a time, so the event
-    loop keeps running.
+    Each is a command to the key's own partition, applied like any update, so a crash
+    neither loses it nor repeats its effects. Only this worker's partitions are read,
+    a chunk at a time, so the event loop keeps running.
     """
-    inactive_after = settings.churn_inactive_after
-    if inactive_after is None:
-        return
-    mine = set(_assigned_partitions(journey_events_topic))
     now = utcnow()
+    inactive_after = settings.churn_inactive_after
     out = Output(PARTITIONS)
-    sweep = encode_command(Sweep())
-    keys = [k for k in list(journeys.keys()) if partition_for(k, PARTITIONS) in mine]
-    for i, key in enumerate(keys):
-        if i % SWEEP_CHUNK == SWEEP_CHUNK - 1:
-            await asyncio.sleep(0)
-        stored = journeys.get(key)
-        if stored is not None and needs_sweep(decode_log(stored), now, inactive_after):
-            out.add(JOURNEY_EVENTS, key, sweep)
-    found = len(out.sent())
-    if found:
-        log.info("inactivity sweep: %d journeys to fold as churned", found)
+    fold_again, expire = encode_command(Sweep()), encode_command(Expire())
+    retention = {"anonymous": settings.anonymous_retention, "merged": settings.merged_retention}
+    if inactive_after is not None or any(retention.values()):
+        async for key, stored in _mine(journeys, journey_events_topic):
+            journey_log = decode_log(stored)
+            if inactive_after is not None and needs_sweep(journey_log, now, inactive_after):
+                out.add(JOURNEY_EVENTS, key, fold_again)
+            elif past_retention(journey_log, now, **retention):
+                out.add(JOURNEY_EVENTS, key, expire)
+    if settings.device_retention is not None:
+        async for key, stored in _mine(devices, by_device_topic):
+            if identity.past_retention(stored, now):
+                out.add(BY_DEVICE, key, expire)
+    sent = Counter(topic for topic, *_ in out.sent())
+    if sent:
+        log.info("sweep: %d journeys to fold or forget, %d device links to forget",
+                 sent[JOURNEY_EVENTS], sent[BY_DEVICE])
         await committer.commit(out)
 
 
-#: How many journeys the sweep decodes before it lets the event loop run again.
+async def _mine(table: Any, topic: Any) -> AsyncIterator[tuple[bytes, bytes]]:
+    """The table's entries in this worker's partitions of ``topic``, yielding to the
+    event loop every SWEEP_CHUNK keys."""
+    mine = set(_assigned_partitions(topic))
+    keys = [k for k in list(table.keys()) if partition_for(k, PARTITIONS) in mine]
+    for i, key in enumerate(keys):
+        if i % SWEEP_CHUNK == SWEEP_CHUNK - 1:
+            await asyncio.sleep(0)
+        stored = table.get(key)
+        if stored is not None:
+            yield key, stored
+
+
+#: How many entries the sweep reads before it lets the event loop run again.
 SWEEP_CHUNK = 500
 
 
@@ -262,11 +315,39 @@ async def observe_lag() -> None:
 
 
 # ── what the agents and timers call ──────────────────────────────────────────
-def _decoded(events: Sequence[EventT], decode: Callable[[bytes], Any]) -> list[Message]:
-    """The batch's messages, unbundled; watermarks decoded as such, the rest by ``decode``."""
-    return [Message(e.message.partition, e.message.offset, key,
-                    decode_command(value) if key == WATERMARK_KEY else decode(value))
-            for e in events for key, value in unbundle(e.key, e.value)]
+def _unbundled(events: Sequence[EventT]) -> list[Message]:
+    """The batch's messages, bundles opened; values still encoded. A bundle that does not
+    open stays one message, so that decoding it fails and sends it to the dead letters."""
+    out = []
+    for e in events:
+        partition, offset = e.message.partition, e.message.offset
+        try:
+            items = unbundle(e.key, e.value)
+        except msgspec.DecodeError:
+            items = [(e.key, e.value)]
+        out += [Message(partition, offset, key, value) for key, value in items]
+    return out
+
+
+def _decoded(batch: Sequence[Message], decode: Callable[[bytes], Any]) -> list[Message]:
+    """Values decoded: watermarks as such (one message each), the rest by ``decode``."""
+    out = []
+    for m in batch:
+        if m.key != WATERMARK_KEY:
+            out.append(m._replace(value=decode(m.value)))
+            continue
+        command = decode_command(m.value)
+        marks = command.marks if isinstance(command, Marks) else [command]
+        out += [m._replace(value=mark) for mark in marks]
+    return out
+
+
+def _by_device(value: bytes) -> Command:
+    """A by-device command; a bare touchpoint is the format before ``Link`` (in flight
+    across an upgrade): the identity stage takes it the way it did then."""
+    if value[:1] == b"{":
+        return Touch(decode_trusted(value).customer_id, [value])
+    return decode_command(value)
 
 
 def _staged(table: Any, events: Sequence[EventT], partition_of: Callable[[bytes], int],

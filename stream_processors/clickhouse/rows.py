@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable, Hashable, Mapping
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import msgspec
 
 from schemas import Touchpoint
 from stream_processors.journey import STAGES, Alert, Journey
 
-__all__ = ["COLUMNS", "FINAL_VERSION", "alert_row", "dead_letter_row", "journey_row",
-           "merged_row", "metric_row", "ticket_rows", "touchpoint_row", "transition_rows"]
+__all__ = ["COLUMNS", "FINAL_VERSION", "alert_row", "changed_rows", "dead_letter_row",
+           "journey_row", "merged_row", "metric_row", "ticket_rows", "touchpoint_row",
+           "transition_rows"]
 
 #: Added to a final metric row's version: it outranks every open row of its window.
 FINAL_VERSION = 1 << 62
@@ -119,6 +123,28 @@ def dead_letter_row(now: datetime, topic: str, partition: int, offset: int, reas
                     field: str, error: str, payload: bytes) -> tuple:
     return (now, topic, partition, offset, reason, field, error,
             payload.decode("utf-8", errors="replace"))
+
+
+def changed_rows(rows: list[tuple], written: Mapping[Any, int], key: Callable[[tuple], Hashable],
+                 ) -> tuple[list[tuple], dict[Any, int]]:
+    """The rows that differ from what was last written, and the digests of all of them.
+
+    ``written``: each row's key → the digest of the row last written for it. A row's
+    digest leaves out its last column (the row version, new on every write), so a row
+    whose content did not change is not written again: a journey's transitions and
+    tickets are re-derived by every fold, but most batches change none of them.
+    """
+    digests = {key(row): _digest(row) for row in rows}
+    return [row for row in rows if written.get(key(row)) != digests[key(row)]], digests
+
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def _digest(row: tuple) -> int:
+    """A fingerprint that is the same in every process (unlike ``hash``)."""
+    data = _encoder.encode(row[:-1])
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
 def _json(value: dict) -> str:

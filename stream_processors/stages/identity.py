@@ -1,10 +1,12 @@
 """Second hop, keyed by device: which customer a device belongs to.
 
 A device's link is set by the first touchpoint that carries both its anonymous id and
-a customer id (an ``identify``, or any identified call from it). That first link sends
-``MergeInto`` to the device's anonymous journey, so its past joins the customer's;
-later anonymous touchpoints from the device go straight to the customer. Only a
-touchpoint that names the customer links: an anonymous one never moves a link.
+a customer id (an ``identify``, or any identified call from it): the router sends it
+to the customer's journey and a ``Link`` here. That first link sends ``MergeInto`` to
+the device's anonymous journey, so its past joins the customer's; later anonymous
+touchpoints from the device go to the customer. Only a touchpoint that names the
+customer links: an anonymous one never moves a link. Anonymous touchpoints are not
+decoded here: the device is their key.
 
 Watermarks: each by-device partition forwards the minimum over its inputs (every
 touchpoint partition), after the touchpoints of the batch that carried them.
@@ -13,10 +15,13 @@ touchpoint partition), after the touchpoints of the batch that carried them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 
-from schemas import decode_trusted
+import msgspec
+
 from stream_processors.commands import (
-    WATERMARK_KEY,
+    Expire,
+    Link,
     MergeInto,
     Touch,
     Watermark,
@@ -29,41 +34,91 @@ from stream_processors.windows import LowWatermark
 __all__ = ["IdentityResolver"]
 
 
+def encode_link(customer: bytes, seen: int) -> bytes:
+    """A device's link: its customer, and when it was last used (Unix seconds)."""
+    return _encoder.encode((customer.decode(), seen))
+
+
+def decode_link(value: bytes) -> tuple[bytes, int | None]:
+    """(customer, last used); a bare customer id is a link from before retention (no
+    valid UTF-8 text starts with the byte that starts a 2-item msgpack array)."""
+    if value[:1] == b"\x92":
+        customer, seen = _decoder.decode(value)
+        return customer.encode(), seen
+    return value, None
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(tuple[str, int])
+
+
 class IdentityResolver:
-    def __init__(self, partitions: int) -> None:
+    def __init__(self, partitions: int, retention: timedelta | None = None) -> None:
         self.partitions = partitions
+        #: A link unused for longer is forgotten (None: kept).
+        self.retention = retention
+        #: How stale a link's "last used" may get before it is written again: a day, or
+        #: a tenth of the retention if that is shorter (one write per device and day,
+        #: not per touchpoint).
+        self.refresh_seconds = 86400 if retention is None else min(
+            86400, int(retention.total_seconds() / 10))
         #: Per by-device partition, the marks of its inputs (in memory: after a restart
         #: the window clocks wait until every input was heard from again).
         self.inputs: PerPartition[LowWatermark] = PerPartition(
             lambda _partition: LowWatermark(channels=partitions))
 
-    def resolve(self, batch: Sequence[Message], devices: Store) -> Output:
-        """``batch``: touchpoints keyed by device (raw, validated), and watermarks."""
+    def past_retention(self, value: bytes, now: datetime) -> bool:
+        """Whether a stored link is to be sent ``Expire`` (one from before retention is
+        too: the command stamps it)."""
+        _customer, seen = decode_link(value)
+        return self.retention is not None and (
+            seen is None or now.timestamp() - seen > self.retention.total_seconds())
+
+    def resolve(self, batch: Sequence[Message], devices: Store, now: datetime) -> Output:
+        """``batch``: commands keyed by device (``Touch`` of its anonymous touchpoints,
+        ``Link`` to a customer, ``Expire``), and watermarks."""
         out = Output(self.partitions)
         marked: set[int] = set()
+        clock = int(now.timestamp())
         for message in batch:
-            if isinstance(message.value, Watermark):
-                mark = message.value
-                self.inputs[message.partition].update(mark.channel, mark.at, mark.idle)
+            command = message.value
+            if isinstance(command, Watermark):
+                self.inputs[message.partition].update(command.channel, command.at, command.idle)
                 marked.add(message.partition)
                 continue
-            device, raw = message.key, message.value
-            tp = decode_trusted(raw)
-            linked = devices.get(device)
-            customer = tp.customer_id
-            if customer:
+            device: bytes = message.key
+            stored = devices.get(device)
+            linked, seen = decode_link(stored) if stored is not None else (None, None)
+            if isinstance(command, Expire):
+                if linked is not None and seen is None:  # its clock starts now
+                    devices[device] = encode_link(linked, clock)
+                elif linked is not None and self.past_retention(stored, now):
+                    del devices[device]
+                continue
+            if isinstance(command, Link) or command.customer_id:
+                customer = command.customer_id.encode()
                 if linked is None:  # first identification: the past comes along
-                    out.add(JOURNEY_EVENTS, f"anon:{tp.anonymous_id}".encode(),
-                            encode_command(MergeInto(customer)))
-                if linked != customer.encode():  # later anonymous visits follow the login
-                    devices[device] = customer.encode()
-            elif linked is not None:
-                customer = linked.decode()
-            key = customer or f"anon:{tp.anonymous_id}"
-            out.add(JOURNEY_EVENTS, key.encode(), encode_command(Touch(customer, [raw])))
+                    out.add(JOURNEY_EVENTS, b"anon:" + device,
+                            encode_command(MergeInto(command.customer_id)))
+                if linked != customer:  # later anonymous visits follow the login
+                    linked, seen = customer, None
+                if isinstance(command, Link):
+                    self._used(devices, device, linked, seen, clock)
+                    continue
+            assert isinstance(command, Touch)
+            if linked is None:
+                out.add(JOURNEY_EVENTS, b"anon:" + device, encode_command(command))
+            else:
+                self._used(devices, device, linked, seen, clock)
+                out.add(JOURNEY_EVENTS, linked,
+                        encode_command(Touch(linked.decode(), command.touchpoints)))
         for partition in sorted(marked):  # after this batch's touchpoints
-            clock = self.inputs[partition]
-            out.broadcast(JOURNEY_EVENTS, WATERMARK_KEY,
-                          encode_command(Watermark(f"d{partition}", clock.value, clock.idle)))
+            low = self.inputs[partition]
+            out.mark(JOURNEY_EVENTS, Watermark(f"d{partition}", low.value, low.idle))
         out.save(devices)  # a link is saved once its MergeInto is acknowledged
         return out
+
+    def _used(self, devices: Store, device: bytes, customer: bytes, seen: int | None,
+              clock: int) -> None:
+        if seen is None or clock - seen >= self.refresh_seconds:
+            devices[device] = encode_link(customer, clock)

@@ -28,7 +28,9 @@ import msgspec
 
 from schemas import Touchpoint, decode_trusted
 from stream_processors.clickhouse.rows import (
+    COLUMNS,
     alert_row,
+    changed_rows,
     deleted_transitions,
     journey_row,
     merged_row,
@@ -38,6 +40,7 @@ from stream_processors.clickhouse.rows import (
 )
 from stream_processors.commands import (
     Command,
+    Expire,
     Merge,
     MergeInto,
     Sweep,
@@ -63,7 +66,7 @@ from stream_processors.journey import (
 from stream_processors.metrics import WorkerMetrics
 from stream_processors.stages.partials import Numbered, PartitionWindows
 
-__all__ = ["JourneyUpdater", "needs_sweep"]
+__all__ = ["JourneyUpdater", "needs_sweep", "past_retention"]
 
 
 def needs_sweep(journey_log: JourneyLog, now: datetime, inactive_after: timedelta) -> bool:
@@ -72,6 +75,18 @@ def needs_sweep(journey_log: JourneyLog, now: datetime, inactive_after: timedelt
     return not (journey_log.merged_into or not journey_log.events
                 or journey_log.swept_version == journey_log.version
                 or now - journey_log.events[-1].at <= inactive_after)
+
+
+def past_retention(journey_log: JourneyLog, now: datetime, *, anonymous: timedelta | None,
+                   merged: timedelta | None) -> bool:
+    """Whether a journey's state may go: a device journey merged into its customer's, or
+    an anonymous one, unchanged for longer than its retention (an identified journey
+    stays). A journey whose last change is not known counts as past it: the ``Expire``
+    it is sent then stamps it instead of deleting it."""
+    retention = (merged if journey_log.merged_into
+                 else anonymous if journey_log.customer_id is None else None)
+    return retention is not None and (journey_log.updated_at is None
+                                      or now - journey_log.updated_at > retention)
 
 
 class _Batch:
@@ -91,7 +106,9 @@ class _Batch:
 class JourneyUpdater:
     def __init__(self, metrics: WorkerMetrics, partitions: int, windows: PartitionWindows, *,
                  lateness: timedelta, first_response_sla: timedelta,
-                 inactive_after: timedelta | None, churn_risk_alert: int) -> None:
+                 inactive_after: timedelta | None, churn_risk_alert: int,
+                 anonymous_retention: timedelta | None = None,
+                 merged_retention: timedelta | None = None) -> None:
         self.metrics = metrics
         self.partitions = partitions
         self.windows = windows
@@ -99,6 +116,8 @@ class JourneyUpdater:
         self.sla = first_response_sla
         self.inactive_after = inactive_after
         self.churn_risk_alert = churn_risk_alert
+        self.anonymous_retention = anonymous_retention
+        self.merged_retention = merged_retention
 
     def update(self, batch: Sequence[Message], journeys: Store, cx_partials: Store,
                now: datetime, version: int) -> Output:
@@ -114,6 +133,8 @@ class JourneyUpdater:
             self._apply(b, out, journeys, message, now, version)
         contributions: dict[int, list[Numbered]] = defaultdict(list)
         for key, journey_log in b.logs.items():
+            if not (journey_log.events or journey_log.merged_into or key in journeys):
+                continue  # e.g. told to merge a device that had no anonymous visit: no state
             partition, offset = b.last[key]
             if journey_log.events and not journey_log.merged_into:
                 self._emit(b, out, key, journey_log, now, version, contributions[partition],
@@ -128,9 +149,27 @@ class JourneyUpdater:
                now: datetime, version: int) -> None:
         key: bytes = message.key
         command: Command = message.value
-        journey_log = b.logs.get(key) or _load(journeys, key)
+        journey_log = b.logs.get(key) or _load(journeys, key, now)
         b.logs[key] = journey_log
         b.last[key] = (message.partition, message.offset)
+        before = journey_log.version
+        self._command(b, out, journeys, key, journey_log, command, message, now, version)
+        if journey_log.version != before:
+            journey_log.updated_at = now
+
+    def _command(self, b: _Batch, out: Output, journeys: Store, key: bytes,
+                 journey_log: JourneyLog, command: Command, message: Message, now: datetime,
+                 version: int) -> None:
+        if isinstance(command, Expire):
+            if journey_log.updated_at is None:  # from before retention: its clock starts now
+                journey_log.updated_at = now
+            elif past_retention(journey_log, now, anonymous=self.anonymous_retention,
+                                merged=self.merged_retention):
+                del b.logs[key]  # a later command of this batch starts it afresh
+                b.fresh.pop(key, None)
+                if journeys.get(key) is not None:
+                    del journeys[key]
+            return
         if isinstance(command, Touch):
             anonymous = journey_log.customer_id is None and command.customer_id is None
             tps = [decode_trusted(raw) for raw in command.touchpoints]
@@ -163,6 +202,7 @@ class JourneyUpdater:
                 journey_log.events[0].at, version)
             journey_log.merged_into = command.customer_id
             journey_log.events, journey_log.emitted_transitions = [], 0
+            journey_log.transition_digests, journey_log.ticket_digests = {}, {}
             journey_log.version += 1
             b.fresh.pop(key, None)  # their rows are written under the customer instead
         elif isinstance(command, Merge):
@@ -187,9 +227,16 @@ class JourneyUpdater:
         # new touchpoint, same log version) wins over the last one, and loses to the next.
         snapshot_version = journey_log.version * 2 + int(j.churn_reason == "inactive")
         rows["customer_journeys"].append(journey_row(j, snapshot_version, now))
-        rows["journey_transitions"] += transition_rows(j, journey_log.emitted_transitions,
-                                                       version)
-        rows["support_tickets"] += ticket_rows(j, version)
+        # Only the rows that changed since they were last written (the fold re-derives
+        # them all); then deletions for the transitions a refold dropped.
+        transitions, journey_log.transition_digests = changed_rows(
+            transition_rows(j, 0, version), journey_log.transition_digests, _seq)
+        rows["journey_transitions"] += transitions + deleted_transitions(
+            j.key, j.customer_id, len(j.transitions), journey_log.emitted_transitions,
+            j.first_seen, version)
+        tickets, journey_log.ticket_digests = changed_rows(
+            ticket_rows(j, version), journey_log.ticket_digests, _ticket_id)
+        rows["support_tickets"] += tickets
         for tp in {tp.event_id: tp for tp in b.fresh.get(key, [])}.values():
             rows["touchpoints"].append(touchpoint_row(
                 tp, j.key, journey_log.customer_id,
@@ -255,9 +302,25 @@ class JourneyUpdater:
                 m.cx_resolution_seconds.observe(ticket.resolution_seconds or 0.0)
 
 
-def _load(journeys: Store, key: bytes) -> JourneyLog:
+_SEQ = COLUMNS["journey_transitions"].index("seq")
+_TICKET_ID = COLUMNS["support_tickets"].index("ticket_id")
+
+
+def _seq(row: tuple) -> int:
+    return row[_SEQ]
+
+
+def _ticket_id(row: tuple) -> str:
+    return row[_TICKET_ID]
+
+
+def _load(journeys: Store, key: bytes, now: datetime) -> JourneyLog:
     stored = journeys.get(key)
     if stored is not None:
         return decode_log(stored)
     text = key.decode()
-    return JourneyLog(key=text, customer_id=None if text.startswith("anon:") else text)
+    # A new journey's versions start from the clock, not 0: one that comes back after
+    # its state expired must outrank the rows its earlier self wrote (a journey changes
+    # far fewer times than there are seconds in a retention).
+    return JourneyLog(key=text, customer_id=None if text.startswith("anon:") else text,
+                      version=int(now.timestamp()))

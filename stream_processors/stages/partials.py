@@ -31,10 +31,8 @@ from datetime import datetime, timedelta
 import msgspec
 
 from stream_processors.commands import (
-    WATERMARK_KEY,
     Partial,
     Watermark,
-    encode_command,
     encode_partial,
 )
 from stream_processors.effects import CX_PARTIALS, Output, Store, keys_with
@@ -105,8 +103,7 @@ class PartitionWindows:
             out.add(CX_PARTIALS, key, encode_partial(partial),
                     partition_key=key.rsplit(b"|", 2)[0])
         for partition, horizon in horizons:  # after the parts they close
-            out.broadcast(CX_PARTIALS, WATERMARK_KEY,
-                          encode_command(Watermark(f"j{partition}", horizon)))
+            out.mark(CX_PARTIALS, Watermark(f"j{partition}", horizon))
 
     def _advance(self, store: Store, partition: int, clock: LowWatermark,
                  contributions: list[Numbered], parts: dict[tuple[bytes, int], Partial],

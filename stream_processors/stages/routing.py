@@ -1,8 +1,11 @@
 """First hop: validate each touchpoint and route it to its device or its customer.
 
-A touchpoint with an anonymous id goes to the identity stage (keyed by device: the
-device's link to a customer lives there); one with only a customer id goes straight to
-its journey. Invalid input goes to the dead letters with its reason, never stalls.
+A touchpoint that names its customer goes straight to the customer's journey (one hop
+fewer, and the touchpoint crosses the broker once more, not twice); if it also names
+a device, a small ``Link`` goes to the device's partition, where the device's link to
+a customer lives. An anonymous touchpoint goes to its device's partition, which knows
+whether the device was identified. Invalid input goes to the dead letters with its
+reason, never stalls.
 
 The router also keeps each source partition's progress, for the watermarks it sends
 downstream (stream_processors/windows.py says why): the furthest event time routed,
@@ -22,7 +25,7 @@ import msgspec
 
 from schemas import SchemaError, decode_touchpoint
 from stream_processors.clickhouse.rows import dead_letter_row
-from stream_processors.commands import Touch, Watermark, encode_command
+from stream_processors.commands import Link, Touch, Watermark, encode_command
 from stream_processors.effects import BY_DEVICE, DEAD_LETTERS, JOURNEY_EVENTS, Message, Output
 from stream_processors.metrics import WorkerMetrics
 from stream_processors.stages.per_partition import PerPartition
@@ -60,6 +63,7 @@ class Router:
         """``batch``: raw touchpoints as received."""
         out = Output(self.partitions)
         progress: dict[int, datetime] = {}
+        links: dict[str, str] = {}  # device → the customer last linked in this batch
         for message in batch:
             # Activity counts from intake, not only from the commit: a batch being routed
             # is not quiet (see the fault suite's notes in the README).
@@ -74,11 +78,16 @@ class Router:
             self.metrics.touchpoints_processed.labels(tp.type).inc()
             self.metrics.processing_lag_seconds.observe(
                 max(0.0, (now - tp.occurred_at).total_seconds()))
-            if tp.anonymous_id:
-                out.add(BY_DEVICE, tp.anonymous_id.encode(), message.value)
-            else:
-                out.add(JOURNEY_EVENTS, tp.key.encode(),
+            if tp.customer_id:  # straight to its journey; the device, if any, learns the link
+                out.add(JOURNEY_EVENTS, tp.customer_id.encode(),
                         encode_command(Touch(tp.customer_id, [message.value])))
+                if tp.anonymous_id and links.get(tp.anonymous_id) != tp.customer_id:
+                    links[tp.anonymous_id] = tp.customer_id
+                    out.add(BY_DEVICE, tp.anonymous_id.encode(),
+                            encode_command(Link(tp.customer_id)))
+            else:  # anonymous: its device's partition knows where it belongs
+                out.add(BY_DEVICE, tp.anonymous_id.encode(),
+                        encode_command(Touch(None, [message.value])))
         out.then(lambda: self._committed(batch, progress))
         return out
 

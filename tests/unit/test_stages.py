@@ -16,6 +16,9 @@ from schemas.partitioning import partition_for
 from stream_processors.clickhouse.rows import COLUMNS
 from stream_processors.commands import (
     WATERMARK_KEY,
+    Expire,
+    Link,
+    Marks,
     Merge,
     MergeInto,
     Partial,
@@ -34,7 +37,7 @@ from stream_processors.effects import (
     Output,
     Staged,
 )
-from stream_processors.journey import decode_log
+from stream_processors.journey import JourneyLog, decode_log
 from stream_processors.metrics import WorkerMetrics
 from stream_processors.stages import (
     Aggregator,
@@ -43,6 +46,8 @@ from stream_processors.stages import (
     PartitionWindows,
     Router,
 )
+from stream_processors.stages.identity import decode_link
+from stream_processors.stages.journeys import past_retention
 from stream_processors.windows import Contribution, OpenWindows
 
 P = 4
@@ -97,18 +102,28 @@ def window_state(store: dict, partition: int, metric: str, spec: str,
 
 
 # ── routing ───────────────────────────────────────────────────────────────────
-def test_router_sends_devices_to_identity_customers_to_journeys_and_bad_input_aside() -> None:
+def test_router_sends_the_anonymous_to_their_device_the_identified_to_their_journey() -> None:
     clock = Clock()
     router = Router(new_metrics(), P, "shop.touchpoints", clock)
-    by_device = tp("e1", "page_view", 0, anon="d-1")
+    anonymous = tp("e1", "page_view", 0, anon="d-1")
     by_customer = tp("e2", "page_view", 3, customer="c-1")
-    out = router.route([Message(0, 10, None, by_device), Message(0, 11, None, by_customer),
-                        Message(1, 5, b"k", b'{"event_id": 1}')], NOW)
+    login = tp("e3", "identify", 4, customer="c-2", anon="d-2")
+    again = tp("e4", "page_view", 5, customer="c-2", anon="d-2")
+    out = router.route([Message(0, 10, None, anonymous), Message(0, 11, None, by_customer),
+                        Message(1, 5, b"k", b'{"event_id": 1}'), Message(1, 6, None, login),
+                        Message(1, 7, None, again)], NOW)
 
-    assert out.sent(BY_DEVICE) == [(BY_DEVICE, partition_for(b"d-1", P), b"d-1", by_device)]
-    [(_, partition, key, value)] = out.sent(JOURNEY_EVENTS)
-    assert (partition, key) == (partition_for(b"c-1", P), b"c-1")
-    assert decode_command(value) == Touch("c-1", [by_customer])
+    to_devices = [(partition, key, decode_command(value))
+                  for _, partition, key, value in out.sent(BY_DEVICE)]
+    assert sorted(to_devices, key=repr) == sorted([
+        (partition_for(b"d-1", P), b"d-1", Touch(None, [anonymous])),
+        (partition_for(b"d-2", P), b"d-2", Link("c-2"))], key=repr)  # one link per batch
+    to_journeys = [(partition, key, decode_command(value))
+                   for _, partition, key, value in out.sent(JOURNEY_EVENTS)]
+    assert sorted(to_journeys, key=repr) == sorted([
+        (partition_for(b"c-1", P), b"c-1", Touch("c-1", [by_customer])),
+        (partition_for(b"c-2", P), b"c-2", Touch("c-2", [login])),
+        (partition_for(b"c-2", P), b"c-2", Touch("c-2", [again]))], key=repr)
     [(_, _, _, letter)] = out.sent(DEAD_LETTERS)
     assert msgspec.json.decode(letter)["offset"] == 5
     [row] = as_dicts(out.rows["dead_letters"], "dead_letters")
@@ -142,36 +157,39 @@ def test_router_progress_moves_only_once_the_batch_is_committed() -> None:
 
 
 # ── identity ──────────────────────────────────────────────────────────────────
-def test_the_first_identify_merges_the_device_and_later_visits_follow_the_login() -> None:
+def test_the_first_link_merges_the_device_and_later_visits_follow_the_login() -> None:
     identity = IdentityResolver(P)
     devices: dict[bytes, bytes] = {}
     anonymous = tp("e1", "page_view", 0, anon="d-1")
-    login = tp("e2", "identify", 1, anon="d-1", customer="c-1")
     later = tp("e3", "page_view", 2, anon="d-1")
-    out = identity.resolve([Message(0, 1, b"d-1", anonymous), Message(0, 2, b"d-1", login),
-                            Message(0, 3, b"d-1", later)], devices)
+    out = identity.resolve([Message(0, 1, b"d-1", Touch(None, [anonymous])),
+                            Message(0, 2, b"d-1", Link("c-1")),
+                            Message(0, 3, b"d-1", Touch(None, [later]))], devices, NOW)
     sent = [(key, decode_command(value)) for _, _, key, value in out.sent(JOURNEY_EVENTS)]
     assert sent == [(b"anon:d-1", Touch(None, [anonymous])),
                     (b"anon:d-1", MergeInto("c-1")),
-                    (b"c-1", Touch("c-1", [login])),
                     (b"c-1", Touch("c-1", [later]))]
-    assert devices == {b"d-1": b"c-1"}
-    relogin = tp("e4", "identify", 3, anon="d-1", customer="c-1")
-    again = identity.resolve([Message(0, 4, b"d-1", relogin)], devices)
-    assert [decode_command(v) for *_, v in again.sent()] == [Touch("c-1", [relogin])]
+    assert list(devices) == [b"d-1"] and decode_link(devices[b"d-1"])[0] == b"c-1"
+    again = identity.resolve([Message(0, 4, b"d-1", Link("c-1"))], devices, NOW)
+    assert again.sent() == []  # linked already: nothing to merge, nothing to save
+    # The format before Link: an identified touchpoint through the device, still taken.
+    login = tp("e4", "identify", 3, anon="d-2", customer="c-2")
+    old = identity.resolve([Message(0, 5, b"d-2", Touch("c-2", [login]))], devices, NOW)
+    assert [(key, decode_command(v)) for _, _, key, v in old.sent()] == [
+        (b"anon:d-2", MergeInto("c-2")), (b"c-2", Touch("c-2", [login]))]
 
 
 def test_identity_forwards_the_minimum_of_its_inputs_after_the_touchpoints() -> None:
     identity = IdentityResolver(P)
     marks = [Message(2, i, WATERMARK_KEY, Watermark(f"t{i}", T0 + timedelta(minutes=10 - i)))
              for i in range(P)]
-    touch = Message(2, 9, b"d", tp("e1", "page_view", 0, anon="d"))
-    out = identity.resolve([*marks[:2], touch, *marks[2:]], {})
+    touch = Message(2, 9, b"d", Touch(None, [tp("e1", "page_view", 0, anon="d")]))
+    out = identity.resolve([*marks[:2], touch, *marks[2:]], {}, NOW)
     sent = out.sent(JOURNEY_EVENTS)
-    assert decode_command(sent[0][3]) == Touch(None, [touch.value])
+    assert decode_command(sent[0][3]) == touch.value
     assert [partition for _, partition, _, _ in sent[1:]] == list(range(P))
     assert [decode_command(v) for *_, v in sent[1:]] == [
-        Watermark("d2", T0 + timedelta(minutes=10 - (P - 1)))] * P
+        Marks([Watermark("d2", T0 + timedelta(minutes=10 - (P - 1)))])] * P
 
 
 # ── journeys ──────────────────────────────────────────────────────────────────
@@ -238,6 +256,119 @@ def test_an_identified_device_journey_moves_to_the_customer_with_its_touchpoints
     assert (row["event_id"], row["journey_key"], row["customer_id"]) == ("e1", "c-1", "c-1")
 
 
+def test_only_transition_and_ticket_rows_that_changed_are_written_again() -> None:
+    journeys: dict[bytes, bytes] = {}
+    stage = updater()
+    key = b"c-1"
+    partition = partition_for(key, P)
+
+    def batch(offset: int, *touchpoints: bytes) -> dict[str, list[dict]]:
+        out = stage.update([Message(partition, offset, key, Touch("c-1", list(touchpoints)))],
+                           journeys, {}, NOW, offset)
+        return {table: as_dicts(out.rows[table], table)
+                for table in ("journey_transitions", "support_tickets", "customer_journeys")}
+
+    first = batch(1, tp("e1", "page_view", 0, customer="c-1"),
+                  tp("e2", "order_placed", 10, customer="c-1", order_id="o", revenue=20),
+                  tp("e3", "support_ticket_opened", 20, customer="c-1", ticket_id="t",
+                     channel="chat"))
+    assert len(first["journey_transitions"]) >= 2 and len(first["support_tickets"]) == 1
+    # Another page view changes the journey's snapshot, not its path nor its ticket.
+    second = batch(2, tp("e4", "page_view", 30, customer="c-1"))
+    assert (len(second["customer_journeys"]), second["journey_transitions"],
+            second["support_tickets"]) == (1, [], [])
+    # An agent's answer changes the ticket only.
+    third = batch(3, tp("e5", "support_message", 40, customer="c-1", ticket_id="t",
+                        author="agent"))
+    [ticket] = third["support_tickets"]
+    assert ticket["first_response_at"] == T0 + timedelta(minutes=40)
+    assert third["journey_transitions"] == []
+    # An earlier ad click, arriving late, comes before everything: the path is rewritten.
+    fourth = batch(4, tp("e0", "ad_click", -60, customer="c-1"))
+    assert fourth["journey_transitions"] and fourth["support_tickets"] == []
+    assert fourth["journey_transitions"][0]["to_stage"] == "awareness"
+
+
+def test_a_device_identified_before_any_anonymous_visit_leaves_no_state() -> None:
+    journeys: dict[bytes, bytes] = {}
+    key = b"anon:d-9"
+    out = updater().update([Message(partition_for(key, P), 1, key, MergeInto("c-9"))],
+                           journeys, {}, NOW, 1)
+    assert (journeys, out.sent(), dict(out.rows)) == ({}, [], {})
+
+
+# ── retention ─────────────────────────────────────────────────────────────────
+def test_an_anonymous_journey_past_its_retention_goes_and_comes_back_newer() -> None:
+    journeys: dict[bytes, bytes] = {}
+    stage = JourneyUpdater(new_metrics(), P, PartitionWindows(new_metrics(), P,
+                                                              timedelta(hours=1), 5.0),
+                           lateness=timedelta(hours=1), first_response_sla=timedelta(hours=4),
+                           inactive_after=None, churn_risk_alert=60,
+                           anonymous_retention=timedelta(days=30))
+    key = b"anon:d-1"
+    partition = partition_for(key, P)
+
+    def send(command: object, now: datetime) -> Output:
+        return stage.update([Message(partition, 1, key, command)], journeys, {}, now, 1)
+
+    first = send(Touch(None, [tp("e1", "page_view", 0, anon="d-1")]), NOW)
+    [old_row] = as_dicts(first.rows["customer_journeys"], "customer_journeys")
+    assert past_retention(decode_log(journeys[key]), NOW + timedelta(days=31),
+                          anonymous=timedelta(days=30), merged=None)
+    send(Expire(), NOW + timedelta(days=29))  # the sweep saw it late; not past it now
+    assert key in journeys
+    send(Expire(), NOW + timedelta(days=31))
+    assert journeys == {}
+    back = send(Touch(None, [tp("e2", "page_view", 0, anon="d-1")]), NOW + timedelta(days=40))
+    [new_row] = as_dicts(back.rows["customer_journeys"], "customer_journeys")
+    assert new_row["touchpoints"] == 1 and new_row["version"] > old_row["version"]
+
+
+def test_merged_markers_expire_identified_journeys_never_and_old_state_is_stamped() -> None:
+    merged = JourneyLog(key="anon:d", merged_into="c", updated_at=NOW)
+    customer = JourneyLog(key="c", customer_id="c", updated_at=NOW)
+    later = NOW + timedelta(days=8)
+    assert past_retention(merged, later, anonymous=None, merged=timedelta(days=7))
+    assert not past_retention(merged, later, anonymous=None, merged=None)
+    assert not past_retention(customer, NOW + timedelta(days=9999),
+                              anonymous=timedelta(days=1), merged=timedelta(days=1))
+    # A journey from before retention: Expire starts its clock instead of deleting it.
+    journeys = {b"anon:d": msgspec.msgpack.encode(msgspec.structs.replace(merged,
+                                                                          updated_at=None))}
+    stage = JourneyUpdater(new_metrics(), P, PartitionWindows(new_metrics(), P,
+                                                              timedelta(hours=1), 5.0),
+                           lateness=timedelta(hours=1), first_response_sla=timedelta(hours=4),
+                           inactive_after=None, churn_risk_alert=60,
+                           merged_retention=timedelta(days=7))
+    stage.update([Message(0, 1, b"anon:d", Expire())], journeys, {}, later, 1)
+    assert decode_log(journeys[b"anon:d"]).updated_at == later
+    stage.update([Message(0, 2, b"anon:d", Expire())], journeys, {}, later + timedelta(days=8), 2)
+    assert journeys == {}
+
+
+def test_a_device_link_unused_past_its_retention_is_forgotten() -> None:
+    identity = IdentityResolver(P, retention=timedelta(days=10))
+    devices: dict[bytes, bytes] = {}
+    visit = Touch(None, [tp("e1", "page_view", 0, anon="d")])
+    identity.resolve([Message(0, 1, b"d", Link("c"))], devices, NOW)
+    assert decode_link(devices[b"d"]) == (b"c", int(NOW.timestamp()))
+    # Used again 5 days later: its last use moves (once a day at most).
+    day5 = NOW + timedelta(days=5)
+    identity.resolve([Message(0, 2, b"d", visit)], devices, day5)
+    assert decode_link(devices[b"d"]) == (b"c", int(day5.timestamp()))
+    identity.resolve([Message(0, 3, b"d", Expire())], devices, NOW + timedelta(days=14))
+    assert b"d" in devices  # 9 days unused: kept
+    identity.resolve([Message(0, 4, b"d", Expire())], devices, NOW + timedelta(days=16))
+    assert devices == {}
+    out = identity.resolve([Message(0, 5, b"d", visit)], devices, NOW + timedelta(days=17))
+    assert [key for _, _, key, _ in out.sent()] == [b"anon:d"]  # anonymous again
+    # A link from before retention (the bare customer id) is stamped, not dropped.
+    devices[b"old"] = b"c-old"
+    assert identity.past_retention(devices[b"old"], NOW)
+    identity.resolve([Message(0, 6, b"old", Expire())], devices, NOW)
+    assert decode_link(devices[b"old"]) == (b"c-old", int(NOW.timestamp()))
+
+
 # ── a journey partition's windows ─────────────────────────────────────────────
 def all_inputs_at(partition: int, at: datetime) -> list[tuple[int, Watermark]]:
     """Every input of a journey partition (each touchpoint and by-device partition)."""
@@ -264,7 +395,7 @@ def test_a_closing_window_sends_its_final_part_then_the_horizon() -> None:
     keys = [key for _, _, key, _ in sent]
     assert decode_partial(sent[keys.index(first_minute)][3]) == Partial(1, 2.0, 3.0, 3)
     horizon = [decode_command(v) for _, _, key, v in sent if key == WATERMARK_KEY]
-    assert horizon == [Watermark("j1", T0 + timedelta(minutes=2))] * P
+    assert horizon == [Marks([Watermark("j1", T0 + timedelta(minutes=2))])] * P
     assert keys.index(WATERMARK_KEY) > keys.index(first_minute)  # after the parts it closes
 
 
@@ -304,12 +435,18 @@ def test_a_partition_taken_back_rebuilds_what_it_knew_from_its_table() -> None:
 
 
 # ── output and commit ─────────────────────────────────────────────────────────
-def test_a_message_sent_alone_splits_the_keyed_messages_around_it() -> None:
+def test_a_message_sent_alone_splits_the_keyed_messages_and_marks_go_last() -> None:
     out = Output(P)
     out.add(CX_PARTIALS, b"a", b"1")
-    out.broadcast(CX_PARTIALS, WATERMARK_KEY, b"m")
+    out.mark(CX_PARTIALS, Watermark("j0", T0))
+    out.send(CX_PARTIALS, b"alone", b"x", partition=0)
     out.add(CX_PARTIALS, b"b", b"2")
-    assert [key for _, _, key, _ in out.sent()] == [b"a", *[WATERMARK_KEY] * P, b"b"]
+    out.mark(CX_PARTIALS, Watermark("j1", T0))
+    sent = out.sent()
+    assert [key for _, _, key, _ in sent] == [b"a", b"alone", b"b", *[WATERMARK_KEY] * P]
+    # One message per partition carries every mark: O(P) per batch, not O(P²).
+    assert [decode_command(v) for *_, v in sent[3:]] == [
+        Marks([Watermark("j0", T0), Watermark("j1", T0)])] * P
 
 
 class _Table(dict):

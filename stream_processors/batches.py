@@ -1,0 +1,101 @@
+"""How an agent applies a stage to a batch without losing the batch when something fails.
+
+Faust acknowledges a ``take_events`` batch in a ``finally`` clause: if the agent's body
+raises, the batch's offsets are still committed and its messages are lost, never
+processed (faust-streaming/faust#315 and #527; measured here as touchpoints and whole
+anonymous journeys missing after a fault run). So no exception may leave the body:
+
+- a failure in the broker or the network (the producer gave up, a flush timed out) says
+  nothing about the data: the process exits at once, before Faust acknowledges
+  anything, and its supervisor (``journey up``, compose, Kubernetes) starts it again,
+  to replay the batch from the last commit;
+- anything else is taken to be about the data: the batch is applied again one message
+  at a time, and a message that still fails goes to the dead letters with the stage and
+  the error, so one bad message neither stalls its partition nor takes its batch along.
+
+Applying a message again is safe because a stage's output is applied in the crash-safe
+order (stream_processors/effects.py): whatever a failed attempt did is redone
+idempotently. ClickHouse being down is not an error here: the sink waits and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Sequence
+
+import msgspec
+from aiokafka.errors import KafkaError
+
+from schemas import utcnow
+from stream_processors.clickhouse.rows import dead_letter_row
+from stream_processors.effects import DEAD_LETTERS, Committer, Message, Output
+from stream_processors.metrics import WorkerMetrics
+
+__all__ = ["TRANSIENT", "BatchRunner"]
+
+log = logging.getLogger(__name__)
+
+#: Errors of the infrastructure, not of the data: the worker restarts and replays.
+TRANSIENT = (KafkaError, OSError, asyncio.TimeoutError)
+#: The exit status of a worker that stopped to replay (EX_TEMPFAIL: try again).
+EXIT_TO_REPLAY = 75
+
+
+class BatchRunner:
+    def __init__(self, committer: Committer, metrics: WorkerMetrics, partitions: int,
+                 exit: Callable[[int], object] = os._exit) -> None:
+        self.committer = committer
+        self.metrics = metrics
+        self.partitions = partitions
+        self._exit = exit
+
+    async def run(self, stage: str, topic: str, batch: Sequence[Message],
+                  apply: Callable[[Sequence[Message]], Output]) -> None:
+        """Apply ``apply`` (a stage, bound to fresh staged tables on every call) to
+        ``batch`` and commit its output; never raises."""
+        try:
+            await self.committer.commit(apply(batch))
+            return
+        except TRANSIENT as exc:
+            self._stop(stage, exc)
+        except Exception:
+            log.exception("%s failed on a batch of %d messages; applying them one by one",
+                          stage, len(batch))
+        for message in batch:
+            try:
+                await self.committer.commit(apply([message]))
+            except TRANSIENT as exc:
+                self._stop(stage, exc)
+            except Exception as exc:
+                log.exception("%s failed on %s[%d]@%d; sent to the dead letters", stage, topic,
+                              message.partition, message.offset)
+                await self.dead_letter(stage, topic, message, exc)
+
+    async def dead_letter(self, stage: str, topic: str, message: Message,
+                          exc: BaseException) -> None:
+        """Send ``message`` to the dead letters, reason ``processing_error``."""
+        self.metrics.dead_letters.labels("processing_error").inc()
+        value = message.value
+        payload = value if isinstance(value, bytes) else msgspec.json.encode(value)
+        error = f"{stage}: {type(exc).__name__}: {exc}"[:2000]
+        out = Output(self.partitions)
+        out.send(DEAD_LETTERS, message.key, msgspec.json.encode({
+            "reason": "processing_error", "field": stage, "error": error, "topic": topic,
+            "partition": message.partition, "offset": message.offset,
+            "payload": payload.decode("utf-8", errors="replace")}))
+        out.rows["dead_letters"].append(dead_letter_row(
+            utcnow(), topic, message.partition, message.offset, "processing_error", stage,
+            error, payload))
+        try:
+            await self.committer.commit(out)
+        except TRANSIENT as transient:
+            self._stop(stage, transient)
+
+    def _stop(self, stage: str, exc: BaseException) -> None:
+        log.critical("%s could not deliver its output (%s: %s); the worker stops before "
+                     "Faust acknowledges the batch, and replays it once restarted", stage,
+                     type(exc).__name__, exc)
+        logging.shutdown()
+        self._exit(EXIT_TO_REPLAY)

@@ -1,0 +1,85 @@
+"""A failure in a stage never loses its batch: data errors isolate the one bad message
+(to the dead letters), infrastructure errors stop the worker before anything is acked."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import pytest
+from aiokafka.errors import KafkaTimeoutError
+from prometheus_client import CollectorRegistry
+
+from stream_processors.batches import EXIT_TO_REPLAY, BatchRunner
+from stream_processors.clickhouse.rows import COLUMNS
+from stream_processors.effects import DEAD_LETTERS, JOURNEY_EVENTS, Committer, Message, Output
+from stream_processors.metrics import WorkerMetrics
+
+P = 4
+
+
+class _Topic:
+    def __init__(self, name: str, sent: list) -> None:
+        self.name, self.sent = name, sent
+
+    async def send(self, key: bytes, value: bytes, partition: int | None) -> asyncio.Future:
+        self.sent.append((self.name, key, value))
+        done: asyncio.Future = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+def runner_with(sent: list, rows: list, exits: list) -> BatchRunner:
+    async def write(batch: dict) -> None:
+        rows.extend((table, row) for table, table_rows in batch.items() for row in table_rows)
+
+    async def flush() -> None:
+        pass
+
+    def exit_(status: int) -> None:
+        exits.append(status)
+        raise SystemExit(status)
+
+    topics = {name: _Topic(name, sent) for name in (JOURNEY_EVENTS, DEAD_LETTERS)}
+    return BatchRunner(Committer(write, flush, topics), WorkerMetrics.create(CollectorRegistry()),
+                       P, exit=exit_)
+
+
+def echo(batch: list[Message]) -> Output:
+    """A stage that forwards each message, and fails on the value b"poison"."""
+    out = Output(P)
+    for m in batch:
+        if m.value == b"poison":
+            raise KeyError("a bug this message triggers")
+        out.add(JOURNEY_EVENTS, m.key, m.value)
+    return out
+
+
+def test_a_bad_message_goes_to_the_dead_letters_and_its_batch_still_goes_through() -> None:
+    sent: list = []
+    rows: list = []
+    batch = [Message(0, 10, b"a", b"1"), Message(0, 11, b"b", b"poison"),
+             Message(1, 12, b"c", b"3")]
+    asyncio.run(runner_with(sent, rows, []).run("update_journey", "t.journey-events", batch,
+                                                echo))
+    assert [(t, k) for t, k, _ in sent] == [(JOURNEY_EVENTS, b"\x00bundle"), (DEAD_LETTERS, b"b"),
+                                            (JOURNEY_EVENTS, b"\x00bundle")]
+    letter = msgspec.json.decode(sent[1][2])
+    assert (letter["reason"], letter["field"], letter["offset"]) == (
+        "processing_error", "update_journey", 11)
+    [(table, row)] = rows
+    row = dict(zip(COLUMNS["dead_letters"], row, strict=True))
+    assert (table, row["reason"], row["partition"], row["offset"]) == (
+        "dead_letters", "processing_error", 0, 11)
+    assert "KeyError" in row["error"]
+
+
+def test_an_infrastructure_error_stops_the_worker_before_the_batch_is_acknowledged() -> None:
+    def broker_down(batch: list[Message]) -> Output:
+        raise KafkaTimeoutError()
+
+    exits: list = []
+    with pytest.raises(SystemExit):
+        asyncio.run(runner_with([], [], exits).run("route_by_device", "t.touchpoints",
+                                                   [Message(0, 1, None, b"{}")], broker_down))
+    assert exits == [EXIT_TO_REPLAY]
