@@ -29,8 +29,7 @@ import msgspec
 from aiokafka.errors import KafkaError
 
 from schemas import utcnow
-from stream_processors.clickhouse.rows import dead_letter_row
-from stream_processors.effects import DEAD_LETTERS, Committer, Message, Output
+from stream_processors.effects import Committer, Message, Output
 from stream_processors.metrics import WorkerMetrics
 
 __all__ = ["TRANSIENT", "BatchRunner"]
@@ -81,13 +80,7 @@ class BatchRunner:
         payload = value if isinstance(value, bytes) else msgspec.json.encode(value)
         error = f"{stage}: {type(exc).__name__}: {exc}"[:2000]
         out = Output(self.partitions)
-        out.send(DEAD_LETTERS, message.key, msgspec.json.encode({
-            "reason": "processing_error", "field": stage, "error": error, "topic": topic,
-            "partition": message.partition, "offset": message.offset,
-            "payload": payload.decode("utf-8", errors="replace")}))
-        out.rows["dead_letters"].append(dead_letter_row(
-            utcnow(), topic, message.partition, message.offset, "processing_error", stage,
-            error, payload))
+        out.dead_letter(topic, message, "processing_error", stage, error, payload, utcnow())
         try:
             await self.committer.commit(out)
         except TRANSIENT as transient:

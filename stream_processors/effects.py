@@ -42,12 +42,15 @@ from collections.abc import (
     MutableMapping,
     Sequence,
 )
+from datetime import datetime
 from typing import Any, NamedTuple
 
+import msgspec
 from faust.streams import _current_event
 from faust.types import EventT
 
 from schemas.partitioning import partition_for
+from stream_processors.clickhouse.rows import dead_letter_row
 from stream_processors.commands import (
     BUNDLE_KEY,
     WATERMARK_KEY,
@@ -245,6 +248,16 @@ class Output:
     def mark(self, topic: str, mark: Watermark) -> None:
         """Queue a watermark for every partition of ``topic``, after all its messages."""
         self.marks[topic].append(mark)
+
+    def dead_letter(self, topic: str, message: Message, reason: str, field: str, error: str,
+                    payload: bytes, now: datetime) -> None:
+        """Queue ``message`` (read from ``topic``) for the dead-letter topic and table."""
+        self.send(DEAD_LETTERS, message.key, msgspec.json.encode({
+            "reason": reason, "field": field, "error": error, "topic": topic,
+            "partition": message.partition, "offset": message.offset,
+            "payload": payload.decode("utf-8", errors="replace")}))
+        self.rows["dead_letters"].append(dead_letter_row(
+            now, topic, message.partition, message.offset, reason, field, error, payload))
 
     def save(self, *stores: Store) -> None:
         """Save these stores' writes after the rows and messages, and after earlier groups."""

@@ -51,7 +51,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
@@ -72,7 +71,6 @@ from stream_processors.commands import (
     Command,
     Expire,
     Marks,
-    Sweep,
     Touch,
     decode_command,
     decode_partial,
@@ -99,7 +97,6 @@ from stream_processors.stages import (
     PartitionWindows,
     Router,
 )
-from stream_processors.stages.journeys import needs_sweep, past_retention
 
 log = logging.getLogger(__name__)
 
@@ -264,25 +261,23 @@ async def sweep() -> None:
     a chunk at a time, so the event loop keeps running.
     """
     now = utcnow()
-    inactive_after = settings.churn_inactive_after
     out = Output(PARTITIONS)
-    fold_again, expire = encode_command(Sweep()), encode_command(Expire())
-    retention = {"anonymous": settings.anonymous_retention, "merged": settings.merged_retention}
-    if inactive_after is not None or any(retention.values()):
+    journeys_due = links_due = 0
+    if journey_updater.changes_with_time:
         async for key, stored in _mine(journeys, journey_events_topic):
-            journey_log = decode_log(stored)
-            if inactive_after is not None and needs_sweep(journey_log, now, inactive_after):
-                out.add(JOURNEY_EVENTS, key, fold_again)
-            elif past_retention(journey_log, now, **retention):
-                out.add(JOURNEY_EVENTS, key, expire)
-    if settings.device_retention is not None:
+            command = journey_updater.due(decode_log(stored), now)
+            if command is not None:
+                out.add(JOURNEY_EVENTS, key, encode_command(command))
+                journeys_due += 1
+    if identity.retention is not None:
+        expire = encode_command(Expire())
         async for key, stored in _mine(devices, by_device_topic):
             if identity.past_retention(stored, now):
                 out.add(BY_DEVICE, key, expire)
-    sent = Counter(topic for topic, *_ in out.sent())
-    if sent:
+                links_due += 1
+    if journeys_due or links_due:
         log.info("sweep: %d journeys to fold or forget, %d device links to forget",
-                 sent[JOURNEY_EVENTS], sent[BY_DEVICE])
+                 journeys_due, links_due)
         await committer.commit(out)
 
 

@@ -119,6 +119,23 @@ class JourneyUpdater:
         self.anonymous_retention = anonymous_retention
         self.merged_retention = merged_retention
 
+    @property
+    def changes_with_time(self) -> bool:
+        """Whether journeys may need a command with no touchpoint (churn, retention)."""
+        return (self.inactive_after is not None or self.anonymous_retention is not None
+                or self.merged_retention is not None)
+
+    def due(self, journey_log: JourneyLog, now: datetime) -> Sweep | Expire | None:
+        """The command the sweep sends a journey, if time alone changed it: fold again as
+        churned, or forget it past its retention."""
+        if self.inactive_after is not None and needs_sweep(journey_log, now,
+                                                           self.inactive_after):
+            return Sweep()
+        if past_retention(journey_log, now, anonymous=self.anonymous_retention,
+                          merged=self.merged_retention):
+            return Expire()
+        return None
+
     def update(self, batch: Sequence[Message], journeys: Store, cx_partials: Store,
                now: datetime, version: int) -> Output:
         """``batch``: decoded commands (and watermarks); ``version``: the rows' version

@@ -21,12 +21,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
-import msgspec
-
 from schemas import SchemaError, decode_touchpoint
-from stream_processors.clickhouse.rows import dead_letter_row
 from stream_processors.commands import Link, Touch, Watermark, encode_command
-from stream_processors.effects import BY_DEVICE, DEAD_LETTERS, JOURNEY_EVENTS, Message, Output
+from stream_processors.effects import BY_DEVICE, JOURNEY_EVENTS, Message, Output
 from stream_processors.metrics import WorkerMetrics
 from stream_processors.stages.per_partition import PerPartition
 
@@ -125,10 +122,4 @@ class Router:
         self.metrics.dead_letters.labels(exc.reason).inc()
         log.warning("dead letter %s[%d]@%d: %s", self.topic, message.partition, message.offset,
                     exc)
-        out.send(DEAD_LETTERS, message.key, msgspec.json.encode({
-            "reason": exc.reason, "field": exc.field, "error": exc.detail, "topic": self.topic,
-            "partition": message.partition, "offset": message.offset,
-            "payload": raw.decode("utf-8", errors="replace")}))
-        out.rows["dead_letters"].append(dead_letter_row(
-            now, self.topic, message.partition, message.offset, exc.reason, exc.field,
-            exc.detail, raw))
+        out.dead_letter(self.topic, message, exc.reason, exc.field, exc.detail, raw, now)
