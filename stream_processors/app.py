@@ -48,6 +48,7 @@ def _set_fetch_wait(seconds: float) -> None:
 def create_app(settings: Settings) -> faust.App:
     _set_fetch_wait(settings.broker_fetch_wait_seconds)
     consumer.guard_commits()
+    consumer.seek_uncommitted_to_start()
     recovery.install()
     return faust.App(
         settings.app_id,

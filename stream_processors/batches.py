@@ -15,7 +15,10 @@ anonymous journeys missing after a fault run). So no exception may leave the bod
 
 Applying a message again is safe because a stage's output is applied in the crash-safe
 order (stream_processors/effects.py): whatever a failed attempt did is redone
-idempotently. ClickHouse being down is not an error here: the sink waits and retries.
+idempotently. What the stage keeps in memory is another matter (a window marked as
+published, a closing taken off a heap, by the attempt that failed), so ``forget`` drops
+it before each new attempt, and the stage rebuilds it from its tables. ClickHouse being
+down is not an error here: the sink waits and retries.
 """
 
 from __future__ import annotations
@@ -51,9 +54,11 @@ class BatchRunner:
         self._exit = exit
 
     async def run(self, stage: str, topic: str, batch: Sequence[Message],
-                  apply: Callable[[Sequence[Message]], Output]) -> None:
+                  apply: Callable[[Sequence[Message]], Output],
+                  forget: Callable[[], object] = lambda: None) -> None:
         """Apply ``apply`` (a stage, bound to fresh staged tables on every call) to
-        ``batch`` and commit its output; never raises."""
+        ``batch`` and commit its output; never raises. ``forget``: drop the stage's
+        in-memory state, after an attempt that failed."""
         try:
             await self.committer.commit(apply(batch))
             return
@@ -62,6 +67,7 @@ class BatchRunner:
         except Exception:
             log.exception("%s failed on a batch of %d messages; applying them one by one",
                           stage, len(batch))
+        forget()
         for message in batch:
             try:
                 await self.committer.commit(apply([message]))
@@ -70,6 +76,7 @@ class BatchRunner:
             except Exception as exc:
                 log.exception("%s failed on %s[%d]@%d; sent to the dead letters", stage, topic,
                               message.partition, message.offset)
+                forget()
                 await self.dead_letter(stage, topic, message, exc)
 
     async def dead_letter(self, stage: str, topic: str, message: Message,

@@ -14,7 +14,8 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-__all__ = ["caught_up", "disown_stale", "fetched_within", "guard_commits", "lag"]
+__all__ = ["caught_up", "disown_stale", "fetched_within", "guard_commits", "lag",
+           "seek_uncommitted_to_start"]
 
 
 def caught_up(app: Any, tp: TopicPartition, done: int, fresh_seconds: float) -> bool:
@@ -118,3 +119,50 @@ def guard_commits() -> None:
 
     Consumer._journey_original_new_offset = original  # type: ignore[attr-defined]
     Consumer._new_offset = _new_offset  # type: ignore[method-assign]
+
+
+def seek_uncommitted_to_start() -> None:
+    """Make Faust's seek after a rebalance reset every input partition that has no
+    committed offset to its start, and remember that start as its committed offset.
+
+    Faust seeks each partition to its committed offset once a rebalance's recovery is
+    done (``Consumer.perform_seek``), so that whatever its streams skipped meanwhile (records
+    fetched while flow was paused, or of the previous generation) is read again.
+    aiokafka's ``seek_to_committed`` seeks only to an offset above 0, and Faust then
+    records no committed offset: a partition this group never committed keeps the
+    position its fetcher reached during recovery, and the records skipped there are
+    never read. With no committed offset known, :func:`guard_commits` cannot see the
+    hole either, and the first commit goes past it. Measured in the fault suite: the
+    first bundles of CX partials (offsets 0-2 of two partitions, produced just before a
+    worker was killed) were never aggregated, and 2,031 CX windows were missing.
+    """
+    from faust.transport.consumer import Consumer
+
+    original = getattr(Consumer, "_journey_original_perform_seek", Consumer.perform_seek)
+
+    async def perform_seek(self: Any) -> None:
+        await original(self)
+        inputs = [tp for tp in self.assignment()
+                  if self.app.topics.acks_enabled_for(tp.topic)
+                  and not self._committed_offset.get(tp)]
+        if not inputs:
+            return
+        starts = await self._thread.call_thread(_seek_to_start, self._thread, inputs)
+        for tp, start in starts.items():
+            self._committed_offset[tp] = start
+            self._read_offset[tp] = start
+
+    Consumer._journey_original_perform_seek = original  # type: ignore[attr-defined]
+    Consumer.perform_seek = perform_seek  # type: ignore[method-assign]
+
+
+async def _seek_to_start(thread: Any, tps: list[Any]) -> dict[Any, int]:
+    """On the consumer's thread: seek ``tps`` to their first offset; returns it."""
+    aio = thread._ensure_consumer()
+    starts = await aio.beginning_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps])
+    out = {}
+    for tp in tps:
+        start = starts[TopicPartition(tp.topic, tp.partition)]
+        aio.seek(TopicPartition(tp.topic, tp.partition), start)
+        out[tp] = start
+    return out

@@ -39,6 +39,11 @@ class PerPartition(Generic[T]):
         for partition in partitions:
             self._items.pop(partition, None)
 
+    def clear(self) -> None:
+        """Forget every partition (each starts again from its table on next use): what a
+        failed batch may have changed here is not known."""
+        self._items.clear()
+
 
 class Unpublished:
     """The windows changed since they were last published, and when that was: a window

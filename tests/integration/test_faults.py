@@ -17,6 +17,7 @@ to reach the same, so these are the values of a fault-free run.
 from __future__ import annotations
 
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -216,6 +217,25 @@ def differences(ch: OwnClickHouse, people: list[SimulatedCustomer], events: list
     return problems
 
 
+def _group_progress(settings) -> str:
+    """The group's committed offset and the highwater of every input partition, for a
+    failure report: a partition committed below its highwater while the workers are
+    idle holds records nobody processes."""
+    from kafka import KafkaAdminClient, KafkaConsumer
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    try:
+        committed = admin.list_group_offsets(settings.app_id)
+        ends = consumer.end_offsets(list(committed))
+        return "\n".join(f"{tp.topic}[{tp.partition}]: committed {meta.offset} of {ends[tp]}"
+                         for tp, meta in sorted(committed.items()))
+    except Exception as exc:  # a report, not the test's verdict
+        return f"group offsets unavailable: {exc!r}"
+    finally:
+        admin.close()
+        consumer.close()
+
+
 def _grouped(rows: list[tuple]) -> dict[str, list[tuple]]:
     out: dict[str, list[tuple]] = {}
     for key, seq, to, at, reason in rows:
@@ -325,6 +345,16 @@ def test_the_pipeline_ends_exact_after(scenario, settings, start_worker, tmp_pat
         workers[i].process.wait()
         workers[i] = start_worker(data_dir=tmp_path / f"worker-{i}", **config)
 
+    def supervise() -> bool:
+        """Start again a worker that exited by itself, as ``journey up`` and compose do
+        (a worker stops with status 75 when the broker does not acknowledge its output)."""
+        for i, worker in enumerate(workers):
+            code = worker.process.poll()
+            if code is not None:
+                print(f"{_now():5.1f} s: worker {i} exited with {code}; starting it again")
+                workers[i] = start_worker(data_dir=tmp_path / f"worker-{i}", **config)
+        return True
+
     rng = random.Random(scenario.__name__)
     _t0 = time.monotonic()
     try:
@@ -333,13 +363,18 @@ def test_the_pipeline_ends_exact_after(scenario, settings, start_worker, tmp_pat
         replay.join()
         print(f"{_now():5.1f} s: replay sent ({len(order)} records, {len(events)} touchpoints)")
         try:
-            wait_for(lambda: not differences(ch, people, events), timeout=240, interval=5.0,
-                     what="ClickHouse to equal the reference")
+            wait_for(lambda: supervise() and not differences(ch, people, events), timeout=240,
+                     interval=5.0, what="ClickHouse to equal the reference")
         except BaseException:
             for problem in differences(ch, people, events):
                 print(problem)
+            print(_group_progress(settings))
             for i, worker in enumerate(workers):
                 print(f"worker {i}:", worker.log()[-2500:])
+                # mode's worker writes every task's stack to its log on SIGUSR1: a stuck
+                # agent shows where it waits (the logs stay in the test's tmp_path).
+                worker.process.send_signal(signal.SIGUSR1)
+            time.sleep(2)
             raise
         print(f"{_now():5.1f} s: exact")
         rebuilt = sum(float(line.rsplit(" ", 1)[1]) for w in workers

@@ -33,15 +33,12 @@ def runner_with(sent: list, rows: list, exits: list) -> BatchRunner:
     async def write(batch: dict) -> None:
         rows.extend((table, row) for table, table_rows in batch.items() for row in table_rows)
 
-    async def flush() -> None:
-        pass
-
     def exit_(status: int) -> None:
         exits.append(status)
         raise SystemExit(status)
 
     topics = {name: _Topic(name, sent) for name in (JOURNEY_EVENTS, DEAD_LETTERS)}
-    return BatchRunner(Committer(write, flush, topics), WorkerMetrics.create(CollectorRegistry()),
+    return BatchRunner(Committer(write, topics), WorkerMetrics.create(CollectorRegistry()),
                        P, exit=exit_)
 
 
