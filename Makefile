@@ -6,12 +6,16 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-deps demo test unit lint bench clean
 
-setup: system-deps $(VENV)/.installed
+setup: system-deps $(VENV)/.installed $(ANALYTICS_NEXT)
 
 # Debian packages: ClickHouse 18.16 backs the local stack and the tests; Chromium runs
-# the browser snippet's test; promtool (prometheus) tests the alerting rules. Installed
-# only when missing.
-APT_PACKAGES := clickhouse-server clickhouse-client chromium prometheus
+# the browser snippet's test; promtool (prometheus) tests the alerting rules; npm fetches
+# Segment's browser library for its compatibility test. Installed only when missing.
+APT_PACKAGES := clickhouse-server clickhouse-client chromium prometheus npm
+
+# Segment's browser library (the UMD bundle, no dependencies), for a test in Chromium.
+ANALYTICS_NEXT_VERSION := 1.84.3
+ANALYTICS_NEXT := $(VENV)/analytics-next/package/dist/umd/index.js
 
 system-deps:
 	@missing=""; \
@@ -27,6 +31,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+$(ANALYTICS_NEXT):
+	mkdir -p $(VENV)/analytics-next
+	cd $(VENV)/analytics-next && npm pack --silent @segment/analytics-next@$(ANALYTICS_NEXT_VERSION) >/dev/null \
+		&& tar xzf segment-analytics-next-$(ANALYTICS_NEXT_VERSION).tgz
 	@touch $@
 
 demo: setup

@@ -103,7 +103,7 @@ def _cmd_collector(args: argparse.Namespace) -> int:
     if args.hash_key:
         from producers.collector.auth import hash_key
 
-        print(f"{args.source}={hash_key(args.hash_key)}")
+        print(f"{args.source}:{args.kind}={hash_key(args.hash_key)}")
         return 0
     from producers.collector import run_collector
 
@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "entry for KEY instead of serving")
     p.add_argument("--source", default="web", help="with --hash-key: the source the key "
                    "belongs to (default web)")
+    p.add_argument("--kind", choices=("client", "server"), default="client",
+                   help="with --hash-key: client (a browser or app; public; no server-only "
+                   "types) or server (a shop's backend); default client")
     p.set_defaults(func=_cmd_collector)
 
     p = sub.add_parser("migrate", help="apply the ClickHouse migrations (idempotent)")

@@ -157,13 +157,24 @@ def _journey(rng: random.Random, n: int, start: datetime, prefix: str) -> Simula
 
 def simulate(customers: int, *, seed: int = 7, start: datetime | None = None,
              spread: timedelta = timedelta(days=30), prefix: str = "") -> list[SimulatedCustomer]:
-    """Generate ``customers`` journeys starting within ``spread`` after ``start``."""
+    """Generate ``customers`` journeys starting within ``spread`` after ``start``.
+
+    By default they start 45 days or more ago, so that they have (almost always) ended by
+    now: a touchpoint from the future is refused at ingress (schemas/bounds.py), and
+    the rare journey that would run past now is cut there.
+    """
     rng = random.Random(seed)
-    start = start or (datetime.now(UTC) - spread - timedelta(days=30))
-    return [
+    now = datetime.now(UTC)
+    cut = start is None
+    start = start or (now - spread - timedelta(days=45))
+    people = [
         _journey(rng, n, start + timedelta(seconds=rng.uniform(0, spread.total_seconds())), prefix)
         for n in range(customers)
     ]
+    if cut:
+        for person in people:
+            person.events[:] = [e for e in person.events if e.occurred_at <= now]
+    return people
 
 
 def in_time_order(customers: list[SimulatedCustomer]) -> Iterator[Touchpoint]:

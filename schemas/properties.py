@@ -13,10 +13,22 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
-__all__ = ["DELIVERY_STATUSES", "LATEST", "SCHEMAS", "TICKET_CHANNELS", "properties_model"]
+__all__ = ["DELIVERY_STATUSES", "LATEST", "MAX_AMOUNT", "MAX_NAME", "MAX_TEXT", "SCHEMAS",
+           "TICKET_CHANNELS", "properties_model"]
 
-_Str = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-_Money = Annotated[float, msgspec.Meta(ge=0)]
+#: The largest amount (revenue, price, refund) accepted. A journey's revenue is the sum
+#: of its orders in a Decimal(18, 2) column (below 10^16), so one order stays far below
+#: it: 10^11 (a hundred billion, in any currency) leaves room for 10^5 such orders.
+MAX_AMOUNT: Final = 1e11
+#: Ids and short names (order ids, carriers, campaigns, reasons) are at most this long.
+MAX_NAME: Final = 256
+#: Free text (urls, titles, review texts, comments) is at most this long.
+MAX_TEXT: Final = 8192
+
+_Str = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME)]
+_Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
+_Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+_Money = Annotated[float, msgspec.Meta(ge=0, le=MAX_AMOUNT)]
 _Currency = Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
 
 DeliveryStatus = Literal["on_time", "late", "damaged", "failed", "returned"]
@@ -32,23 +44,23 @@ class Properties(msgspec.Struct, kw_only=True, omit_defaults=True):
 # ── awareness ────────────────────────────────────────────────────────────────
 class AdImpression(Properties):
     ad_id: _Str
-    campaign: str | None = None
-    placement: str | None = None
+    campaign: _Name | None = None
+    placement: _Name | None = None
 
 
 class AdClick(Properties):
     ad_id: _Str
-    campaign: str | None = None
+    campaign: _Name | None = None
 
 
 class EmailOpened(Properties):
     email_id: _Str
-    campaign: str | None = None
+    campaign: _Name | None = None
 
 
 class EmailClicked(Properties):
     email_id: _Str
-    url: str | None = None
+    url: _Text | None = None
 
 
 class SocialEngaged(Properties):
@@ -58,8 +70,8 @@ class SocialEngaged(Properties):
 
 # ── consideration ────────────────────────────────────────────────────────────
 class PageView(Properties):
-    url: str | None = None
-    title: str | None = None
+    url: _Text | None = None
+    title: _Text | None = None
 
 
 class ProductViewed(Properties):
@@ -101,14 +113,14 @@ class OrderPlacedV2(Properties):
 
 
 class PaymentFailed(Properties):
-    order_id: str | None = None
-    reason: str | None = None
+    order_id: _Name | None = None
+    reason: _Name | None = None
 
 
 # ── fulfilment ───────────────────────────────────────────────────────────────
 class OrderShipped(Properties):
     order_id: _Str
-    carrier: str | None = None
+    carrier: _Name | None = None
 
 
 class DeliveryUpdated(Properties):
@@ -123,7 +135,7 @@ class PackageOpened(Properties):
 # ── post-purchase ────────────────────────────────────────────────────────────
 class ReturnRequested(Properties):
     order_id: _Str
-    reason: str | None = None
+    reason: _Name | None = None
 
 
 class ReturnCompleted(Properties):
@@ -133,16 +145,16 @@ class ReturnCompleted(Properties):
 
 class ReviewSubmitted(Properties):
     rating: Annotated[int, msgspec.Meta(ge=1, le=5)]
-    text: str | None = None
-    sku: str | None = None
+    text: _Text | None = None
+    sku: _Name | None = None
 
 
 # ── service ──────────────────────────────────────────────────────────────────
 class SupportTicketOpened(Properties):
     ticket_id: _Str
     channel: TicketChannel
-    order_id: str | None = None
-    topic: str | None = None
+    order_id: _Name | None = None
+    topic: _Name | None = None
 
 
 class SupportMessage(Properties):
@@ -162,9 +174,9 @@ class SupportTicketReopened(Properties):
 class Rates(msgspec.Struct, kw_only=True, omit_defaults=True):
     """What a survey answer rates: a touchpoint, a ticket or an order."""
 
-    event_id: str | None = None
-    ticket_id: str | None = None
-    order_id: str | None = None
+    event_id: _Name | None = None
+    ticket_id: _Name | None = None
+    order_id: _Name | None = None
 
 
 class SurveyResponse(Properties):
@@ -173,7 +185,7 @@ class SurveyResponse(Properties):
     survey: Literal["nps", "csat", "ces"]
     score: int
     rates: Rates | None = None
-    comment: str | None = None
+    comment: _Text | None = None
 
 
 SURVEY_RANGES: Final = {"nps": (0, 10), "csat": (1, 5), "ces": (1, 7)}
@@ -189,8 +201,8 @@ class AccountCreated(Properties):
 
 
 class SubscriptionCancelled(Properties):
-    reason: str | None = None
-    plan: str | None = None
+    reason: _Name | None = None
+    plan: _Name | None = None
 
 
 #: (type, version) → properties model. Every type of the taxonomy has a v1.

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from schemas.bounds import TimeBounds
+from schemas.touchpoint import TOUCHPOINT_TYPES
+
 __all__ = ["ConfigError", "Settings"]
 
 
@@ -27,7 +30,7 @@ def _setting(default: Any, env: str, doc: str, *, secret: bool = False) -> Any:
     return field(default=default, metadata={"env": env, "doc": doc, "secret": secret})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Settings:
     """Every knob of the worker, the collector and the local stack."""
 
@@ -143,11 +146,28 @@ class Settings:
         "127.0.0.1", "JOURNEY_COLLECTOR_HOST", "Interface the HTTP collector listens on.")
     collector_port: int = _setting(8088, "JOURNEY_COLLECTOR_PORT", "Port of the HTTP collector.")
     collector_write_keys: str = _setting(
-        "dev=2cc827ddd1d176c150091ef0c8e181de15afbaf3c855263ca0d9069f7c2c3309",
+        "dev:server=2cc827ddd1d176c150091ef0c8e181de15afbaf3c855263ca0d9069f7c2c3309",
         "JOURNEY_COLLECTOR_WRITE_KEYS",
-        "Accepted write keys as `source=<sha256 of the key>`, comma separated. The default "
-        "accepts `dev-write-key` as source `dev`: replace it outside development.",
+        "Accepted write keys as `source:kind=<sha256 of the key>`, comma separated; kind is "
+        "`client` (browser or app: public, the default when omitted) or `server` (a shop's "
+        "backend). The default accepts `dev-write-key` as server source `dev`, from this "
+        "machine only: set your own keys outside development.",
         secret=True)
+    server_only_types: str = _setting(
+        "order_shipped,delivery_updated,return_completed,support_ticket_opened,"
+        "support_message,support_ticket_resolved,support_ticket_reopened,"
+        "subscription_cancelled",
+        "JOURNEY_SERVER_ONLY_TYPES",
+        "Touchpoint types only a server write key may send (a client key's are rejected, "
+        "reason `forbidden_type`): what a browser or app cannot know or must not forge.")
+    max_event_age_days: float = _setting(
+        365.0, "JOURNEY_MAX_EVENT_AGE_DAYS",
+        "A touchpoint whose occurred_at is more than this many days before it was received "
+        "is rejected (reason `out_of_bounds`). At most 3650.")
+    max_event_ahead_seconds: float = _setting(
+        3600.0, "JOURNEY_MAX_EVENT_AHEAD_SECONDS",
+        "A touchpoint whose occurred_at is more than this far after it was received (after "
+        "the sentAt clock-skew correction) is rejected (reason `out_of_bounds`).")
     collector_cors_origins: str = _setting(
         "", "JOURNEY_COLLECTOR_CORS_ORIGINS",
         "Browser origins allowed to send, comma separated (e.g. https://shop.example).")
@@ -156,6 +176,13 @@ class Settings:
     collector_rate_burst: float = _setting(
         5000.0, "JOURNEY_COLLECTOR_RATE_BURST",
         "Events a write key may send at once above the rate (at least one full batch).")
+    collector_client_rate_limit: float = _setting(
+        100.0, "JOURNEY_COLLECTOR_CLIENT_RATE_LIMIT",
+        "Events per second allowed per client write key and client address, so that one "
+        "browser or app cannot use up a shop's whole quota (server keys: per key only).")
+    collector_client_rate_burst: float = _setting(
+        2500.0, "JOURNEY_COLLECTOR_CLIENT_RATE_BURST",
+        "Events one client address may send at once above its rate (one full batch).")
     data_dir: Path = _setting(  # noqa: RUF009 - an immutable Path, shared safely
         Path(".journey"), "JOURNEY_DATA_DIR",
         "Where the local stack keeps ClickHouse data, logs and the worker's table state.")
@@ -190,6 +217,14 @@ class Settings:
                               f"{', '.join(sorted(set(_LOG_LEVELS.values())))}")
         if self.store.split("://")[0] not in ("memory", "rocksdb"):
             raise ConfigError(f"JOURNEY_STORE={self.store!r}: use memory:// or rocksdb://")
+        if not 0 < self.max_event_age_days <= 3650:
+            raise ConfigError("JOURNEY_MAX_EVENT_AGE_DAYS must be above 0 and at most 3650")
+        if not 0 <= self.max_event_ahead_seconds <= 7 * 86400:
+            raise ConfigError("JOURNEY_MAX_EVENT_AHEAD_SECONDS must be 0 to 604800 (7 days)")
+        unknown = self.server_only.difference(TOUCHPOINT_TYPES)
+        if unknown:
+            raise ConfigError(f"JOURNEY_SERVER_ONLY_TYPES: unknown types {sorted(unknown)}; "
+                              "`journey schemas` lists them")
         if urlsplit(self.clickhouse_url).scheme not in ("clickhouse", "clickhouses"):
             raise ConfigError("JOURNEY_CLICKHOUSE_URL must look like "
                               "clickhouse://user:password@host:9000/database")
@@ -297,19 +332,37 @@ class Settings:
         return _LOG_LEVELS[self.log_level.strip().lower()]
 
     @property
+    def time_bounds(self) -> TimeBounds:
+        return TimeBounds(timedelta(days=self.max_event_age_days),
+                          timedelta(seconds=self.max_event_ahead_seconds))
+
+    @property
+    def server_only(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.server_only_types.split(",") if t.strip())
+
+    @property
     def cors_origins(self) -> frozenset[str]:
         return frozenset(o.strip().rstrip("/") for o in self.collector_cors_origins.split(",")
                          if o.strip())
 
+    def __repr__(self) -> str:
+        """Secrets masked, as in ``journey config``: settings end up in logs and tracebacks."""
+        shown = ", ".join(f"{f.name}={_shown(self, f)!r}" for f in dataclasses.fields(self))
+        return f"Settings({shown})"
+
     def describe(self) -> list[tuple[str, str, str]]:
         """(env var, current value, doc) for every setting; secrets are masked."""
-        rows = []
-        for f in dataclasses.fields(self):
-            value = str(getattr(self, f.name))
-            if f.metadata["secret"]:
-                value = _mask_url(value) if "://" in value else _mask_hashes(value)
-            rows.append((f.metadata["env"], value, f.metadata["doc"]))
-        return rows
+        return [(f.metadata["env"], str(_shown(self, f)), f.metadata["doc"])
+                for f in dataclasses.fields(self)]
+
+
+def _shown(settings: Settings, f: dataclasses.Field) -> Any:
+    """A setting's value as it may be shown: a secret's masked."""
+    value = getattr(settings, f.name)
+    if not f.metadata["secret"]:
+        return value
+    value = str(value)
+    return _mask_url(value) if "://" in value else _mask_hashes(value)
 
 
 #: Accepted spellings of JOURNEY_LOG_LEVEL → Python's level name.

@@ -67,6 +67,7 @@ Channel = Literal["web", "app", "email", "sms", "phone", "chat", "social", "stor
 CHANNELS: Final = Channel.__args__
 
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+_Short = Annotated[str, msgspec.Meta(max_length=128)]
 _UtcTime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
@@ -79,14 +80,14 @@ class Touchpoint(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
 
     event_id: _Id
     type: str
-    version: Annotated[int, msgspec.Meta(ge=1)] = 1
+    version: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
     occurred_at: _UtcTime
     received_at: _UtcTime | None = None
     customer_id: _Id | None = None
     anonymous_id: _Id | None = None
-    session_id: str | None = None
+    session_id: _Short | None = None
     channel: Channel = "web"
-    source: str = ""
+    source: _Short = ""
     context: dict[str, Any] = {}
     properties: dict[str, Any] = {}
 

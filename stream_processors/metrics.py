@@ -32,6 +32,7 @@ class WorkerMetrics(NamedTuple):
     sink_batch_rows: Histogram
     sink_insert_seconds: Histogram
     sink_failures: Counter
+    sink_rejected_rows: Counter
     processing_lag_seconds: Histogram
     alerts_raised: Counter
     consumer_lag: Gauge
@@ -102,6 +103,10 @@ class WorkerMetrics(NamedTuple):
                 buckets=_SECONDS_BUCKETS, registry=registry),
             sink_failures=Counter(
                 f"{prefix}_sink_failures", "Failed ClickHouse inserts (each is retried).",
+                ["table"], registry=registry),
+            sink_rejected_rows=Counter(
+                f"{prefix}_sink_rejected_rows", "Rows ClickHouse refused as data (sent to the "
+                "dead_letters table, reason sink_rejected; the rest of their batch landed).",
                 ["table"], registry=registry),
             processing_lag_seconds=Histogram(
                 f"{prefix}_processing_lag_seconds", "Now minus occurred_at when the worker "

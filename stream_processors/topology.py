@@ -103,7 +103,8 @@ log = logging.getLogger(__name__)
 registry = CollectorRegistry()
 metrics = WorkerMetrics.create(registry)
 sink = ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database, metrics,
-                      max_retry_seconds=settings.sink_max_retry_seconds)
+                      max_retry_seconds=settings.sink_max_retry_seconds,
+                      stopping=lambda: app.should_stop)
 recovery.on_rebuild(lambda table, partition, reason:
                     metrics.state_rebuilds.labels(table, reason).inc())
 for _table in ("devices", "journeys", "cx-partials", "cx-windows"):
@@ -142,7 +143,7 @@ cx_partials = _table("cx-partials")
 cx_windows = _table("cx-windows")
 
 # ── stages ───────────────────────────────────────────────────────────────────
-router = Router(metrics, PARTITIONS, settings.touchpoints_topic)
+router = Router(metrics, PARTITIONS, settings.touchpoints_topic, settings.time_bounds)
 identity = IdentityResolver(PARTITIONS, settings.device_retention)
 journey_updater = JourneyUpdater(
     metrics, PARTITIONS,
@@ -152,7 +153,7 @@ journey_updater = JourneyUpdater(
     anonymous_retention=settings.anonymous_retention,
     merged_retention=settings.merged_retention)
 aggregator = Aggregator(metrics, PARTITIONS, settings.cx_update_seconds)
-committer = Committer(sink.write, lambda: app.producer.flush(), {
+committer = Committer(sink.write, {
     BY_DEVICE: by_device_topic, JOURNEY_EVENTS: journey_events_topic,
     CX_PARTIALS: cx_partials_topic, DEAD_LETTERS: dead_letters_topic, ALERTS: alerts_topic})
 runner = BatchRunner(committer, metrics, PARTITIONS)
@@ -197,7 +198,8 @@ async def update_journey(stream: StreamT) -> None:
             "update_journey", journey_events_topic.get_topic_name(), _unbundled(events),
             lambda b, e=events: journey_updater.update(
                 _decoded(b, decode_command), _staged(journeys, e, _key_partition),
-                _staged(cx_partials, e, _named_partition), utcnow(), _row_version()))
+                _staged(cx_partials, e, _named_partition), utcnow(), _row_version()),
+            forget=journey_updater.windows.held.clear)
 
 
 @app.agent(cx_partials_topic)
@@ -207,7 +209,8 @@ async def aggregate_cx(stream: StreamT) -> None:
             "aggregate_cx", cx_partials_topic.get_topic_name(), _unbundled(events),
             lambda b, e=events: aggregator.aggregate(
                 _decoded(b, decode_partial), _staged(cx_windows, e, _named_partition),
-                utcnow(), _row_version()))
+                utcnow(), _row_version()),
+            forget=aggregator.held.clear)
 
 
 # ── partitions come and go ───────────────────────────────────────────────────

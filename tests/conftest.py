@@ -172,7 +172,8 @@ class CollectorProcess(ServiceProcess):
         super().__init__(settings, log_path, settings.collector_port)
 
 
-TEST_WRITE_KEY = "test-write-key"
+TEST_WRITE_KEY = "test-write-key"  # a server key
+TEST_CLIENT_KEY = "test-client-key"  # a browser's
 
 
 @pytest.fixture
@@ -186,7 +187,8 @@ def start_collector(settings: Settings, tmp_path: Path
 
     def start(**changes: object) -> CollectorProcess:
         s = settings.replace(collector_port=free_port(),
-                             collector_write_keys=f"shop={hash_key(TEST_WRITE_KEY)}",
+                             collector_write_keys=f"shop:server={hash_key(TEST_WRITE_KEY)},"
+                                                  f"web:client={hash_key(TEST_CLIENT_KEY)}",
                              collector_cors_origins="http://allowed.example")
         process = CollectorProcess(s.replace(**changes), tmp_path / f"collector-{len(started)}.log")
         started.append(process)

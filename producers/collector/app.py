@@ -1,18 +1,20 @@
 """The HTTP collector: Segment-compatible endpoints in front of the touchpoint topic.
 
-A request is authenticated (write key → source), bounded (Segment's limits), rate
-limited per key, and every message in it is mapped and validated against the same
-schemas the SDK and the worker use. Valid events go to ``<prefix>.touchpoints``;
-invalid ones go to ``<prefix>.dead-letters`` with the reason and the original
-payload. The response, sent only after Kafka acknowledged both, says which events
-were accepted and why each other one was not.
+A request is authenticated (write key → source) before its body is read whenever the
+key comes in the Authorization header, bounded (Segment's limits, also after
+decompression), rate limited per key and per key and client address, and every message
+in it is mapped and validated against the same schemas the SDK and the worker use, plus
+what its source may send (a client key: no server-only types) and when it may have
+happened (schemas/bounds.py). Valid events go to ``<prefix>.touchpoints``; invalid ones
+go to ``<prefix>.dead-letters`` with the reason and the original payload. The response,
+sent only after Kafka acknowledged both, says which events were accepted and why each
+other one was not. An error response carries ``code`` and ``message``, the fields the
+Segment and RudderStack SDKs read.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gzip
-import io
 import logging
 import math
 import time
@@ -27,7 +29,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from producers.collector.auth import RateLimiter, WriteKeys, basic_username
+from producers.collector.auth import RateLimiter, Source, WriteKeys, basic_username, is_loopback
 from producers.collector.metrics import CollectorMetrics
 from producers.collector.segment import to_touchpoint
 from schemas import SchemaError, decode_touchpoint, encode_touchpoint, utcnow
@@ -42,7 +44,15 @@ MAX_BATCH_BYTES = 500 * 1024
 MAX_BATCH_EVENTS = 2500
 SNIPPET = Path(__file__).resolve().parent.parent / "browser" / "journey.js"
 _ENDPOINT_TYPES = {"/v1/track": "track", "/v1/page": "page", "/v1/identify": "identify"}
+#: The short paths Segment's browser library (analytics-next) posts to → the long ones.
+_SHORT_PATHS = {"/v1/t": "/v1/track", "/v1/p": "/v1/page", "/v1/i": "/v1/identify",
+                "/v1/b": "/v1/batch"}
 _encoder = msgspec.json.Encoder()
+
+
+#: HTTP status → the ``code`` of an error body.
+_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 413: "too_large",
+          415: "unsupported_encoding", 429: "rate_limited", 503: "unavailable"}
 
 
 class _Reject(Exception):
@@ -53,6 +63,11 @@ class _Reject(Exception):
         self.message = message
         self.headers = headers or {}
 
+    def response(self) -> web.Response:
+        return web.json_response({"success": False, "code": _CODES.get(self.status, "error"),
+                                  "message": self.message},
+                                 status=self.status, headers=self.headers)
+
 
 class Collector:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
@@ -61,13 +76,18 @@ class Collector:
         self.metrics = CollectorMetrics.create(self.registry)
         self.keys = WriteKeys(settings.collector_write_keys)
         self.limiter = RateLimiter(settings.collector_rate_limit, settings.collector_rate_burst)
+        self.client_limiter = RateLimiter(settings.collector_client_rate_limit,
+                                          settings.collector_client_rate_burst)
+        self.server_only = settings.server_only
+        self.bounds = settings.time_bounds
         self.origins = settings.cors_origins
         self.producer: AIOKafkaProducer | None = None
 
     # ── lifecycle ────────────────────────────────────────────────────────────
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BATCH_BYTES + 1, middlewares=[self._cors])
-        for path in ("/v1/track", "/v1/page", "/v1/identify", "/v1/batch", "/v1/import"):
+        for path in ("/v1/track", "/v1/page", "/v1/identify", "/v1/batch", "/v1/import",
+                     *_SHORT_PATHS):
             app.router.add_post(path, self._ingest)
             app.router.add_route("OPTIONS", path, self._preflight)
         app.router.add_get("/journey.js", self._snippet)
@@ -107,13 +127,13 @@ class Collector:
         origin = request.headers.get("Origin")
         if origin and origin.rstrip("/") not in self.origins and request.path.startswith("/v1/"):
             self._count(request, 403)
-            return web.json_response({"success": False, "error": f"origin {origin} is not "
-                                      "allowed; add it to JOURNEY_COLLECTOR_CORS_ORIGINS"},
-                                     status=403)
+            return _Reject(403, f"origin {origin} is not allowed; add it to "
+                           "JOURNEY_COLLECTOR_CORS_ORIGINS").response()
         response = await handler(request)
         if origin and origin.rstrip("/") in self.origins:
+            # No Allow-Credentials: the collector uses no cookies, and a browser then
+            # sends none (the write key is no credential a page could leak by it).
             response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Allow-Credentials"] = "true"
             response.headers["Vary"] = "Origin"
         return response
 
@@ -135,7 +155,8 @@ class Collector:
                             content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     def _count(self, request: web.Request, status: int) -> None:
-        endpoint = request.path if request.path in (*_ENDPOINT_TYPES, "/v1/batch") else "other"
+        path = _SHORT_PATHS.get(request.path, request.path)
+        endpoint = path if path in (*_ENDPOINT_TYPES, "/v1/batch") else "other"
         self.metrics.requests.labels(endpoint, str(status)).inc()
 
     # ── ingestion ────────────────────────────────────────────────────────────
@@ -143,39 +164,50 @@ class Collector:
         try:
             response = await self._handle(request)
         except _Reject as exc:
-            response = web.json_response({"success": False, "error": exc.message},
-                                         status=exc.status, headers=exc.headers)
+            response = exc.response()
         self._count(request, response.status)
         return response
 
     async def _handle(self, request: web.Request) -> web.Response:
         received_at = utcnow()
-        body = await self._body(request)
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        header_key = basic_username(request.headers.get("Authorization"))
+        source = None
+        if header_key is not None:  # before a byte of the body is read
+            source = self._authenticate(header_key, request.remote)
+        elif encoding != "identity":
+            raise _Reject(401, "missing write key: a compressed body must carry its write key "
+                          "in the Authorization header (the HTTP Basic username)")
+        body = await self._body(request, encoding)
         try:
             payload = msgspec.json.decode(body)
         except msgspec.DecodeError as exc:
             raise _Reject(400, f"the body is not valid JSON: {exc}") from None
         if not isinstance(payload, dict):
             raise _Reject(400, "the body must be a JSON object")
-        source = self.keys.source_for(basic_username(request.headers.get("Authorization"))
-                                      or payload.get("writeKey"))
-        if source is None:
-            raise _Reject(401, "missing or unknown write key: send it as the HTTP Basic "
-                          "username (or as writeKey in the body)")
-        messages = self._messages(request.path, payload)
-        wait = self.limiter.take(source, len(messages))
-        if wait:
-            retry_after = math.ceil(wait)
-            raise _Reject(429, f"rate limit of {self.settings.collector_rate_limit:g} events/s "
-                          f"exceeded; retry after {retry_after} s",
-                          headers={"Retry-After": str(retry_after)})
+        if source is None:  # a beacon: the key in the body
+            key = payload.get("writeKey")
+            source = self._authenticate(key if isinstance(key, str) else None, request.remote)
+        messages = self._messages(_SHORT_PATHS.get(request.path, request.path), payload)
+        limits = [(self.limiter, source.name, "write key")]
+        if source.kind == "client":  # a server key's traffic is the shop's own, often one NAT
+            limits.append((self.client_limiter, f"{source.name}|{request.remote}",
+                           "client address"))
+        for limiter, identifier, what in limits:
+            wait = await limiter.take(identifier, len(messages))
+            if wait:
+                retry_after = math.ceil(wait)
+                raise _Reject(429, f"rate limit of {limiter.rate:g} events/s per {what} "
+                              f"exceeded; retry after {retry_after} s",
+                              headers={"Retry-After": str(retry_after)})
         accepted: list[tuple[bytes, bytes]] = []
         rejected: list[dict[str, Any]] = []
         dead: list[tuple[bytes | None, bytes]] = []
         sent_at = payload.get("sentAt")
         for index, message in enumerate(messages):
             try:
-                tp = self._touchpoint(message, received_at, source, sent_at)
+                tp = self._touchpoint(message, received_at, source.name, sent_at)
+                self._check_trust(tp, source)
             except SchemaError as exc:
                 self.metrics.events.labels("rejected", exc.reason).inc()
                 message_id = message.get("messageId") if isinstance(message, dict) else None
@@ -183,7 +215,7 @@ class Collector:
                                  "field": exc.field, "error": exc.detail})
                 dead.append((str(message_id).encode() if message_id else None, _encoder.encode({
                     "reason": exc.reason, "field": exc.field, "error": exc.detail,
-                    "source": source, "received_at": received_at.isoformat(),
+                    "source": source.name, "received_at": received_at.isoformat(),
                     "payload": _encoder.encode(message).decode()})))
                 continue
             self.metrics.events.labels("accepted", "").inc()
@@ -192,21 +224,41 @@ class Collector:
         return web.json_response({"success": True, "accepted": len(accepted),
                                   "rejected": rejected})
 
-    async def _body(self, request: web.Request) -> bytes:
+    def _authenticate(self, key: str | None, remote: str | None) -> Source:
+        """The key's source, if it may send from ``remote`` (the client's address)."""
+        source = self.keys.source_for(key)
+        if source is None:
+            raise _Reject(401, "missing or unknown write key: send it as the HTTP Basic "
+                          "username (or as writeKey in the body)")
+        if source.dev and not is_loopback(remote):
+            raise _Reject(403, "the development write key is accepted only from this machine; "
+                          "set JOURNEY_COLLECTOR_WRITE_KEYS to keys of your own")
+        return source
+
+    def _check_trust(self, tp: Any, source: Source) -> None:
+        if source.kind == "client" and tp.type in self.server_only:
+            raise SchemaError(f"{tp.type} may only come from a server write key (source "
+                              f"{source.name!r} is a client key: browsers and apps cannot "
+                              "vouch for it)", field="$.type", reason="forbidden_type")
+
+    async def _body(self, request: web.Request, encoding: str) -> bytes:
+        """The body, decompressed, at most MAX_BATCH_BYTES either way.
+
+        aiohttp would decompress on its own, without a bound on the output, and then
+        hand over a body that no longer matches its Content-Encoding header (gzip bodies
+        were rejected as "not valid gzip"); the collector turns that off
+        (``auto_decompress=False``) and inflates here, stopping at the bound.
+        """
+        if encoding not in _INFLATE:
+            raise _Reject(415, f"Content-Encoding {encoding!r} is not supported (gzip, deflate "
+                          "or none)")
         if (request.content_length or 0) > MAX_BATCH_BYTES:
             raise _Reject(413, f"the body is over {MAX_BATCH_BYTES // 1024} KB")
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise _Reject(413, f"the body is over {MAX_BATCH_BYTES // 1024} KB") from None
-        if request.headers.get("Content-Encoding", "").lower() == "gzip":
-            try:
-                body = gzip.GzipFile(fileobj=io.BytesIO(body)).read(
-                    MAX_BATCH_BYTES + 1)
-            except (OSError, EOFError, zlib.error):
-                raise _Reject(400, "the body is not valid gzip") from None
-            if len(body) > MAX_BATCH_BYTES:
-                raise _Reject(413, f"the body is over {MAX_BATCH_BYTES // 1024} KB unzipped")
+        body = inflate(body, encoding, MAX_BATCH_BYTES)
         self.metrics.request_bytes.observe(len(body))
         return body
 
@@ -233,7 +285,7 @@ class Collector:
                               reason="too_large")
         candidate = to_touchpoint(message, received_at=received_at, source=source,
                                   sent_at=sent_at if isinstance(sent_at, str) else None)
-        return decode_touchpoint(_encoder.encode(candidate))
+        return self.bounds.check(decode_touchpoint(_encoder.encode(candidate)), received_at)
 
     async def _publish(self, accepted: list[tuple[bytes, bytes]],
                        dead: list[tuple[bytes | None, bytes]]) -> None:
@@ -252,6 +304,32 @@ class Collector:
         self.metrics.publish_seconds.observe(time.perf_counter() - started)
 
 
+#: Content-Encoding → zlib's wbits for it (deflate: zlib-wrapped as HTTP says; raw
+#: deflate, which some clients send, is tried when that fails).
+_INFLATE = {"identity": None, "gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
+            "deflate": zlib.MAX_WBITS}
+
+
+def inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """``body`` decompressed as ``encoding`` says, never more than ``limit`` bytes of it
+    (a gzip bomb costs the collector ``limit`` bytes, not gigabytes)."""
+    wbits = _INFLATE[encoding]
+    if wbits is None:
+        return body
+    for bits in (wbits, -zlib.MAX_WBITS) if encoding == "deflate" else (wbits,):
+        inflater = zlib.decompressobj(bits)
+        try:
+            out = inflater.decompress(body, limit + 1)
+        except zlib.error:
+            continue
+        if len(out) > limit:
+            raise _Reject(413, f"the body is over {limit // 1024} KB decompressed")
+        if not inflater.eof:
+            raise _Reject(400, f"the body is not complete {encoding} data")
+        return out
+    raise _Reject(400, f"the body is not valid {encoding} data")
+
+
 def run_collector(settings: Settings) -> None:
     """Serve until SIGTERM or Ctrl-C."""
     logging.basicConfig(level=settings.python_log_level,
@@ -261,4 +339,5 @@ def run_collector(settings: Settings) -> None:
         raise SystemExit("journey collector: no write keys configured "
                          "(JOURNEY_COLLECTOR_WRITE_KEYS)")
     web.run_app(collector.app(), host=settings.collector_host, port=settings.collector_port,
-                print=lambda msg: log.info("%s", msg), access_log=None)
+                print=lambda msg: log.info("%s", msg), access_log=None,
+                auto_decompress=False)  # inflated in Collector._body, within bounds

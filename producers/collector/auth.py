@@ -1,4 +1,5 @@
-"""Write keys, stored only as SHA-256 hashes, each naming the source it belongs to."""
+"""Who may send what: write keys (stored only as SHA-256 hashes), their sources' trust,
+and rate limits per key and per client address."""
 
 from __future__ import annotations
 
@@ -6,40 +7,76 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
+import math
 import time
+from dataclasses import dataclass
+from typing import Final, Literal
 
-__all__ = ["RateLimiter", "WriteKeys", "hash_key"]
+from limits import RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+__all__ = ["DEV_KEY", "RateLimiter", "Source", "WriteKeys", "basic_username", "hash_key",
+           "is_loopback"]
+
+#: The development key the default settings accept, from this machine only.
+DEV_KEY: Final = "dev-write-key"
+
+Kind = Literal["client", "server"]
 
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+_DEV_HASH: Final = hash_key(DEV_KEY)
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where events come from, as its write key says.
+
+    ``client``: a browser or an app. Its key is public (it ships in a page), so what it
+    sends is what a visitor could type: it may not send the server-only types.
+    ``server``: a shop's backend, which holds its key as a secret.
+    """
+
+    name: str
+    kind: Kind = "client"
+    #: The development key: accepted only from a loopback address.
+    dev: bool = False
+
+
 class WriteKeys:
-    """Parsed from ``source=sha256hex,source2=sha256hex`` (JOURNEY_COLLECTOR_WRITE_KEYS)."""
+    """Parsed from ``source[:kind]=sha256hex,...`` (JOURNEY_COLLECTOR_WRITE_KEYS)."""
 
     def __init__(self, spec: str) -> None:
-        self._by_hash: dict[str, str] = {}
+        self._by_hash: dict[str, Source] = {}
         for entry in filter(None, (e.strip() for e in spec.split(","))):
-            source, sep, digest = entry.partition("=")
+            label, sep, digest = entry.partition("=")
+            name, _, kind = label.partition(":")
             digest = digest.removeprefix("sha256:").lower()
-            if not sep or len(digest) != 64 or not source:
-                raise ValueError(f"write key entry {entry!r} must be source=<sha256 hex>; make "
-                                 "one with `journey collector --hash-key KEY`")
-            self._by_hash[digest] = source
+            kind = kind or "client"
+            if not sep or len(digest) != 64 or not name or kind not in ("client", "server"):
+                raise ValueError(f"write key entry {entry!r} must be source[:client|:server]="
+                                 "<sha256 hex>; make one with `journey collector --hash-key KEY`")
+            self._by_hash[digest] = Source(name, kind,  # type: ignore[arg-type]
+                                           dev=hmac.compare_digest(digest, _DEV_HASH))
 
     def __len__(self) -> int:
         return len(self._by_hash)
 
-    def source_for(self, key: str | None) -> str | None:
+    def source_for(self, key: str | None) -> Source | None:
         """The source a key belongs to, or None. Hash comparison in constant time."""
         if not key:
             return None
         digest = hash_key(key)
+        found = None
         for known, source in self._by_hash.items():
             if hmac.compare_digest(known, digest):
-                return source
-        return None
+                found = source
+        return found
 
 
 def basic_username(header: str | None) -> str | None:
@@ -53,21 +90,36 @@ def basic_username(header: str | None) -> str | None:
     return decoded.partition(":")[0] or None
 
 
+def is_loopback(address: str | None) -> bool:
+    if not address:
+        return False
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
 class RateLimiter:
-    """A token bucket per write key: ``rate`` events per second, bursts up to ``burst``."""
+    """``rate`` events per second and bursts of ``burst``, per identifier (a key, or a
+    key and a client address).
+
+    The `limits` library's sliding-window counter: O(1) memory per identifier, and its
+    memory storage expires identifiers that went quiet, so a flood of client addresses
+    does not grow the collector's memory for good (a hand-made dict of buckets did).
+    A window of ``burst / rate`` seconds holding ``burst`` events is what a token bucket
+    of that rate and burst allows on average.
+    """
 
     def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate
         self.burst = burst
-        self._buckets: dict[str, tuple[float, float]] = {}
+        amount = max(1, math.ceil(burst))
+        self._item = RateLimitItemPerSecond(amount, max(1, math.ceil(amount / rate)))
+        self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
 
-    def take(self, key: str, events: int, now: float | None = None) -> float:
-        """Take ``events`` tokens; returns 0 when allowed, else seconds until they would be."""
-        now = time.monotonic() if now is None else now
-        tokens, last = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens >= events:
-            self._buckets[key] = (tokens - events, now)
+    async def take(self, identifier: str, events: int) -> float:
+        """Count ``events``; returns 0 when allowed, else seconds to wait before retrying."""
+        if events <= 0 or await self._limiter.hit(self._item, identifier, cost=events):
             return 0.0
-        self._buckets[key] = (tokens, now)
-        return (events - tokens) / self.rate
+        stats = await self._limiter.get_window_stats(self._item, identifier)
+        return max(1.0, stats.reset_time - time.time())

@@ -41,6 +41,10 @@ def to_touchpoint(message: dict[str, Any], *, received_at: datetime, source: str
     Raises :class:`SchemaError` for what cannot be mapped at all; everything else is
     left to the touchpoint schema, so that the same rules apply on every path.
     """
+    for name in ("properties", "traits", "context"):
+        if message.get(name) is not None and not isinstance(message[name], dict):
+            raise SchemaError(f"{name} must be an object", field=f"$.{name}",
+                              reason="invalid_field")
     kind = message.get("type")
     if kind == "track":
         name = message.get("event")
@@ -63,8 +67,9 @@ def to_touchpoint(message: dict[str, Any], *, received_at: datetime, source: str
         raise SchemaError(f"message type {kind!r} is not supported (track, page, identify)",
                           field="$.type", reason="unsupported_message")
     context = message.get("context") or {}
-    channel = message.get("channel") or (context.get("channel") if isinstance(context, dict)
-                                         else None)
+    channel = message.get("channel") or context.get("channel")
+    if channel is not None and not isinstance(channel, str):
+        raise SchemaError("channel must be a string", field="$.channel", reason="invalid_field")
     touchpoint: dict[str, Any] = {
         "event_id": message.get("messageId"),
         "type": type_,
@@ -80,8 +85,12 @@ def to_touchpoint(message: dict[str, Any], *, received_at: datetime, source: str
         "properties": props,
     }
     for key in ("customer_id", "anonymous_id", "session_id"):
-        if touchpoint[key] is not None:
-            touchpoint[key] = str(touchpoint[key])
+        value = touchpoint[key]
+        if value is not None:
+            if not isinstance(value, str | int):  # Segment allows numbers as ids
+                raise SchemaError(f"{key} must be a string", field=f"$.{key}",
+                                  reason="invalid_field")
+            touchpoint[key] = str(value)
     return touchpoint
 
 
@@ -124,7 +133,11 @@ def _occurred_at(message: dict[str, Any], received_at: datetime, sent_at: str | 
     occurred = _parse(raw, "$.timestamp")
     sent = message.get("sentAt") or sent_at
     if sent:
-        occurred = occurred + (received_at - _parse(sent, "$.sentAt"))
+        try:
+            occurred = occurred + (received_at - _parse(sent, "$.sentAt"))
+        except OverflowError:
+            raise SchemaError("timestamp and sentAt are too far apart to correct the clock "
+                              "skew", field="$.sentAt", reason="out_of_bounds") from None
     return occurred.isoformat()
 
 
@@ -134,8 +147,12 @@ def _parse(raw: object, field: str) -> datetime:
     try:
         value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
-        raise SchemaError(f"{raw!r} is not an ISO 8601 time", field=field,
+        raise SchemaError(f"{raw[:64]!r} is not an ISO 8601 time", field=field,
                           reason="invalid_field") from None
     if value.tzinfo is None:
         raise SchemaError("the time needs a timezone", field=field, reason="invalid_field")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 with an offset
+        raise SchemaError(f"{raw[:64]!r} is out of range", field=field,
+                          reason="out_of_bounds") from None

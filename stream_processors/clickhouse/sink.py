@@ -5,34 +5,80 @@ awaits it; only then does Faust ack the batch's offsets. So a row is in ClickHou
 before its offset is committed (at-least-once), and a redelivery after a crash is
 absorbed by the ReplacingMergeTree tables. While ClickHouse is down the agent
 waits here, which is the backpressure: nothing is acked, nothing is lost.
+
+Two kinds of failure, told apart (:func:`is_data_error`):
+
+- **the infrastructure** (connection refused or lost, timeouts, a server too busy or
+  read-only): nothing is wrong with the rows, so the same insert is retried with
+  backoff, for as long as it takes. Once the worker is told to stop (SIGTERM), the
+  next failure ends the retries with a ``ConnectionError``: the batch runner then exits
+  before Faust acknowledges the batch, to replay it after the restart (Faust's own stop
+  waited for the batch to finish, that is, for ClickHouse: measured, a worker with
+  ClickHouse down ignored SIGTERM for over a minute);
+- **the data** (a value the column cannot hold: a 1900 date in a ``DateTime``, an
+  amount past ``Decimal(18, 2)``, more months than one insert may touch): retrying
+  would stall the partition for good (measured: one 1900 timestamp did). The batch is
+  split in halves until each refused row is alone; those go to the ``dead_letters``
+  table (reason ``sink_rejected``, with the table, ClickHouse's error and the row), and
+  every other row lands. The ingress bounds (schemas/bounds.py, the property models)
+  keep such rows out; this is the net under them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
+import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
 
+import msgspec
 from clickhouse_driver import Client
+from clickhouse_driver.errors import ErrorCodes, ServerException, TypeMismatchError
 
 from stream_processors.clickhouse.client import connect
-from stream_processors.clickhouse.rows import COLUMNS
+from stream_processors.clickhouse.rows import COLUMNS, dead_letter_row
 from stream_processors.clickhouse.timestamps import Converter, convert_rows, converters_for
 from stream_processors.metrics import WorkerMetrics
 
-__all__ = ["ClickHouseSink"]
+__all__ = ["ClickHouseSink", "is_data_error"]
 
 log = logging.getLogger(__name__)
+
+#: Server errors about the rows themselves (ClickHouse's error codes).
+_DATA_CODES = frozenset(getattr(ErrorCodes, name) for name in (
+    "CANNOT_PARSE_TEXT", "CANNOT_PARSE_QUOTED_STRING", "CANNOT_PARSE_INPUT_ASSERTION_FAILED",
+    "CANNOT_PARSE_DATE", "CANNOT_PARSE_DATETIME", "CANNOT_PARSE_NUMBER", "TYPE_MISMATCH",
+    "ARGUMENT_OUT_OF_BOUND", "CANNOT_CONVERT_TYPE", "TOO_LARGE_STRING_SIZE",
+    "TOO_LARGE_ARRAY_SIZE", "INCORRECT_DATA", "CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN",
+    "DECIMAL_OVERFLOW", "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE") if hasattr(ErrorCodes, name))
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says the rows cannot be stored (else: try the same insert again)."""
+    if isinstance(exc, ServerException):
+        if exc.code == ErrorCodes.TOO_MANY_PARTS:  # one code, two causes: tell by the text
+            return "partitions for single INSERT block" in str(exc)
+        return exc.code in _DATA_CODES
+    # Raised by clickhouse-driver while it packs a value into its column type: the
+    # value does not fit ('I' format requires 0 <= number <= 4294967295, ...).
+    return isinstance(exc, struct.error | TypeMismatchError | TypeError | ValueError |
+                      OverflowError | UnicodeError | ArithmeticError)
 
 
 class ClickHouseSink:
     def __init__(self, url: str, database: str, metrics: WorkerMetrics, *,
-                 max_retry_seconds: float = 30.0) -> None:
+                 max_retry_seconds: float = 30.0,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
         self._url = url
+        self._stopping = stopping
         self._database = database
         self._metrics = metrics
         self._max_retry = max_retry_seconds
@@ -43,30 +89,71 @@ class ClickHouseSink:
         self._converters: dict[str, list[tuple[int, Converter]]] = {}
 
     async def write(self, batches: Mapping[str, Sequence[tuple]]) -> None:
-        """Insert every table's rows; returns only once all of them are in ClickHouse."""
-        loop = asyncio.get_running_loop()
+        """Insert every table's rows; returns once each row is in ClickHouse, or, if
+        ClickHouse refuses it as data, in the dead_letters table instead."""
+        refused: list[tuple] = []
         for table, rows in batches.items():
-            if not rows:
-                continue
-            attempt = 0
-            while True:
-                future = loop.run_in_executor(self._executor, self._insert, table, rows)
-                try:
-                    # Shielded: a shutdown while an insert is in flight waits for it, so
-                    # the offsets Faust then acks match rows that really landed.
-                    await asyncio.shield(future)
-                    break
-                except asyncio.CancelledError:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(future, timeout=10)
-                    raise
-                except Exception as exc:
-                    attempt += 1
-                    self._metrics.sink_failures.labels(table).inc()
-                    delay = min(self._max_retry, 0.25 * 2 ** attempt) * random.uniform(0.5, 1.0)
-                    log.warning("insert of %d rows into %s failed (attempt %d), retrying in "
-                                "%.1f s: %s", len(rows), table, attempt, delay, exc)
-                    await asyncio.sleep(delay)
+            if rows:
+                refused += await self._insert_all(table, rows)
+        if refused:
+            letters = await self._insert_all("dead_letters", refused)
+            for row in letters:  # not even as a dead letter: say so, loudly, and go on
+                log.error("a dead letter ClickHouse refused too was dropped: %r", row[:7])
+
+    async def _insert_all(self, table: str, rows: Sequence[tuple]) -> list[tuple]:
+        """Insert ``rows``; returns a dead-letter row for each row refused as data."""
+        pending = [list(rows)]
+        refused: list[tuple] = []
+        attempt = 0
+        while pending:
+            chunk = pending.pop()
+            try:
+                await self._run(table, chunk)
+                attempt = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._metrics.sink_failures.labels(table).inc()
+                if is_data_error(exc):
+                    if len(chunk) > 1:  # bisect: the rows that fit land, the others are found
+                        half = len(chunk) // 2
+                        pending += [chunk[half:], chunk[:half]]
+                        continue
+                    self._metrics.sink_rejected_rows.labels(table).inc()
+                    self._metrics.dead_letters.labels("sink_rejected").inc()
+                    log.warning("ClickHouse refused a row of %s, sent to dead_letters: %s",
+                                table, exc)
+                    refused.append(_dead_letter(table, chunk[0], exc))
+                    continue
+                if self._stopping():
+                    raise ConnectionError(f"ClickHouse insert into {table} failed while the "
+                                          f"worker stops: {_first_line(exc)}") from exc
+                attempt += 1
+                delay = min(self._max_retry, 0.25 * 2 ** attempt) * random.uniform(0.5, 1.0)
+                log.warning("insert of %d rows into %s failed (attempt %d), retrying in "
+                            "%.1f s: %s", len(chunk), table, attempt, delay,
+                            _first_line(exc))
+                pending.append(chunk)
+                await self._pause(delay)
+        return refused
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep between tries, but not past a request to stop."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping() and (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, 0.25))
+
+    async def _run(self, table: str, rows: Sequence[tuple]) -> None:
+        future = asyncio.get_running_loop().run_in_executor(self._executor, self._insert,
+                                                            table, rows)
+        try:
+            # Shielded: a shutdown while an insert is in flight waits for it, so
+            # the offsets Faust then acks match rows that really landed.
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(future, timeout=10)
+            raise
 
     def _insert(self, table: str, rows: Sequence[tuple]) -> None:
         if self._client is None:
@@ -89,3 +176,27 @@ class ClickHouseSink:
         self._metrics.sink_insert_seconds.labels(table).observe(time.perf_counter() - started)
         self._metrics.sink_batch_rows.labels(table).observe(len(rows))
         self._metrics.sink_rows.labels(table).inc(len(rows))
+
+
+def _dead_letter(table: str, row: tuple, exc: BaseException) -> tuple:
+    """A ``dead_letters`` row for a refused row: topic ``sink:<table>``, and as offset a
+    digest of the row, so that the same row refused again (a replay) is one letter."""
+    payload = msgspec.json.encode(dict(zip(COLUMNS[table], row, strict=False)),
+                                  enc_hook=_plain)
+    digest = int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "big")
+    return dead_letter_row(datetime.now(UTC), f"sink:{table}", 0, digest, "sink_rejected",
+                           table, _first_line(exc)[:2000], payload)
+
+
+def _plain(value: Any) -> Any:
+    """What JSON cannot hold as such, as text (a row's dates, decimals, bytes)."""
+    if isinstance(value, datetime | date | Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return repr(value)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text.split("\n", 1)[0]

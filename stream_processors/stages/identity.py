@@ -1,8 +1,8 @@
 """Second hop, keyed by device: which customer a device belongs to.
 
-A device's link is set by the first touchpoint that carries both its anonymous id and
-a customer id (an ``identify``, or any identified call from it): the router sends it
-to the customer's journey and a ``Link`` here. That first link sends ``MergeInto`` to
+A device's link is set by its first ``identify`` (the only touchpoint trusted to tie a
+device to a customer, stages/routing.py says why): the router sends it to the
+customer's journey and a ``Link`` here. That first link sends ``MergeInto`` to
 the device's anonymous journey, so its past joins the customer's; later anonymous
 touchpoints from the device go to the customer. Only a touchpoint that names the
 customer links: an anonymous one never moves a link. Anonymous touchpoints are not

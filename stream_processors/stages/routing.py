@@ -1,14 +1,20 @@
 """First hop: validate each touchpoint and route it to its device or its customer.
 
 A touchpoint that names its customer goes straight to the customer's journey (one hop
-fewer, and the touchpoint crosses the broker once more, not twice); if it also names
-a device, a small ``Link`` goes to the device's partition, where the device's link to
-a customer lives. An anonymous touchpoint goes to its device's partition, which knows
-whether the device was identified. Invalid input goes to the dead letters with its
-reason, never stalls.
+fewer, and the touchpoint crosses the broker once more, not twice). Only an
+``identify`` links a device to a customer: it also sends a small ``Link`` to the
+device's partition, where the device's link lives. Any other touchpoint that names both
+ids is the customer's, and leaves the device as it was: a track call is no proof that
+the device belongs to that customer, and a forged one would otherwise carry a device's
+history into someone else's journey. An anonymous touchpoint goes to its device's
+partition, which knows whether the device was identified. Invalid input, and times
+outside the bounds (schemas/bounds.py: the SDK writes to Kafka directly, so the
+collector's check is not enough), go to the dead letters with their reason, never stall.
 
 The router also keeps each source partition's progress, for the watermarks it sends
-downstream (stream_processors/windows.py says why): the furthest event time routed,
+downstream (stream_processors/windows.py says why): the furthest event time routed
+(each touchpoint's time, but no later than when it was received: a client clock that
+runs ahead, within the bounds, must not close every CX window early),
 when the partition was last active, and the offset after the last touchpoint whose
 outputs are acknowledged. All three move only once a batch is committed: a marker may
 not say "passed" before the events it passes are delivered.
@@ -22,6 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
 from schemas import SchemaError, decode_touchpoint
+from schemas.bounds import TimeBounds
 from stream_processors.commands import Link, Touch, Watermark, encode_command
 from stream_processors.effects import BY_DEVICE, JOURNEY_EVENTS, Message, Output
 from stream_processors.metrics import WorkerMetrics
@@ -48,10 +55,12 @@ class SourceProgress:
 
 class Router:
     def __init__(self, metrics: WorkerMetrics, partitions: int, topic: str,
+                 bounds: TimeBounds | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.metrics = metrics
         self.partitions = partitions
         self.topic = topic  # the touchpoints topic's name, for dead letters
+        self.bounds = bounds or TimeBounds()
         self.clock = clock
         self.sources: PerPartition[SourceProgress] = PerPartition(
             lambda _partition: SourceProgress(clock()))
@@ -66,19 +75,21 @@ class Router:
             # is not quiet (see the fault suite's notes in the README).
             self.sources[message.partition].seen = self.clock()
             try:
-                tp = decode_touchpoint(message.value)
+                tp = self.bounds.check(decode_touchpoint(message.value), now)
             except SchemaError as exc:
                 self._dead_letter(out, message, exc, now)
                 continue
-            if message.partition not in progress or tp.occurred_at > progress[message.partition]:
-                progress[message.partition] = tp.occurred_at
+            at = min(tp.occurred_at, tp.received_at or now)
+            if message.partition not in progress or at > progress[message.partition]:
+                progress[message.partition] = at
             self.metrics.touchpoints_processed.labels(tp.type).inc()
             self.metrics.processing_lag_seconds.observe(
                 max(0.0, (now - tp.occurred_at).total_seconds()))
             if tp.customer_id:  # straight to its journey; the device, if any, learns the link
                 out.add(JOURNEY_EVENTS, tp.customer_id.encode(),
                         encode_command(Touch(tp.customer_id, [message.value])))
-                if tp.anonymous_id and links.get(tp.anonymous_id) != tp.customer_id:
+                if (tp.type == "identify" and tp.anonymous_id
+                        and links.get(tp.anonymous_id) != tp.customer_id):
                     links[tp.anonymous_id] = tp.customer_id
                     out.add(BY_DEVICE, tp.anonymous_id.encode(),
                             encode_command(Link(tp.customer_id)))

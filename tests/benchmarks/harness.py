@@ -243,8 +243,9 @@ class Bench:
         from producers.collector.auth import hash_key
 
         s = settings.replace(collector_port=self.free_port(),
-                             collector_write_keys=f"bench={hash_key('bench-key')}",
-                             collector_rate_limit=1e9, collector_rate_burst=1e9)
+                             collector_write_keys=f"bench:server={hash_key('bench-key')}",
+                             collector_rate_limit=1e9, collector_rate_burst=1e9,
+                             collector_client_rate_limit=1e9, collector_client_rate_burst=1e9)
         ensure_topics(s)
         stack = Stack(s, echo=lambda line: None)
         stack.start(["collector"])

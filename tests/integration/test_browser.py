@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import shutil
 import subprocess
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -15,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from schemas import decode_touchpoint
-from tests.conftest import TEST_WRITE_KEY, free_port, read_topic
+from tests.conftest import TEST_CLIENT_KEY, free_port, read_topic
 
 PAGE = """<!doctype html><html><head><title>{title}</title>
 <script src="{collector}/journey.js"></script></head><body>
@@ -66,7 +68,9 @@ class DevTools:
         return result["result"].get("value")
 
 
-async def browse(site: str, profile: Path) -> None:
+@contextlib.asynccontextmanager
+async def devtools(profile: Path) -> AsyncIterator[DevTools]:
+    """A headless Chromium, and the DevTools of its page."""
     browser = subprocess.Popen(
         [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
          "--no-first-run", "--disable-background-networking", "--disable-component-update",
@@ -85,19 +89,24 @@ async def browse(site: str, profile: Path) -> None:
             async with session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
                 tools = DevTools(ws)
                 await tools.call("Page.enable")
-                await tools.call("Page.navigate", url=f"{site}/index.html")
-                await tools.wait_for("Page.loadEventFired")
-                # A real click: page one's pending events leave by sendBeacon on pagehide.
-                await tools.evaluate("document.getElementById('next').click()")
-                await tools.wait_for("Page.loadEventFired")
-                assert await tools.evaluate("document.title") == "A product"
-                status = await tools.evaluate(
-                    "journey.identify('cust-42', {plan: 'gold'});"
-                    "journey.flush().then(r => r ? r.status : 0)")
-                assert status == 200
+                yield tools
     finally:
         browser.terminate()
         browser.wait(10)
+
+
+async def browse(site: str, profile: Path) -> None:
+    async with devtools(profile) as tools:
+        await tools.call("Page.navigate", url=f"{site}/index.html")
+        await tools.wait_for("Page.loadEventFired")
+        # A real click: page one's pending events leave by sendBeacon on pagehide.
+        await tools.evaluate("document.getElementById('next').click()")
+        await tools.wait_for("Page.loadEventFired")
+        assert await tools.evaluate("document.title") == "A product"
+        status = await tools.evaluate(
+            "journey.identify('cust-42', {plan: 'gold'});"
+            "journey.flush().then(r => r ? r.status : 0)")
+        assert status == 200
 
 
 def test_snippet_tracks_two_pages_and_identifies(settings, start_collector, tmp_path) -> None:
@@ -111,7 +120,7 @@ def test_snippet_tracks_two_pages_and_identifies(settings, start_collector, tmp_
     async def run() -> None:
         app = web.Application()
         for path, title in (("/index.html", "Home"), ("/product.html", "A product")):
-            body = PAGE.format(title=title, collector=collector.url, key=TEST_WRITE_KEY)
+            body = PAGE.format(title=title, collector=collector.url, key=TEST_CLIENT_KEY)
 
             async def page(_request: web.Request, body: str = body) -> web.Response:
                 return web.Response(text=body, content_type="text/html")
@@ -138,6 +147,81 @@ def test_snippet_tracks_two_pages_and_identifies(settings, start_collector, tmp_
     identify = next(e for e in events if e.type == "identify")
     assert (identify.customer_id, identify.anonymous_id) == ("cust-42", anonymous.pop())
     assert identify.properties["traits"] == {"plan": "gold"}
-    assert all(e.channel == "web" and e.source == "shop" for e in events)
+    assert all(e.channel == "web" and e.source == "web" for e in events)
 
 
+
+
+# ── Segment's own browser library ─────────────────────────────────────────────
+#: `make setup` unpacks @segment/analytics-next from npm here (see the Makefile).
+ANALYTICS_NEXT = Path(__file__).resolve().parents[2] / ".venv" / "analytics-next" / "package"
+NEXT_PAGE = """<!doctype html><html><head><title>Shop</title>
+<script src="{site}/analytics-next/index.js"></script></head><body></body></html>"""
+#: Settings given inline (nothing from Segment's CDN), sending to the collector; the
+#: library's lazily loaded bundles come from the test's own site (cdnURL).
+NEXT_SCRIPT = """(async () => {{
+  const [analytics] = await AnalyticsNext.AnalyticsBrowser.load({{
+    writeKey: "{key}", cdnURL: "{site}",
+    cdnSettings: {{integrations: {{"Segment.io": {{
+      apiKey: "{key}", apiHost: "{collector_host}/v1", protocol: "http"}}}}}}}});
+  await analytics.page("Home", {{url: "{site}/"}});
+  await analytics.track("Product Viewed", {{product_id: "p-7", price: 19.5}});
+  await analytics.identify("cust-77", {{plan: "gold"}});
+  return analytics.user().anonymousId();
+}})()"""
+
+
+def test_segment_analytics_next_in_chromium_lands_once(settings, start_collector,
+                                                      tmp_path) -> None:
+    bundle = ANALYTICS_NEXT / "dist" / "umd"
+    if not (bundle / "index.js").exists():
+        pytest.fail(f"@segment/analytics-next is not unpacked in {ANALYTICS_NEXT}: run "
+                    "`make setup` (it needs npm: `sudo apt-get install npm`)")
+    site_port = free_port()
+    site = f"http://127.0.0.1:{site_port}"
+    collector = start_collector(collector_cors_origins=site)
+    served: list[str] = []
+
+    async def run() -> str:
+        app = web.Application()
+
+        async def page(_request: web.Request) -> web.Response:
+            return web.Response(text=NEXT_PAGE.format(site=site), content_type="text/html")
+
+        async def script(request: web.Request) -> web.Response:
+            name = request.match_info["name"]
+            served.append(name)
+            return web.Response(body=(bundle / name).read_bytes(),
+                                content_type="application/javascript")
+
+        app.router.add_get("/index.html", page)
+        app.router.add_get("/analytics-next/{name}", script)
+        app.router.add_get("/analytics-next/bundles/{name}", script)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", site_port).start()
+        try:
+            async with devtools(tmp_path / "profile") as tools:
+                await tools.call("Page.navigate", url=f"{site}/index.html")
+                await tools.wait_for("Page.loadEventFired")
+                return str(await tools.evaluate(NEXT_SCRIPT.format(
+                    key=TEST_CLIENT_KEY, site=site,
+                    collector_host=collector.url.removeprefix("http://"))))
+        finally:
+            await runner.cleanup()
+
+    anonymous = asyncio.run(run())
+    assert "index.js" in served
+    events = [decode_touchpoint(r.value) for r in
+              read_topic(settings, settings.touchpoints_topic, 3, settle=3)]
+    assert sorted(e.type for e in events) == ["identify", "page_view", "product_viewed"]
+    assert len({e.event_id for e in events}) == 3  # each once
+    assert {e.anonymous_id for e in events} == {anonymous}
+    by_type = {e.type: e for e in events}
+    # The library sends the document's title and the url given.
+    assert by_type["page_view"].properties["title"] == "Shop"
+    assert by_type["page_view"].properties["url"] == f"{site}/"
+    assert by_type["product_viewed"].properties["sku"] == "p-7"
+    assert by_type["identify"].customer_id == "cust-77"
+    assert by_type["identify"].properties["traits"] == {"plan": "gold"}
+    assert by_type["page_view"].context["library"]["name"] == "analytics.js"

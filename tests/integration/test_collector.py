@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import base64
+import gzip
+import http.client
 import json
+import socket
 import urllib.error
 import urllib.request
-from datetime import UTC, datetime
+import zlib
+from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from schemas import decode_touchpoint
-from tests.conftest import TEST_WRITE_KEY, read_topic
+from tests.conftest import TEST_CLIENT_KEY, TEST_WRITE_KEY, read_topic
 
 
 def post(url: str, body: object, *, key: str | None = TEST_WRITE_KEY,
@@ -39,7 +45,7 @@ def test_requests_without_a_valid_key_publish_nothing(settings, start_collector)
     c = start_collector()
     assert post(f"{c.url}/v1/batch", {"batch": [track(1)]}, key=None)[0] == 401
     status, body, _ = post(f"{c.url}/v1/batch", {"batch": [track(2)]}, key="stolen")
-    assert status == 401 and "write key" in body["error"]
+    assert (status, body["code"]) == (401, "unauthorized") and "write key" in body["message"]
     assert read_topic(settings, settings.touchpoints_topic, 1, timeout=3) == []
     assert 'journey_collector_requests_total{endpoint="/v1/batch",status="401"} 2.0' \
         in c.metrics()
@@ -94,12 +100,12 @@ def test_mixed_batch_reports_each_event_and_dead_letters_the_bad(settings,
 def test_segment_limits(settings, start_collector) -> None:
     c = start_collector()
     status, body, _ = post(f"{c.url}/v1/batch", {"batch": [track(i) for i in range(2501)]})
-    assert status == 400 and "at most 2500" in body["error"]
+    assert status == 400 and "at most 2500" in body["message"]
     huge = {"batch": [track(i, properties={"p": "y" * 30_000}) for i in range(20)]}
     status, body, _ = post(f"{c.url}/v1/batch", huge)
     assert status == 413
     status, body, _ = post(f"{c.url}/v1/batch", b"{not json")
-    assert status == 400 and "not valid JSON" in body["error"]
+    assert status == 400 and "not valid JSON" in body["message"]
     assert read_topic(settings, settings.touchpoints_topic, 1, timeout=3) == []
 
 
@@ -162,3 +168,179 @@ def test_a_real_segment_client_is_understood(settings, start_collector) -> None:
     assert by_type["order_placed"].properties["currency"] == "USD"
     assert by_type["delivery_updated"].properties["status"] == "late"
     assert by_type["order_placed"].context["library"]["name"] == "analytics-python"
+
+
+# ── hostile and compressed input (issue 13) ──────────────────────────────────
+def recent(hours: float = 0.0) -> str:
+    """An ISO time ``hours`` from now (negative: the past)."""
+    return (datetime.now(UTC) + timedelta(hours=hours)).isoformat().replace("+00:00", "Z")
+
+
+def test_gzip_and_deflate_bodies_land_and_a_bomb_is_refused(settings, start_collector) -> None:
+    c = start_collector()
+    batch = {"batch": [track(i, timestamp=recent(-1)) for i in range(3)]}
+    raw = json.dumps(batch).encode()
+    for i, (encoding, data) in enumerate([("gzip", gzip.compress(raw)),
+                                          ("deflate", zlib.compress(raw)),
+                                          ("deflate", _raw_deflate(raw))]):
+        status, body, _ = post(f"{c.url}/v1/batch", data,
+                               headers={"Content-Encoding": encoding})
+        assert (status, body["accepted"]) == (200, 3), (i, encoding, body)
+    # 1 GB of zeros, 1 MB compressed: refused after inflating the limit, not the gigabyte.
+    bomb = gzip.compress(b" " * (64 * 1024 * 1024), compresslevel=9)
+    status, body, _ = post(f"{c.url}/v1/batch", bomb, headers={"Content-Encoding": "gzip"})
+    assert (status, body["code"]) == (413, "too_large") and "decompressed" in body["message"]
+    status, body, _ = post(f"{c.url}/v1/batch", b"not gzip at all",
+                           headers={"Content-Encoding": "gzip"})
+    assert (status, body["code"]) == (400, "bad_request")
+    status, body, _ = post(f"{c.url}/v1/batch", gzip.compress(raw), key=None,
+                           headers={"Content-Encoding": "gzip"})
+    assert status == 401 and "Authorization header" in body["message"]
+    status, body, _ = post(f"{c.url}/v1/batch", raw, headers={"Content-Encoding": "br"})
+    assert (status, body["code"]) == (415, "unsupported_encoding")
+    # Each compressed request's three events, once: the same messageIds three times.
+    assert len(read_topic(settings, settings.touchpoints_topic, 9)) == 9
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+def test_an_unknown_key_is_refused_before_the_body_is_read(start_collector) -> None:
+    """Headers promise 400 KB that never come: the answer comes anyway, at once."""
+    c = start_collector()
+    host, port = c.url.removeprefix("http://").split(":")
+    bad = base64.b64encode(b"stolen:").decode()
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall((f"POST /v1/batch HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic {bad}\r\n"
+                      "Content-Type: application/json\r\nContent-Length: 400000\r\n\r\n")
+                     .encode())
+        answer = sock.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 401"), answer[:200]
+    assert '"code": "unauthorized"' in answer or '"code":"unauthorized"' in answer
+
+
+def test_a_client_key_may_not_send_server_only_types(settings, start_collector) -> None:
+    c = start_collector()
+    batch = [{"type": "track", "event": "page_view", "messageId": "c-page", "anonymousId": "a-1",
+              "timestamp": recent(-1)},
+             {"type": "track", "event": "delivery_updated", "messageId": "c-forged",
+              "userId": "victim", "timestamp": recent(-1),
+              "properties": {"order_id": "o-1", "status": "damaged"}},
+             {"type": "track", "event": "support_ticket_opened", "messageId": "c-ticket",
+              "userId": "victim", "properties": {"ticket_id": "t-1", "channel": "chat"}}]
+    status, body, _ = post(f"{c.url}/v1/batch", {"batch": batch}, key=TEST_CLIENT_KEY)
+    assert (status, body["accepted"]) == (200, 1)
+    assert [(r["messageId"], r["reason"], r["field"]) for r in body["rejected"]] == [
+        ("c-forged", "forbidden_type", "$.type"), ("c-ticket", "forbidden_type", "$.type")]
+    # The same events from the shop's server key are accepted.
+    status, body, _ = post(f"{c.url}/v1/batch", {"batch": batch[1:]})
+    assert (status, body["accepted"]) == (200, 2)
+    letters = [json.loads(r.value) for r in read_topic(settings, settings.dead_letter_topic, 2)]
+    assert sorted((d["reason"], d["source"]) for d in letters) == [
+        ("forbidden_type", "web"), ("forbidden_type", "web")]
+
+
+def test_times_outside_the_bounds_are_rejected_with_their_reason(settings,
+                                                                 start_collector) -> None:
+    c = start_collector()
+    batch = [track(1, timestamp="1900-01-01T00:00:00Z"),
+             track(2, timestamp="3000-01-01T00:00:00Z"),
+             track(3, timestamp=recent(-24 * 400)),  # older than a year
+             track(4, timestamp=recent(2)),  # two hours ahead, no sentAt
+             track(5, timestamp="0001-01-01T00:00:00+05:00"),
+             track(6, timestamp=recent(-24 * 300)),  # within a year
+             # The clock runs 5 h fast, and sentAt says so: corrected, accepted.
+             track(7, timestamp=recent(5), sentAt=recent(5.001))]
+    status, body, _ = post(f"{c.url}/v1/batch", {"batch": batch})
+    assert (status, body["accepted"]) == (200, 2)
+    assert [(r["messageId"], r["reason"], r["field"]) for r in body["rejected"]] == [
+        (f"m-{i}", "out_of_bounds", "$.timestamp" if i == 5 else "$.occurred_at")
+        for i in (1, 2, 3, 4, 5)]
+    assert "JOURNEY_MAX_EVENT_AGE_DAYS" in body["rejected"][0]["error"]
+    accepted = {decode_touchpoint(r.value).event_id
+                for r in read_topic(settings, settings.touchpoints_topic, 2)}
+    assert accepted == {"m-6", "m-7"}
+    letters = [json.loads(r.value) for r in read_topic(settings, settings.dead_letter_topic, 5)]
+    assert sorted(json.loads(d["payload"])["messageId"] for d in letters) == [
+        f"m-{i}" for i in (1, 2, 3, 4, 5)]
+
+
+def test_one_client_address_cannot_use_up_the_key(settings, start_collector) -> None:
+    c = start_collector(collector_client_rate_limit=1.0, collector_client_rate_burst=5.0)
+    host, port = c.url.removeprefix("http://").split(":")
+
+    def send(source: str, n: int, first: int, key: str = TEST_CLIENT_KEY
+             ) -> tuple[int, dict, dict]:
+        connection = http.client.HTTPConnection(host, int(port), timeout=10,
+                                                source_address=(source, 0))
+        auth = base64.b64encode(f"{key}:".encode()).decode()
+        connection.request("POST", "/v1/batch", json.dumps(
+            {"batch": [track(first + i, timestamp=recent(-1)) for i in range(n)]}),
+            headers={"Authorization": f"Basic {auth}", "Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read()), dict(response.getheaders())
+
+    assert send("127.0.0.1", 5, 0)[0] == 200
+    status, body, headers = send("127.0.0.1", 1, 10)
+    assert status == 429 and "client address" in body["message"]
+    assert int(headers["Retry-After"]) >= 1
+    assert send("127.0.0.2", 5, 20)[0] == 200  # another client of the same shop
+    # The shop's own server is limited per key only: one address sends all its traffic.
+    assert send("127.0.0.1", 6, 30, key=TEST_WRITE_KEY)[0] == 200
+    assert len(read_topic(settings, settings.touchpoints_topic, 16)) == 16
+
+
+def test_cors_sends_no_credentials_header(start_collector) -> None:
+    c = start_collector()
+    status, _, headers = post(f"{c.url}/v1/batch", {"batch": [track(1, timestamp=recent(-1))]},
+                              headers={"Origin": "http://allowed.example"})
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == "http://allowed.example"
+    assert "Access-Control-Allow-Credentials" not in headers
+
+
+def test_segment_with_and_without_gzip_and_rudderstack_land_once(settings,
+                                                                 start_collector) -> None:
+    from rudderstack.analytics.client import Client as Rudder
+    from segment.analytics import Client as Segment
+
+    c = start_collector()
+    errors: list = []
+    clients = {"segment": Segment(TEST_WRITE_KEY, host=c.url, sync_mode=True,
+                                  on_error=lambda e, b: errors.append(e)),
+               "segment-gzip": Segment(TEST_WRITE_KEY, host=c.url, sync_mode=True, gzip=True,
+                                       on_error=lambda e, b: errors.append(e)),
+               "rudder": Rudder(TEST_WRITE_KEY, host=c.url, sync_mode=True,  # gzip by default
+                                on_error=lambda e, b: errors.append(e))}
+    sent = []
+    for name, client in clients.items():
+        for i in range(3):
+            message_id = f"{name}-{i}"
+            client.track(user_id=f"{name}-user", event="Order Completed", message_id=message_id,
+                         properties={"order_id": f"{name}-o{i}", "revenue": 10.0 + i})
+            sent.append(message_id)
+        client.identify(user_id=f"{name}-user", anonymous_id=f"{name}-anon",
+                        message_id=f"{name}-id")
+        sent.append(f"{name}-id")
+        client.flush()
+    assert errors == []
+    landed = [decode_touchpoint(r.value) for r in
+              read_topic(settings, settings.touchpoints_topic, len(sent))]
+    assert sorted(tp.event_id for tp in landed) == sorted(sent)  # each once
+    orders = {tp.event_id: tp.properties["revenue"] for tp in landed if tp.type == "order_placed"}
+    assert orders["rudder-2"] == 12.0 and orders["segment-gzip-1"] == 11.0
+
+
+def test_a_rejected_request_tells_rudderstack_why(start_collector) -> None:
+    """The Rudder SDK reads `code` and `message` from an error body (it failed with
+    KeyError: 'code' before)."""
+    from rudderstack.analytics.client import Client as Rudder
+    from rudderstack.analytics.request import APIError
+
+    c = start_collector()
+    client = Rudder("not-a-key", host=c.url, sync_mode=True, max_retries=0)
+    with pytest.raises(APIError) as info:  # sync mode raises what it would report
+        client.track(user_id="u", event="page_view")
+    assert (info.value.status, info.value.code) == (401, "unauthorized")
+    assert "write key" in info.value.message

@@ -27,6 +27,8 @@ def test_two_devices_become_one_customer_journey(settings, clickhouse, start_wor
         sdk.identify("cust-7", anonymous_id="phone", event_id="p2", occurred_at=at(2))
         sdk.track("page_view", anonymous_id="laptop", event_id="l1", occurred_at=at(1))
         sdk.track("checkout_started", anonymous_id="laptop", event_id="l2", occurred_at=at(3))
+        # Only an identify links a device (a track call naming both ids could be forged).
+        sdk.identify("cust-7", anonymous_id="laptop", event_id="l2i", occurred_at=at(3.5))
         sdk.track("order_placed", customer_id="cust-7", anonymous_id="laptop", event_id="l3",
                   occurred_at=at(4), properties={"order_id": "o-7", "revenue": 42.0})
         # After both logins, anonymous activity on either device still belongs to cust-7.
@@ -48,10 +50,10 @@ def test_two_devices_become_one_customer_journey(settings, clickhouse, start_wor
         )
 
     expected = (
-        [("cust-7", "cust-7", ["laptop", "phone"], 7, 1,
+        [("cust-7", "cust-7", ["laptop", "phone"], 8, 1,
           ["awareness", "consideration", "purchase"])],
         {"anon:phone": "cust-7", "anon:laptop": "cust-7"},
-        {e: "cust-7" for e in ("p1", "p2", "p3", "l1", "l2", "l3", "l4")},
+        {e: "cust-7" for e in ("p1", "p2", "p3", "l1", "l2", "l2i", "l3", "l4")},
         [("awareness", "p1"), ("consideration", "l1"), ("purchase", "l3")],
     )
     # One batch's rows reach the tables one table after another: wait for all of them.

@@ -59,3 +59,12 @@ def test_workers_and_collectors_restart_on_failure() -> None:
     services = compose()["services"]
     assert services["worker"]["restart"] == "unless-stopped"
     assert services["collector"]["restart"] == "unless-stopped"
+
+
+def test_clickhouse_is_neither_public_nor_on_a_default_password() -> None:
+    text = (DEPLOY / "docker-compose.yml").read_text()
+    assert "change-me" not in text
+    clickhouse = compose()["services"]["clickhouse"]
+    assert clickhouse["environment"]["CLICKHOUSE_PASSWORD"].startswith(
+        "${CLICKHOUSE_PASSWORD:?")  # compose refuses to start without one
+    assert all(port.startswith("127.0.0.1:") for port in clickhouse["ports"])

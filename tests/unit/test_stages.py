@@ -10,9 +10,11 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import msgspec
+import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas.partitioning import partition_for
+from stream_processors.batches import BatchRunner
 from stream_processors.clickhouse.rows import COLUMNS
 from stream_processors.commands import (
     WATERMARK_KEY,
@@ -104,7 +106,7 @@ def window_state(store: dict, partition: int, metric: str, spec: str,
 # ── routing ───────────────────────────────────────────────────────────────────
 def test_router_sends_the_anonymous_to_their_device_the_identified_to_their_journey() -> None:
     clock = Clock()
-    router = Router(new_metrics(), P, "shop.touchpoints", clock)
+    router = Router(new_metrics(), P, "shop.touchpoints", clock=clock)
     anonymous = tp("e1", "page_view", 0, anon="d-1")
     by_customer = tp("e2", "page_view", 3, customer="c-1")
     login = tp("e3", "identify", 4, customer="c-2", anon="d-2")
@@ -130,9 +132,43 @@ def test_router_sends_the_anonymous_to_their_device_the_identified_to_their_jour
     assert (row["topic"], row["partition"], row["offset"]) == ("shop.touchpoints", 1, 5)
 
 
+def test_only_an_identify_links_a_device_to_a_customer() -> None:
+    router = Router(new_metrics(), P, "t", clock=Clock())
+    forged = tp("e1", "order_placed", 0, customer="victim", anon="d-attacker", order_id="o",
+                revenue=1.0)
+    login = tp("e2", "identify", 1, customer="c-1", anon="d-1")
+    out = router.route([Message(0, 1, None, forged), Message(0, 2, None, login)], NOW)
+    links = [(key, decode_command(value)) for _, _, key, value in out.sent(BY_DEVICE)]
+    assert links == [(b"d-1", Link("c-1"))]  # the order goes to its customer, links nothing
+    assert [key for _, _, key, _ in out.sent(JOURNEY_EVENTS)].count(b"victim") == 1
+
+
+def test_times_out_of_bounds_go_to_the_dead_letters_and_progress_stops_at_receipt() -> None:
+    clock = Clock()
+    router = Router(new_metrics(), P, "t", clock=clock)
+    year_1900 = msgspec.json.encode({"event_id": "old", "type": "page_view", "anonymous_id": "d",
+                                     "occurred_at": "1900-01-01T00:00:00+00:00"})
+    ahead = msgspec.json.encode({"event_id": "ahead", "type": "page_view", "anonymous_id": "d",
+                                 "occurred_at": (NOW + timedelta(minutes=50)).isoformat()})
+    received = msgspec.json.encode({
+        "event_id": "received", "type": "page_view", "anonymous_id": "d",
+        "occurred_at": (NOW - timedelta(minutes=5)).isoformat(),
+        "received_at": (NOW - timedelta(minutes=20)).isoformat()})
+    out = router.route([Message(0, 1, None, year_1900), Message(0, 2, None, ahead),
+                        Message(1, 3, None, received)], NOW)
+    [row] = as_dicts(out.rows["dead_letters"], "dead_letters")
+    assert (row["reason"], row["offset"]) == ("out_of_bounds", 1)
+    for callback in out.callbacks:
+        callback()
+    marks = {m.channel: m.at for m in router.watermarks([0, 1], 10.0, lambda p, d: False)}
+    # 50 min ahead is within the bounds (1 h) and kept, but progress stops at now; and
+    # at its receipt for a touchpoint that says when it was received.
+    assert marks == {"t0": NOW, "t1": NOW - timedelta(minutes=20)}
+
+
 def test_router_progress_moves_only_once_the_batch_is_committed() -> None:
     clock = Clock()
-    router = Router(new_metrics(), P, "t", clock)
+    router = Router(new_metrics(), P, "t", clock=clock)
     asked: list[tuple[int, int]] = []
 
     def caught_up(partition: int, done: int) -> bool:
@@ -177,6 +213,20 @@ def test_the_first_link_merges_the_device_and_later_visits_follow_the_login() ->
     old = identity.resolve([Message(0, 5, b"d-2", Touch("c-2", [login]))], devices, NOW)
     assert [(key, decode_command(v)) for _, _, key, v in old.sent()] == [
         (b"anon:d-2", MergeInto("c-2")), (b"c-2", Touch("c-2", [login]))]
+
+
+def test_a_login_as_someone_else_never_moves_the_first_customers_history() -> None:
+    identity = IdentityResolver(P)
+    devices: dict[bytes, bytes] = {}
+    identity.resolve([Message(0, 1, b"d-1", Touch(None, [tp("e1", "page_view", 0, anon="d-1")])),
+                      Message(0, 2, b"d-1", Link("c-1"))], devices, NOW)
+    later = tp("e3", "page_view", 2, anon="d-1")
+    out = identity.resolve([Message(0, 3, b"d-1", Link("c-2")),
+                            Message(0, 4, b"d-1", Touch(None, [later]))], devices, NOW)
+    # No MergeInto: c-1's journey keeps the device's past; only later visits follow c-2.
+    assert [(key, decode_command(v)) for _, _, key, v in out.sent(JOURNEY_EVENTS)] == [
+        (b"c-2", Touch("c-2", [later]))]
+    assert decode_link(devices[b"d-1"])[0] == b"c-2"
 
 
 def test_identity_forwards_the_minimum_of_its_inputs_after_the_touchpoints() -> None:
@@ -434,6 +484,41 @@ def test_a_partition_taken_back_rebuilds_what_it_knew_from_its_table() -> None:
     assert (row["final"], row["value"]) == (1, 75.0)
 
 
+def test_a_failed_batch_leaves_no_closing_forgotten_in_memory() -> None:
+    """The attempt that failed took the window off the closing heap; the retry, one
+    message at a time, must still close it (the runner makes the stage forget)."""
+    aggregator = Aggregator(new_metrics(), P, 5.0, Clock())
+    table = _Table(ack_after=0)
+    rows: list = []
+    failures: list[Exception] = []
+
+    async def write(batch: dict) -> None:
+        if failures:
+            raise failures.pop()
+        rows.extend(as_dicts(batch.get("cx_metrics", []), "cx_metrics"))
+
+    class Event:
+        class message:
+            partition = 1
+
+    runner = BatchRunner(Committer(write, {}), new_metrics(), P)
+    window = b"csat|all|1m|" + str(int(T0.timestamp())).encode()
+
+    async def run(batch: list[Message]) -> None:
+        await runner.run("aggregate_cx", "t.cx-partials", batch,
+                         lambda b: aggregator.aggregate(b, Staged(table, lambda k: Event()),
+                                                        NOW, 1),
+                         forget=aggregator.held.clear)
+
+    async def scenario() -> None:
+        await run([Message(1, 1, window, Partial(2, 3.0, 4.0, 4))])  # saved, open
+        failures.append(ValueError("a row the table refuses"))
+        await run(horizons(1, T0 + timedelta(minutes=5)))  # fails once, then one by one
+
+    asyncio.run(scenario())
+    assert [(r["final"], r["value"]) for r in rows] == [(0, 75.0), (1, 75.0)]
+
+
 # ── output and commit ─────────────────────────────────────────────────────────
 def test_a_message_sent_alone_splits_the_keyed_messages_and_marks_go_last() -> None:
     out = Output(P)
@@ -450,7 +535,29 @@ def test_a_message_sent_alone_splits_the_keyed_messages_and_marks_go_last() -> N
 
 
 class _Table(dict):
+    """A Faust table as far as Staged sees it: a write queues its changelog record
+    through ``send_changelog``, and the broker acknowledges it a little later."""
+
     name = "t"
+
+    def __init__(self, log: list | None = None, ack_after: float | None = 0.01) -> None:
+        super().__init__()
+        self.log = [] if log is None else log
+        self.ack_after = ack_after
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        super().__setitem__(key, value)
+        self.send_changelog(0, key, value)
+
+    def send_changelog(self, partition: int, key: bytes, value: bytes) -> asyncio.Future:
+        self.log.append(("queued", key))
+        future = asyncio.get_running_loop().create_future()
+        if self.ack_after is not None:
+            def ack() -> None:
+                self.log.append(("acked", key))
+                future.set_result(None)
+            asyncio.get_running_loop().call_later(self.ack_after, ack)
+        return future
 
 
 class _Topic:
@@ -465,15 +572,15 @@ class _Topic:
 
 
 def test_commit_inserts_rows_then_sends_then_saves_group_by_group() -> None:
+    """Each group's changelog records are acknowledged before the next group is written,
+    and the last group's before the bookkeeping runs (and so before Faust may commit the
+    batch's offsets: its own flush does not wait for queued changelog records)."""
     calls: list = []
 
     async def write(rows: object) -> None:
         calls.append(("rows",))
 
-    async def flush() -> None:
-        calls.append(("flush",))
-
-    first, second = _Table(), _Table()
+    first, second = _Table(calls), _Table(calls)
 
     class Event:  # what Staged makes Faust's current event while it writes
         class message:
@@ -488,7 +595,31 @@ def test_commit_inserts_rows_then_sends_then_saves_group_by_group() -> None:
     out.save(a)
     out.save(b)
     out.then(lambda: calls.append(("then", dict(first), dict(second))))
-    committer = Committer(write, flush, {JOURNEY_EVENTS: _Topic(JOURNEY_EVENTS, calls)})
+    committer = Committer(write, {JOURNEY_EVENTS: _Topic(JOURNEY_EVENTS, calls)})
     asyncio.run(committer.commit(out))
-    assert calls == [("rows",), ("send", JOURNEY_EVENTS), ("flush",),
-                     ("then", {b"x": b"1"}, {b"y": b"2"})]
+    assert calls == [("rows",), ("send", JOURNEY_EVENTS), ("queued", b"x"), ("acked", b"x"),
+                     ("queued", b"y"), ("acked", b"y"), ("then", {b"x": b"1"}, {b"y": b"2"})]
+    assert "send_changelog" not in vars(first)  # the table is left as it was
+
+
+def test_a_changelog_record_never_acknowledged_stops_the_batch_before_it_is_done() -> None:
+    calls: list = []
+
+    async def write(rows: object) -> None:
+        pass
+
+    table = _Table(calls, ack_after=None)  # the broker never answers
+
+    class Event:
+        class message:
+            partition = 0
+
+    staged = Staged(table, lambda key: Event())
+    staged[b"x"] = b"1"
+    out = Output(P)
+    out.save(staged)
+    out.then(lambda: calls.append(("then",)))
+    committer = Committer(write, {}, broker_timeout=0.05)
+    with pytest.raises(asyncio.TimeoutError):  # a transient error: the worker replays
+        asyncio.run(committer.commit(out))
+    assert calls == [("queued", b"x")]
