@@ -17,10 +17,14 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from schemas.settings import Settings
+
+if TYPE_CHECKING:
+    from deploy.stack import Stack
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,6 +33,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def own_clickhouse(settings: Settings, data_dir: Path) -> tuple[Settings, Stack]:
+    """A ClickHouse server of a test's own (on free ports, in ``data_dir``), started; for
+    tests that stop or kill it. Returns its settings and the stack to stop it with."""
+    from deploy.stack import Stack
+
+    own = settings.replace(
+        clickhouse_url=f"clickhouse://default@127.0.0.1:{free_port()}/"
+                       f"{settings.clickhouse_database}",
+        clickhouse_http_port=free_port(), data_dir=data_dir)
+    stack = Stack(own, echo=lambda line: None)
+    stack.start(["clickhouse"])
+    return own, stack
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.25,

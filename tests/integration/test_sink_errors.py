@@ -11,13 +11,12 @@ from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry
 
-from deploy.stack import Stack
 from producers import JourneyClient
 from schemas import Touchpoint
 from stream_processors.clickhouse.rows import touchpoint_row
 from stream_processors.clickhouse.sink import ClickHouseSink
 from stream_processors.metrics import WorkerMetrics
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, own_clickhouse, wait_for
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -86,12 +85,7 @@ def test_an_unreachable_server_is_retried_and_a_stop_still_stops(settings) -> No
 
 def test_a_worker_stuck_on_a_dead_clickhouse_stops_on_sigterm(settings, start_worker,
                                                               tmp_path) -> None:
-    own = settings.replace(
-        clickhouse_url=f"clickhouse://default@127.0.0.1:{free_port()}/"
-                       f"{settings.clickhouse_database}",
-        clickhouse_http_port=free_port(), data_dir=tmp_path / "clickhouse-stack")
-    clickhouse = Stack(own, echo=lambda line: None)
-    clickhouse.start(["clickhouse"])
+    own, clickhouse = own_clickhouse(settings, tmp_path / "clickhouse-stack")
     try:
         worker = start_worker(clickhouse_url=own.clickhouse_url, sink_max_retry_seconds=1.0)
     finally:

@@ -6,7 +6,7 @@ from deploy.stack import Stack
 from producers import JourneyClient
 from producers.simulator import simulate
 from stream_processors.clickhouse.client import connect
-from tests.conftest import free_port, wait_for
+from tests.conftest import own_clickhouse, wait_for
 
 
 def _failures(worker) -> float:
@@ -15,12 +15,7 @@ def _failures(worker) -> float:
 
 
 def test_the_sink_retries_until_clickhouse_is_back(settings, start_worker, tmp_path) -> None:
-    own = settings.replace(
-        clickhouse_url=f"clickhouse://default@127.0.0.1:{free_port()}/"
-                       f"{settings.clickhouse_database}",
-        clickhouse_http_port=free_port(), data_dir=tmp_path / "clickhouse-stack")
-    clickhouse = Stack(own, echo=lambda line: None)
-    clickhouse.start(["clickhouse"])
+    own, clickhouse = own_clickhouse(settings, tmp_path / "clickhouse-stack")
     people = simulate(60, seed=8, prefix="outage-")
     events = [e for p in people for e in p.events]
     first, second = events[: len(events) // 2], events[len(events) // 2:]
