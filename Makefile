@@ -6,20 +6,24 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-deps demo test unit lint bench clean
 
+# Segment's browser library (the UMD bundle, no dependencies), for a test in Chromium.
+# Defined before `setup`: make expands a rule's prerequisites as it reads the rule.
+ANALYTICS_NEXT_VERSION := 1.84.3
+ANALYTICS_NEXT := $(VENV)/analytics-next/package/dist/umd/index.js
+
 setup: system-deps $(VENV)/.installed $(ANALYTICS_NEXT)
 
 # Debian packages: ClickHouse 18.16 backs the local stack and the tests; Chromium runs
 # the browser snippet's test; promtool (prometheus) tests the alerting rules; npm fetches
-# Segment's browser library for its compatibility test. Installed only when missing.
-APT_PACKAGES := clickhouse-server clickhouse-client chromium prometheus npm
-
-# Segment's browser library (the UMD bundle, no dependencies), for a test in Chromium.
-ANALYTICS_NEXT_VERSION := 1.84.3
-ANALYTICS_NEXT := $(VENV)/analytics-next/package/dist/umd/index.js
+# Segment's browser library for its compatibility test. Installed only when missing; npm
+# by its command, as a Node.js from elsewhere (NodeSource's) bundles it and conflicts
+# with Debian's package.
+APT_PACKAGES := clickhouse-server clickhouse-client chromium prometheus
 
 system-deps:
 	@missing=""; \
 	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 		echo "Installing Debian packages:$$missing ..."; \
 		$(SUDO) apt-get update -qq && \
