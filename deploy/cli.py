@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -18,7 +20,7 @@ with their current values. Options given here win over the environment.
 examples:
   journey demo                      simulate 2,000 customers end to end, then stop
   journey demo --keep-running       ... and leave the stack up for exploring
-  journey up --broker-port 19092    broker, ClickHouse and worker until Ctrl-C
+  journey up --broker-port 19092    broker, ClickHouse, worker and collector until Ctrl-C
   journey migrate --print --dialect modern   the production DDL, without applying it
 """
 
@@ -149,6 +151,45 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_query(args: argparse.Namespace) -> int:
+    from clickhouse_driver.errors import Error as ClickHouseError
+
+    from deploy.queries import QUERY_DIR, format_table, load_queries
+    from stream_processors.clickhouse.client import connect
+
+    queries = load_queries()
+    if args.name is None:
+        width = max(map(len, queries))
+        for name, (title, _sql) in queries.items():
+            print(f"{name:<{width}}  {title}")
+        print(f"\n(in {QUERY_DIR}; run one with `journey query NAME`)")
+        return 0
+    if args.name not in queries:
+        raise ConfigError(f"no analyst query {args.name!r}; `journey query` lists them")
+    settings = _settings(args)
+    # clickhouse-driver logs each failed connection with its traceback; the error below
+    # says it in one line.
+    logging.getLogger("clickhouse_driver").setLevel(logging.CRITICAL)
+    client = connect(settings.clickhouse_url, database=settings.clickhouse_database)
+    try:
+        rows, columns = client.execute(queries[args.name][1], with_column_types=True)
+    except ClickHouseError as exc:  # one line naming the setting, not a traceback
+        raise ConfigError(f"{args.name} failed on {settings.clickhouse_url} "
+                          f"(JOURNEY_CLICKHOUSE_URL): {str(exc).splitlines()[0]}") from None
+    finally:
+        client.disconnect()
+    header = [name for name, _type in columns]
+    if args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(header)
+        writer.writerows(rows)
+    else:
+        print(f"-- {queries[args.name][0]}")
+        print(format_table(header, rows))
+        print(f"({len(rows)} rows)")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     for env, value, doc in _settings(args).describe():
         print(f"{env:<34} {value}\n{'':<34} {doc}")
@@ -202,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path, nargs="?", help="with export: target directory "
                    "(default: schemas/json in the package)")
     p.set_defaults(func=_cmd_schemas)
+
+    p = sub.add_parser("query", help="run an analyst query (deploy/clickhouse/queries) and "
+                       "print a table; without NAME, list them")
+    p.add_argument("name", nargs="?", help="e.g. journeys_by_stage")
+    p.add_argument("--csv", action="store_true", help="CSV with a header, for a spreadsheet")
+    p.set_defaults(func=_cmd_query)
 
     p = sub.add_parser("config", help="list every setting, its variable and current value")
     p.set_defaults(func=_cmd_config)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from decimal import Decimal
+from collections.abc import Callable
 
 from clickhouse_driver import Client
 
-from deploy.queries import QUERY_DIR, load_queries
+from deploy.queries import QUERY_DIR, format_table, load_queries
 from deploy.stack import Stack, StackError
 from producers import JourneyClient
 from producers.simulator import in_time_order, simulate
@@ -104,7 +103,7 @@ def _summary(client: Client, sent: int, elapsed: float, echo: Callable[[str], No
         rows, columns = client.execute(sql, with_column_types=True)
         echo(f"-- {title}")
         echo(_indent(sql.split("\n", 1)[1] if sql.startswith("--") else sql))
-        echo(_table([c for c, _ in columns], rows))
+        echo(format_table([c for c, _ in columns], rows))
         echo("")
 
 
@@ -115,20 +114,3 @@ def _summary(client: Client, sent: int, elapsed: float, echo: Callable[[str], No
 def _indent(text: str) -> str:
     lines = [line for line in text.splitlines() if not line.startswith("--")]
     return "\n".join("    " + line for line in lines)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [list(header)] + [[_fmt(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths,
-             strict=True))) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join("  " + line for line in lines)
-
-
-def _fmt(value: object) -> str:
-    if isinstance(value, float | Decimal):
-        return f"{value:,.2f}" if isinstance(value, Decimal) else f"{value:,.1f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value) if value != "" else "(none)"

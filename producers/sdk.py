@@ -13,9 +13,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import queue
+import re
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -34,7 +38,7 @@ from schemas import Touchpoint, encode_touchpoint, new_event_id, utcnow, validat
 from schemas.partitioning import key_hash
 from schemas.properties import SCHEMAS, Properties
 
-__all__ = ["JourneyClient", "PublishError"]
+__all__ = ["JourneyClient", "PublishError", "default_spool_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +50,16 @@ class PublishError(RuntimeError):
     """Events could not be accepted (spool full) or not delivered in time (flush)."""
 
 
-def _default_spool_dir(topic: str) -> Path:
+def default_spool_dir(bootstrap_servers: str | list[str], topic: str) -> Path:
+    """``~/.cache/journey-sdk/<broker>/<topic>``: keyed by broker as well as topic, so
+    events kept for one broker are never sent to another that has a topic of the same
+    name (a test cluster and production, say)."""
+    servers = [bootstrap_servers] if isinstance(bootstrap_servers, str) else bootstrap_servers
+    broker = ",".join(sorted(s.strip() for s in servers))
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", broker)[:60]
+    digest = hashlib.blake2b(broker.encode(), digest_size=4).hexdigest()
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "journey-sdk" / topic
+    return base / "journey-sdk" / f"{readable}-{digest}" / topic
 
 
 def kafka_config(bootstrap_servers: str | list[str], *, linger_ms: int = 20,
@@ -72,6 +83,10 @@ def kafka_config(bootstrap_servers: str | list[str], *, linger_ms: int = 20,
         # kafka-python requires delivery > linger + request timeout.
         "request_timeout_ms": max(500, min(10_000, delivery_timeout_ms - linger_ms - 500)),
         "max_block_ms": 5_000,
+        # kafka-python waits up to 30 s for a first broker inside KafkaProducer(); the
+        # sender then says nothing and spools nothing meanwhile (measured: 30 s of
+        # silence with a wrong port). After 3 s it says so and keeps events on disk.
+        "bootstrap_timeout_ms": 3_000,
     }
 
 
@@ -108,11 +123,15 @@ class JourneyClient:
         #: Set by any delivery failure: drain the spool only through a new producer.
         self._reconnect = False
         self._queue: queue.Queue[_Record] = queue.Queue(max_queue)
-        self._spool = DiskSpool(spool_dir or _default_spool_dir(topic), spool_max_bytes)
+        self._spool = DiskSpool(spool_dir or default_spool_dir(bootstrap_servers, topic),
+                                spool_max_bytes)
+        self._broker = bootstrap_servers
+        self._warned = False  # the first outage is said on stderr at once
         self._producer: KafkaProducer | None = None
         self._in_flight = 0
         self._cond = threading.Condition()
         self._closing = False
+        self._closed = threading.Event()  # wakes the sender from its backoff at close()
         self._failures = 0
         self._thread = threading.Thread(target=self._run, name="journey-sdk-sender", daemon=True)
         self._thread.start()
@@ -220,18 +239,35 @@ class JourneyClient:
                                        f"{self._spool.directory}); they are kept and retried")
                 self._cond.wait(min(0.2, remaining) if remaining is not None else 0.2)
 
-    def close(self, timeout: float | None = 30.0) -> None:
-        """Flush (up to ``timeout``), stop the sender; undelivered events stay spooled."""
-        try:
+    def close(self, timeout: float | None = 30.0) -> int:
+        """Flush (up to ``timeout``) and stop the sender. Returns how many events could
+        not be delivered: they are kept in the spool, said on the log, and sent by the
+        next client on the same broker and topic (or ``spool_dir``). Raises
+        :class:`PublishError` only for events it could not keep (the spool is full)."""
+        with contextlib.suppress(PublishError):  # what is undelivered is spooled below
             self.flush(timeout)
-        finally:
-            self._closing = True
-            with self._cond:
-                self._cond.notify_all()
-            self._thread.join(timeout=10)
-            if self._producer is not None:
-                self._producer.close(timeout=5)
-            self._spool.close()
+        self._closing = True
+        self._closed.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._thread.join(timeout=10)
+        if self._producer is not None:
+            self._producer.close(timeout=5)  # failed sends land in the spool (errback)
+        lost = 0
+        try:  # a sender still waiting for a broker leaves its queue: keep it here
+            self._drain_queue_to_spool()
+        except SpoolFull:
+            lost = self._queue.qsize() + 1
+        kept = len(self._spool)
+        self._spool.close()
+        if lost:
+            raise PublishError(f"{lost} events were lost: the spool in "
+                               f"{self._spool.directory} is full")
+        if kept:
+            log.warning("journey SDK: %d events not delivered to %s are kept in %s; the next "
+                        "client for this broker and topic sends them", kept, self._broker,
+                        self._spool.directory)
+        return kept
 
     def __enter__(self) -> JourneyClient:
         return self
@@ -254,7 +290,7 @@ class JourneyClient:
                     if self._send_spooled():
                         backoff = 0.25
                     else:
-                        time.sleep(backoff)
+                        self._closed.wait(backoff)
                         backoff = min(backoff * 2, 10.0)
                     continue
                 try:
@@ -271,14 +307,28 @@ class JourneyClient:
             except KafkaError as exc:
                 self._reconnect = True
                 # No broker yet (bootstrap) or no metadata: keep events on disk meanwhile.
-                log.warning("broker unavailable (%s); spooling to %s", exc,
-                            self._spool.directory)
                 self._drain_queue_to_spool()
-                time.sleep(backoff)
+                self._say_unreachable(exc)
+                self._closed.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
             except Exception:  # never let the sender die: the app would block forever
                 log.exception("unexpected error in the journey SDK sender")
-                time.sleep(backoff)
+                self._closed.wait(backoff)
+
+    def _say_unreachable(self, exc: BaseException) -> None:
+        """Once per outage as a warning (on stderr if the app set up no logging), then
+        at info level."""
+        message = (f"journey SDK: cannot reach the broker at {self._broker} ({exc}); "
+                   f"{len(self._spool)} events are kept in {self._spool.directory} and "
+                   "sent once it answers")
+        if self._warned:
+            log.info(message)
+            return
+        self._warned = True
+        if logging.getLogger().hasHandlers() or log.hasHandlers():
+            log.warning(message)
+        else:  # the app set up no logging: still say it, once
+            print(message, file=sys.stderr, flush=True)
 
     def _send(self, record: _Record) -> None:
         assert self._producer is not None
@@ -341,10 +391,10 @@ class JourneyClient:
         self._spool.commit(delivered)
         self._notify()
         if delivered < len(records):
-            log.warning("broker still unavailable: %d events wait in %s", len(self._spool),
-                        self._spool.directory)
+            self._say_unreachable("no acknowledgement")
             return False
         log.info("sent %d spooled events", delivered)
+        self._warned = False  # the next outage is said again
         return True
 
     def _notify(self) -> None:

@@ -170,7 +170,8 @@ class Settings:
         "the sentAt clock-skew correction) is rejected (reason `out_of_bounds`).")
     collector_cors_origins: str = _setting(
         "", "JOURNEY_COLLECTOR_CORS_ORIGINS",
-        "Browser origins allowed to send, comma separated (e.g. https://shop.example).")
+        "Browser origins allowed to send, comma separated (e.g. https://shop.example). "
+        "Empty (the local default): pages on localhost or 127.0.0.1 and local files only.")
     collector_rate_limit: float = _setting(
         1000.0, "JOURNEY_COLLECTOR_RATE_LIMIT", "Events per second allowed per write key.")
     collector_rate_burst: float = _setting(

@@ -125,7 +125,8 @@ def _message_and_field(exc: msgspec.ValidationError) -> tuple[str, str]:
 
 def _check(tp: Touchpoint) -> Touchpoint:
     if tp.type not in TOUCHPOINT_TYPES:
-        raise SchemaError(f"unknown touchpoint type {tp.type!r}", field="$.type",
+        raise SchemaError(f"unknown touchpoint type {tp.type!r}; `journey schemas` lists "
+                          "the types", field="$.type",
                           reason="unknown_type")
     model = properties_model(tp.type, tp.version)
     if model is None:

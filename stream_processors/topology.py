@@ -3,7 +3,7 @@
     <prefix>.touchpoints
         │  route_by_device (stages/routing.py): validate; invalid → dead letters
         ├──── anonymous ───────────► <prefix>.touchpoints-by-device (key: device)
-        │     (identified, with a       │  resolve_identity (stages/identity.py):
+        │     (an identify with a       │  resolve_identity (stages/identity.py):
         │      device: a Link too)      │  `devices` table (device → customer); the first
         │                               │  link of a device merges its anonymous journey
         └──── identified ────────┐      │
@@ -19,6 +19,9 @@
                                  │  aggregate_cx (stages/aggregator.py): `cx-windows`
                                  ▼
         ClickHouse: cx_metrics (open windows as they fill, then the final value)
+
+    <prefix>.dead-letters ── record_rejects (stages/rejects.py): the collector's
+        rejects → ClickHouse: dead_letters (the worker writes its own letters' rows)
 
 This file only wires: topics, tables, one stage object per hop, agents that feed a
 stage a batch and commit what it returns, and timers. The stages hold the logic and
@@ -92,6 +95,7 @@ from stream_processors.journey import decode_log
 from stream_processors.metrics import WorkerMetrics
 from stream_processors.stages import (
     Aggregator,
+    CollectorRejects,
     IdentityResolver,
     JourneyUpdater,
     PartitionWindows,
@@ -153,6 +157,7 @@ journey_updater = JourneyUpdater(
     anonymous_retention=settings.anonymous_retention,
     merged_retention=settings.merged_retention)
 aggregator = Aggregator(metrics, PARTITIONS, settings.cx_update_seconds)
+rejects = CollectorRejects(PARTITIONS)
 committer = Committer(sink.write, {
     BY_DEVICE: by_device_topic, JOURNEY_EVENTS: journey_events_topic,
     CX_PARTIALS: cx_partials_topic, DEAD_LETTERS: dead_letters_topic, ALERTS: alerts_topic})
@@ -211,6 +216,14 @@ async def aggregate_cx(stream: StreamT) -> None:
                 _decoded(b, decode_partial), _staged(cx_windows, e, _named_partition),
                 utcnow(), _row_version()),
             forget=aggregator.held.clear)
+
+
+@app.agent(dead_letters_topic)
+async def record_rejects(stream: StreamT) -> None:
+    async for events in _batches(stream, WITHIN):
+        batch = [Message(e.message.partition, e.message.offset, e.key, e.value) for e in events]
+        await runner.run("record_rejects", dead_letters_topic.get_topic_name(), batch,
+                         lambda b: rejects.record(b, utcnow()))
 
 
 # ── partitions come and go ───────────────────────────────────────────────────

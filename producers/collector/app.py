@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,9 @@ import msgspec
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from limits import RateLimitItemPerSecond
+from limits.storage import MemoryStorage
+from limits.strategies import FixedWindowRateLimiter
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from producers.collector.auth import RateLimiter, Source, WriteKeys, basic_username, is_loopback
@@ -51,22 +55,46 @@ _encoder = msgspec.json.Encoder()
 
 
 #: HTTP status → the ``code`` of an error body.
+_LOCAL_ORIGIN = re.compile(r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?")
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 413: "too_large",
           415: "unsupported_encoding", 429: "rate_limited", 503: "unavailable"}
 
 
 class _Reject(Exception):
-    def __init__(self, status: int, message: str,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None,
+                 code: str | None = None, **extra: Any) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.code = code or _CODES.get(status, "error")
+        self.extra = extra
 
     def response(self) -> web.Response:
-        return web.json_response({"success": False, "code": _CODES.get(self.status, "error"),
-                                  "message": self.message},
+        return web.json_response({"success": False, "code": self.code,
+                                  "message": self.message, **self.extra},
                                  status=self.status, headers=self.headers)
+
+
+class _QuietLog:
+    """Logs each refusal with its reason, at most once per ``every`` seconds per (status,
+    code, source), so that a misconfigured client is visible in the collector's log and
+    a flood of them does not fill it; says how many were left out meanwhile."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self._limit = RateLimitItemPerSecond(1, max(1, round(every)))
+        self._limiter = FixedWindowRateLimiter(MemoryStorage())
+        self._left_out: dict[tuple[str, ...], int] = {}
+
+    def refused(self, status: int, code: str, source: str, path: str, remote: str | None,
+                message: str) -> None:
+        key = (str(status), code, source)
+        if not self._limiter.hit(self._limit, *key):
+            self._left_out[key] = self._left_out.get(key, 0) + 1
+            return
+        left_out = self._left_out.pop(key, 0)
+        log.warning("refused %s %s from %s (%s): %s %s%s", path, source, remote or "?", code,
+                    status, message, f" ({left_out} more like it not logged)" if left_out else "")
 
 
 class Collector:
@@ -79,6 +107,7 @@ class Collector:
         self.client_limiter = RateLimiter(settings.collector_client_rate_limit,
                                           settings.collector_client_rate_burst)
         self.server_only = settings.server_only
+        self.quiet_log = _QuietLog()
         self.bounds = settings.time_bounds
         self.origins = settings.cors_origins
         self.producer: AIOKafkaProducer | None = None
@@ -125,17 +154,29 @@ class Collector:
                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                     ) -> web.StreamResponse:
         origin = request.headers.get("Origin")
-        if origin and origin.rstrip("/") not in self.origins and request.path.startswith("/v1/"):
+        allowed = origin is not None and self._origin_allowed(origin.rstrip("/"))
+        if origin and not allowed and request.path.startswith("/v1/"):
             self._count(request, 403)
-            return _Reject(403, f"origin {origin} is not allowed; add it to "
-                           "JOURNEY_COLLECTOR_CORS_ORIGINS").response()
+            refusal = _Reject(403, f"origin {origin} is not allowed; add it to "
+                              "JOURNEY_COLLECTOR_CORS_ORIGINS", code="origin_not_allowed")
+            self.quiet_log.refused(403, refusal.code, origin, request.path, request.remote,
+                                   refusal.message)
+            return refusal.response()
         response = await handler(request)
-        if origin and origin.rstrip("/") in self.origins:
+        if origin and allowed:
             # No Allow-Credentials: the collector uses no cookies, and a browser then
             # sends none (the write key is no credential a page could leak by it).
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
         return response
+
+    def _origin_allowed(self, origin: str) -> bool:
+        """The listed origins; with none listed (the local default), pages served from
+        this machine and local files (origin ``null``), so that the README's snippet
+        works as written. A deployment lists its shops' origins."""
+        if self.origins:
+            return origin in self.origins
+        return origin == "null" or _LOCAL_ORIGIN.fullmatch(origin) is not None
 
     async def _preflight(self, request: web.Request) -> web.Response:
         return web.Response(status=204, headers={
@@ -165,6 +206,9 @@ class Collector:
             response = await self._handle(request)
         except _Reject as exc:
             response = exc.response()
+            if exc.status < 500:  # 5xx are logged where they happen, with their cause
+                self.quiet_log.refused(exc.status, exc.code, request.get("source", "no valid key"),
+                                       request.path, request.remote, exc.message)
         self._count(request, response.status)
         return response
 
@@ -175,6 +219,7 @@ class Collector:
         source = None
         if header_key is not None:  # before a byte of the body is read
             source = self._authenticate(header_key, request.remote)
+            request["source"] = source.name
         elif encoding != "identity":
             raise _Reject(401, "missing write key: a compressed body must carry its write key "
                           "in the Authorization header (the HTTP Basic username)")
@@ -188,6 +233,7 @@ class Collector:
         if source is None:  # a beacon: the key in the body
             key = payload.get("writeKey")
             source = self._authenticate(key if isinstance(key, str) else None, request.remote)
+            request["source"] = source.name
         messages = self._messages(_SHORT_PATHS.get(request.path, request.path), payload)
         limits = [(self.limiter, source.name, "write key")]
         if source.kind == "client":  # a server key's traffic is the shop's own, often one NAT
@@ -203,6 +249,7 @@ class Collector:
         accepted: list[tuple[bytes, bytes]] = []
         rejected: list[dict[str, Any]] = []
         dead: list[tuple[bytes | None, bytes]] = []
+        generated: list[dict[str, Any]] = []  # ids made for messages that had none
         sent_at = payload.get("sentAt")
         for index, message in enumerate(messages):
             try:
@@ -220,9 +267,17 @@ class Collector:
                 continue
             self.metrics.events.labels("accepted", "").inc()
             accepted.append((tp.key.encode(), encode_touchpoint(tp)))
+            if not message.get("messageId"):
+                generated.append({"index": index, "messageId": tp.event_id})
         await self._publish(accepted, dead)
+        if rejected and not accepted:  # Segment's SDKs do not retry a 400: it would not help
+            first = rejected[0]
+            raise _Reject(400, f"none of the {len(rejected)} events was accepted (the first: "
+                          f"{first['reason']} at {first['field']}: {first['error']}); each is "
+                          "kept in the dead letters", code="invalid_events", accepted=0,
+                          rejected=rejected, generated=generated)
         return web.json_response({"success": True, "accepted": len(accepted),
-                                  "rejected": rejected})
+                                  "rejected": rejected, "generated": generated})
 
     def _authenticate(self, key: str | None, remote: str | None) -> Source:
         """The key's source, if it may send from ``remote`` (the client's address)."""

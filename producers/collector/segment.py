@@ -8,12 +8,15 @@ page_view and ``identify`` links the anonymous id to the customer.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import msgspec
+
 from schemas import TOUCHPOINT_TYPES, SchemaError
 
-__all__ = ["EVENT_NAMES", "to_touchpoint"]
+__all__ = ["EVENT_NAMES", "derived_message_id", "to_touchpoint"]
 
 #: Segment spec event names → touchpoint types.
 EVENT_NAMES: Final[dict[str, str]] = {
@@ -53,7 +56,8 @@ def to_touchpoint(message: dict[str, Any], *, received_at: datetime, source: str
         type_ = name if name in TOUCHPOINT_TYPES else EVENT_NAMES.get(name)
         if type_ is None:
             raise SchemaError(f"event {name!r} is neither a touchpoint type nor a mapped Segment "
-                              "spec event", field="$.event", reason="unknown_type")
+                              "spec event (`journey schemas` lists the types)", field="$.event",
+                              reason="unknown_type")
         props = _properties(name, dict(message.get("properties") or {}))
     elif kind == "page":
         type_ = "page_view"
@@ -71,7 +75,8 @@ def to_touchpoint(message: dict[str, Any], *, received_at: datetime, source: str
     if channel is not None and not isinstance(channel, str):
         raise SchemaError("channel must be a string", field="$.channel", reason="invalid_field")
     touchpoint: dict[str, Any] = {
-        "event_id": message.get("messageId"),
+        "event_id": message.get("messageId") or derived_message_id(
+            message, source, sent_at or received_at.isoformat()),
         "type": type_,
         "version": message.get("version", 1),
         "occurred_at": _occurred_at(message, received_at, sent_at),
@@ -92,6 +97,20 @@ def to_touchpoint(message: dict[str, Any], *, received_at: datetime, source: str
                                   reason="invalid_field")
             touchpoint[key] = str(value)
     return touchpoint
+
+
+def derived_message_id(message: dict[str, Any], source: str, sent: str) -> str:
+    """An event id for a message that has no ``messageId`` (Segment's HTTP API does not
+    require one): a digest of the write key's source and the message, so that a retry
+    of the same payload gets the same id and counts once. A message with no timestamp of
+    its own also mixes in ``sent`` (the batch's sentAt, else when it was received): two
+    identical page views a minute apart are two visits, not a retry."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(source.encode() + b"\0")
+    digest.update(msgspec.json.encode(message, order="sorted"))
+    if not (message.get("timestamp") or message.get("originalTimestamp")):
+        digest.update(b"\0" + sent.encode())
+    return "gen-" + digest.hexdigest()
 
 
 def _properties(name: str, props: dict[str, Any]) -> dict[str, Any]:

@@ -16,12 +16,15 @@ when the partition is assigned, dropped when it is revoked.
 - :mod:`.journeys`: each journey's log, its rows, alerts and CX contributions.
 - :mod:`.partials`: a journey partition's part of the CX metric windows.
 - :mod:`.aggregator`: the sum of the partitions' parts, into cx_metrics.
+- :mod:`.rejects`: the collector's rejects, from the dead-letter topic into the table.
 """
 
 from stream_processors.stages.aggregator import Aggregator
 from stream_processors.stages.identity import IdentityResolver
 from stream_processors.stages.journeys import JourneyUpdater
 from stream_processors.stages.partials import PartitionWindows
+from stream_processors.stages.rejects import CollectorRejects
 from stream_processors.stages.routing import Router
 
-__all__ = ["Aggregator", "IdentityResolver", "JourneyUpdater", "PartitionWindows", "Router"]
+__all__ = ["Aggregator", "CollectorRejects", "IdentityResolver", "JourneyUpdater",
+           "PartitionWindows", "Router"]

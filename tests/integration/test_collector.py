@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from schemas import decode_touchpoint
-from tests.conftest import TEST_CLIENT_KEY, TEST_WRITE_KEY, read_topic
+from tests.conftest import TEST_CLIENT_KEY, TEST_WRITE_KEY, read_topic, wait_for
 
 
 def post(url: str, body: object, *, key: str | None = TEST_WRITE_KEY,
@@ -36,9 +36,18 @@ def post(url: str, body: object, *, key: str | None = TEST_WRITE_KEY,
         return e.code, json.loads(text) if text else {}, dict(e.headers)
 
 
+#: A day a month ago: inside the bounds on times (a fixed date would fall out of them).
+DAY = (datetime.now(UTC) - timedelta(days=30)).replace(hour=10, minute=0, second=0,
+                                                       microsecond=0)
+
+
+def iso(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
 def track(i: int, **extra: object) -> dict:
     return {"type": "track", "event": "page_view", "messageId": f"m-{i}",
-            "anonymousId": f"anon-{i % 3}", "timestamp": "2026-05-01T10:00:00Z", **extra}
+            "anonymousId": f"anon-{i % 3}", "timestamp": iso(DAY), **extra}
 
 
 def test_requests_without_a_valid_key_publish_nothing(settings, start_collector) -> None:
@@ -57,7 +66,7 @@ def test_mixed_batch_reports_each_event_and_dead_letters_the_bad(settings,
     batch = [
         track(1),
         {"type": "track", "event": "Order Completed", "messageId": "m-order",
-         "userId": "cust-9", "timestamp": "2026-05-01T10:05:00Z",
+         "userId": "cust-9", "timestamp": iso(DAY + timedelta(minutes=5)),
          "properties": {"order_id": "o-9", "total": 42.5, "currency": "eur"}},
         {"type": "track", "event": "Teleported", "messageId": "m-bad-type",
          "anonymousId": "anon-1"},
@@ -82,7 +91,7 @@ def test_mixed_batch_reports_each_event_and_dead_letters_the_bad(settings,
     order = published["m-order"]
     assert (order.type, order.customer_id, order.source) == ("order_placed", "cust-9", "shop")
     assert (order.properties["revenue"], order.properties["currency"]) == (42.5, "EUR")
-    assert order.occurred_at == datetime(2026, 5, 1, 10, 5, tzinfo=UTC)
+    assert order.occurred_at == DAY + timedelta(minutes=5)
     assert order.received_at is not None
     ident = published["m-id"]
     assert (ident.type, ident.customer_id, ident.anonymous_id) == ("identify", "cust-9", "anon-1")
@@ -344,3 +353,80 @@ def test_a_rejected_request_tells_rudderstack_why(start_collector) -> None:
         client.track(user_id="u", event="page_view")
     assert (info.value.status, info.value.code) == (401, "unauthorized")
     assert "write key" in info.value.message
+
+
+def test_calls_without_a_message_id_land_once_however_often_retried(settings,
+                                                                    start_collector) -> None:
+    c = start_collector()
+    when = iso(DAY)
+    calls = [("/v1/track", {"type": "track", "event": "page_view", "anonymousId": "a-1",
+                            "timestamp": when}),
+             ("/v1/page", {"anonymousId": "a-1", "name": "Home", "timestamp": when}),
+             ("/v1/identify", {"userId": "c-1", "anonymousId": "a-1", "timestamp": when}),
+             ("/v1/batch", {"batch": [{"type": "track", "event": "page_view",
+                                       "anonymousId": "a-2", "timestamp": when}]})]
+    ids = []
+    for _attempt in range(2):  # the same payloads again: a client's retry
+        for path, payload in calls:
+            status, body, _ = post(f"{c.url}{path}", payload)
+            assert (status, body["success"], body["accepted"]) == (200, True, 1), body
+            ids.append(body["generated"][0]["messageId"])
+    assert ids[:4] == ids[4:] and len(set(ids[:4])) == 4
+    published = [decode_touchpoint(r.value).event_id
+                 for r in read_topic(settings, settings.touchpoints_topic, 8)]
+    assert sorted(published) == sorted(ids)  # 8 records, 4 ids: the worker keeps each once
+    # No timestamp: identical calls sent apart are separate visits, not a retry.
+    bare = {"type": "track", "event": "page_view", "anonymousId": "a-3"}
+    first = post(f"{c.url}/v1/track", {**bare, "sentAt": recent(-0.1)})[1]
+    second = post(f"{c.url}/v1/track", {**bare, "sentAt": recent()})[1]
+    assert first["generated"][0]["messageId"] != second["generated"][0]["messageId"]
+
+
+def test_a_request_with_nothing_accepted_is_a_failure_and_logged(settings,
+                                                                start_collector) -> None:
+    c = start_collector()
+    status, body, _ = post(f"{c.url}/v1/batch", {"batch": [
+        {"type": "track", "event": "Teleported", "messageId": "x-1", "anonymousId": "a"}]})
+    assert (status, body["success"], body["code"], body["accepted"]) == (
+        400, False, "invalid_events", 0)
+    assert "unknown_type" in body["message"] and body["rejected"][0]["messageId"] == "x-1"
+    letters = [json.loads(r.value) for r in read_topic(settings, settings.dead_letter_topic, 1)]
+    assert [json.loads(d["payload"])["messageId"] for d in letters] == ["x-1"]
+    # Every refusal reaches the log with its reason, a flood of them only now and then.
+    for _ in range(30):
+        assert post(f"{c.url}/v1/batch", {"batch": [track(1)]}, key="stolen")[0] == 401
+    wait_for(lambda: "unauthorized" in c.log(), timeout=10, what="the 401 in the log")
+    log = c.log()
+    refused = [line for line in log.splitlines() if "refused" in line]
+    assert any("invalid_events" in line and "shop" in line for line in refused), log
+    assert 1 <= sum("unauthorized" in line for line in refused) <= 2, refused
+
+
+def test_the_collectors_rejects_land_in_the_dead_letters_table(settings, start_collector,
+                                                               start_worker, clickhouse) -> None:
+    start_worker()
+    c = start_collector()
+    status, body, _ = post(f"{c.url}/v1/batch", {"batch": [
+        track(1, timestamp=recent(-1)),
+        {"type": "track", "event": "Teleported", "messageId": "x-2", "anonymousId": "a"}]})
+    assert (status, body["accepted"]) == (200, 1)
+
+    def rows() -> list[tuple]:  # no JSONExtract on ClickHouse 18.16
+        return clickhouse.execute(
+            "SELECT topic, reason, field, position(payload, '\"x-2\"') > 0 FROM dead_letters")
+
+    wait_for(rows, timeout=60, what="the collector's reject in dead_letters")
+    assert rows() == [("collector:shop", "unknown_type", "$.event", 1)]
+
+
+def test_with_no_origins_listed_local_pages_and_files_may_send(start_collector) -> None:
+    c = start_collector(collector_cors_origins="")
+    for origin in ("null", "http://localhost:8000", "http://127.0.0.1:5500"):
+        status, _, headers = post(f"{c.url}/v1/batch", {"batch": [track(1)]},
+                                  headers={"Origin": origin})
+        assert (status, headers.get("Access-Control-Allow-Origin")) == (200, origin)
+    status, body, _ = post(f"{c.url}/v1/batch", {"batch": [track(1)]},
+                           headers={"Origin": "https://shop.example"})
+    assert (status, body["code"]) == (403, "origin_not_allowed")
+    assert "JOURNEY_COLLECTOR_CORS_ORIGINS" in body["message"]
+    wait_for(lambda: "origin_not_allowed" in c.log(), timeout=10, what="the refusal logged")

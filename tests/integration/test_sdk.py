@@ -136,3 +136,27 @@ def test_a_broker_outage_loses_nothing_and_blocks_nobody(tmp_path) -> None:
     finally:
         sdk.close(timeout=5)
         broker.stop()
+
+
+def test_a_wrong_broker_is_said_at_once_and_close_keeps_the_events(settings, tmp_path,
+                                                                   caplog) -> None:
+    ensure_topics(settings)
+    wrong = f"127.0.0.1:{free_port()}"  # nothing listens
+    started = time.monotonic()
+    sdk = JourneyClient(wrong, settings.touchpoints_topic, spool_dir=tmp_path / "spool")
+    ids = [sdk.track("page_view", anonymous_id="a-1").event_id for _ in range(2)]
+    wait_for(lambda: "cannot reach the broker" in caplog.text, timeout=10,
+             what="the SDK to say the broker is unreachable")
+    said_in = time.monotonic() - started
+    assert wrong in caplog.text and str(tmp_path / "spool") in caplog.text
+    assert sdk.close(timeout=2) == 2  # returns: both are safe on disk, and says so
+    assert "2 events not delivered" in caplog.text
+    print(f"unreachable broker said after {said_in:.1f} s")
+    # The right broker, the same spool: the next client delivers them.
+    with JourneyClient(settings.bootstrap_servers, settings.touchpoints_topic,
+                       spool_dir=tmp_path / "spool") as again:
+        again.flush(30)
+    got = [decode_touchpoint(r.value).event_id
+           for r in read_topic(settings, settings.touchpoints_topic, 2)]
+    assert sorted(got) == sorted(ids)
+

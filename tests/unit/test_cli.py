@@ -44,3 +44,15 @@ def test_schemas_list_and_export(capsys: pytest.CaptureFixture, tmp_path) -> Non
     assert main(["schemas", "export", str(tmp_path)]) == 0
     assert (tmp_path / "order_placed.v2.json").exists()
     assert len(list(tmp_path.glob("*.json"))) == 26
+
+
+def test_query_lists_the_analyst_queries_and_refuses_an_unknown_one(
+        capsys: pytest.CaptureFixture) -> None:
+    from deploy.queries import QUERY_DIR
+
+    assert main(["query"]) == 0
+    out = capsys.readouterr().out
+    names = sorted(p.stem for p in QUERY_DIR.glob("*.sql"))
+    assert [line.split()[0] for line in out.splitlines()[:len(names)]] == names
+    assert main(["query", "no_such_query"]) == 2
+    assert "`journey query` lists them" in capsys.readouterr().err

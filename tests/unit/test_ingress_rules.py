@@ -106,3 +106,31 @@ def test_server_only_types_must_be_known() -> None:
     with pytest.raises(ConfigError, match="journey schemas"):
         Settings.from_env({"JOURNEY_SERVER_ONLY_TYPES": "delivery_updated,teleported"})
     assert "delivery_updated" in Settings().server_only
+
+
+def test_a_message_without_an_id_gets_one_that_a_retry_repeats() -> None:
+    from producers.collector.segment import to_touchpoint
+
+    message = {"type": "track", "event": "page_view", "anonymousId": "a",
+               "timestamp": "2026-06-01T11:00:00Z", "properties": {"path": "/", "x": 1}}
+    reordered = {"properties": {"x": 1, "path": "/"}, "anonymousId": "a",
+                 "timestamp": "2026-06-01T11:00:00Z", "event": "page_view", "type": "track"}
+
+    def event_id(msg: dict, source: str = "shop", sent: str | None = None,
+                 received: datetime = NOW) -> str:
+        return to_touchpoint(msg, received_at=received, source=source, sent_at=sent)["event_id"]
+
+    first = event_id(message)
+    assert first.startswith("gen-") and len(first) == 36
+    # A retry: later, another sentAt, keys in another order: the same id.
+    assert event_id(reordered, sent="2026-06-01T12:00:05Z",
+                    received=NOW + timedelta(seconds=5)) == first
+    assert event_id(message, source="web") != first  # another source's event
+    assert event_id({**message, "properties": {"path": "/b"}}) != first
+    assert event_id({**message, "messageId": "m-1"}) == "m-1"  # given ids are kept
+    # No timestamp of its own: when it was sent tells visits apart.
+    bare = {"type": "page", "anonymousId": "a"}
+    assert event_id(bare, sent="2026-06-01T11:00:00Z") == event_id(
+        bare, sent="2026-06-01T11:00:00Z", received=NOW + timedelta(seconds=3))
+    assert event_id(bare, sent="2026-06-01T11:00:00Z") != event_id(
+        bare, sent="2026-06-01T11:01:00Z")

@@ -50,3 +50,13 @@ def test_one_process_per_directory(tmp_path) -> None:
         DiskSpool(tmp_path)
     first.close()
     DiskSpool(tmp_path).close()  # free again once the first is closed
+
+
+def test_the_default_spool_is_kept_per_broker_and_topic(monkeypatch, tmp_path) -> None:
+    from producers.sdk import default_spool_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    one = default_spool_dir(["10.0.0.1:9092", "10.0.0.2:9092"], "shop.touchpoints")
+    assert one == default_spool_dir(["10.0.0.2:9092", "10.0.0.1:9092"], "shop.touchpoints")
+    assert one.parent != default_spool_dir("127.0.0.1:9092", "shop.touchpoints").parent
+    assert one.name == "shop.touchpoints" and one.is_relative_to(tmp_path / "journey-sdk")

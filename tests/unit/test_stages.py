@@ -7,6 +7,7 @@ them on time), never read back from the code under test.
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -623,3 +624,21 @@ def test_a_changelog_record_never_acknowledged_stops_the_batch_before_it_is_done
     with pytest.raises(asyncio.TimeoutError):  # a transient error: the worker replays
         asyncio.run(committer.commit(out))
     assert calls == [("queued", b"x")]
+
+
+# ── collector rejects ─────────────────────────────────────────────────────────
+def test_the_collectors_rejects_become_dead_letter_rows_the_workers_own_are_skipped() -> None:
+    from stream_processors.stages.rejects import CollectorRejects
+
+    collector = json.dumps({"reason": "unknown_type", "field": "$.event", "error": "no such",
+                            "source": "shop", "received_at": "2026-06-01T11:59:00+00:00",
+                            "payload": '{"event": "Teleported"}'}).encode()
+    own = json.dumps({"reason": "invalid_json", "field": "$", "error": "x", "topic": "t",
+                      "partition": 0, "offset": 5, "payload": "{"}).encode()
+    out = CollectorRejects(P).record([Message(2, 40, b"m-1", collector),
+                                      Message(2, 41, None, own),
+                                      Message(2, 42, None, b"\xff not json")], NOW)
+    assert out.rows["dead_letters"] == [
+        (datetime(2026, 6, 1, 11, 59, tzinfo=UTC), "collector:shop", 2, 40, "unknown_type",
+         "$.event", "no such", '{"event": "Teleported"}')]
+    assert out.sent() == [] and out.saves == []
