@@ -65,8 +65,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
     print(f"Starting {', '.join(components)} (data in {settings.data_dir.resolve()}) ...")
     with Stack(settings) as stack:
         stack.start(components)
-        print("Ready. Ctrl-C stops everything. A worker or collector that dies is started "
-              "again.")
+        print(f"Logs: {stack.data_dir / 'logs'}/<component>.log")
+        print("Ready: the worker is consuming. Ctrl-C stops everything. A worker or "
+              "collector that dies is started again.")
         try:
             name = stack.wait(restart=True)
         except KeyboardInterrupt:
@@ -265,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (StackError, ConfigError) as exc:
-        print(f"journey: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"journey: {line}", file=sys.stderr)
         return 2
 
 

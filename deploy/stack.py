@@ -97,6 +97,7 @@ class _Child:
     address: str
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
+    prepare: Callable[[], object] | None = None  # run just before it is started
     process: subprocess.Popen | None = None
     log_path: Path | None = None
     started_at: float = 0.0
@@ -122,12 +123,12 @@ class Stack:
         if unknown:
             raise StackError(f"unknown component(s) {sorted(unknown)}; choose from {COMPONENTS}")
         children = [self._child(name) for name in components]
-        for child in children:  # check everything before starting anything
-            for host, port, setting in child.ports:
-                if port_in_use(host, port):
-                    raise StackError(
-                        f"port {port} on {host} ({child.name}) is already in use: stop what "
-                        f"listens there or choose another port with {setting}")
+        taken = [f"port {port} on {host} ({child.name}) is already in use: stop what listens "
+                 f"there or choose another port with {setting}"
+                 for child in children for host, port, setting in child.ports
+                 if port_in_use(host, port)]
+        if taken:  # every conflict at once, before anything is started or written
+            raise StackError("\n".join(taken))
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         try:
             for child in children:
@@ -208,6 +209,8 @@ class Stack:
     def _launch(self, child: _Child, at: int | None = None) -> None:
         log_path = self.data_dir / "logs" / f"{child.name}.log"
         child.log_path = log_path
+        if child.prepare is not None:
+            child.prepare()
         with open(log_path, "ab") as log:
             child.process = subprocess.Popen(
                 child.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -241,14 +244,14 @@ class Stack:
         if name == "clickhouse":
             host, port = s.clickhouse_host_port
             http = s.clickhouse_http_port
-            config = self._clickhouse_config(host, port, http)
+            config = self.data_dir / "clickhouse" / "config.xml"
             return _Child(
                 name, [clickhouse_server_bin(), f"--config-file={config}"],
                 [(host, port, "--clickhouse-port or JOURNEY_CLICKHOUSE_URL"),
                  (host, http, "--clickhouse-http-port or JOURNEY_CLICKHOUSE_HTTP_PORT")],
                 lambda: _http_ok(f"http://{host}:{http}/ping"),
                 f"clickhouse://{host}:{port} (http :{http}, database {s.clickhouse_database})",
-                cwd=config.parent)
+                cwd=config.parent, prepare=lambda: self._clickhouse_config(host, port, http))
         env = s.replace(data_dir=self.data_dir).to_env()
         if name == "collector":
             host, port = s.collector_host, s.collector_port
@@ -262,7 +265,8 @@ class Stack:
         return _Child(
             name, [sys.executable, "-m", "deploy.cli", "worker"],
             [(host, port, "--worker-port or JOURNEY_WORKER_WEB_PORT")],
-            lambda: _http_ok(f"http://{host}:{port}/healthz"),
+            # Consuming, not only answering: ``Ready`` then means events are processed.
+            lambda: _http_ok(f"http://{host}:{port}/readyz"),
             f"http://{host}:{port}/metrics", env=env)
 
     def _clickhouse_config(self, host: str, port: int, http_port: int) -> Path:

@@ -405,3 +405,13 @@ async def metrics_page(web: Web, request: Request) -> Response:
 @app.page("/healthz")
 async def healthz(web: Web, request: Request) -> Response:
     return web.json({"status": "ok"})
+
+
+@app.page("/readyz")
+async def readyz(web: Web, request: Request) -> Response:
+    """Consuming: the worker holds partitions and no rebalance or recovery is under way
+    (``/healthz`` only says the process answers). ``journey up`` waits for this."""
+    partitions = len(app.consumer.assignment()) if app.consumer else 0
+    ready = partitions > 0 and not app.rebalancing
+    return web.json({"ready": ready, "partitions": partitions},
+                    status=200 if ready else 503)

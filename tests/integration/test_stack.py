@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -29,10 +30,14 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
                                  "JOURNEY_TOPIC_PARTITIONS": "2"})
     out = tmp_path / "up.out"
     try:
-        wait_for(lambda: "Ready." in out.read_text() or proc.poll() is not None, timeout=120,
+        wait_for(lambda: "Ready:" in out.read_text() or proc.poll() is not None, timeout=120,
                  what="`journey up` to report Ready")
         text = out.read_text()
         assert proc.poll() is None, text
+        # Ready means consuming: the worker holds its partitions already.
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['--worker-port']}/readyz") as r:
+            assert r.status == 200 and json.loads(r.read())["partitions"] > 0
+        assert f"Logs: {tmp_path.resolve() / 'logs'}" in text
         assert f"kafka://127.0.0.1:{ports['--broker-port']}" in text
         assert f"clickhouse://127.0.0.1:{ports['--clickhouse-port']}" in text
         assert f"http://127.0.0.1:{ports['--worker-port']}/metrics" in text
@@ -70,22 +75,26 @@ def test_up_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     assert not any(port_in_use("127.0.0.1", p) for p in ports.values())
 
 
-def test_up_on_a_taken_port_fails_with_one_clear_line(tmp_path: Path) -> None:
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
-        port = squatter.getsockname()[1]
+def test_up_on_taken_ports_names_them_all_before_starting_anything(tmp_path: Path) -> None:
+    with socket.socket() as one, socket.socket() as two:
+        for squatter in (one, two):
+            squatter.bind(("127.0.0.1", 0))
+            squatter.listen()
+        port, other = one.getsockname()[1], two.getsockname()[1]
         result = subprocess.run(
             [sys.executable, "-m", "deploy.cli", "up", "--data-dir", str(tmp_path),
              "--broker-port", str(port), "--clickhouse-port", str(free_port()),
-             "--clickhouse-http-port", str(free_port()), "--worker-port", str(free_port()),
+             "--clickhouse-http-port", str(free_port()), "--worker-port", str(other),
              "--collector-port", str(free_port())],
             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert result.stderr.strip() == (
+    assert result.stderr.strip().splitlines() == [
         f"journey: port {port} on 127.0.0.1 (broker) is already in use: stop what listens "
-        "there or choose another port with --broker-port or JOURNEY_BROKER_URL")
-    assert not (tmp_path / "logs").exists()  # nothing was started
+        "there or choose another port with --broker-port or JOURNEY_BROKER_URL",
+        f"journey: port {other} on 127.0.0.1 (worker) is already in use: stop what listens "
+        "there or choose another port with --worker-port or JOURNEY_WORKER_WEB_PORT"]
+    # Nothing was started, and nothing written: not even ClickHouse's config.
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "clickhouse").exists()
 
 
 def _listening_on(port: int) -> set[str]:
