@@ -26,5 +26,5 @@ def test_a_named_query_prints_a_table_with_its_header(settings, clickhouse, monk
     assert lines[-1] == "(2 rows)"
     assert main(["query", "journeys_by_stage", "--csv"]) == 0
     rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
-    assert rows == [["stage", "journeys", "identified", "orders", "revenue"],
-                    ["awareness", "1", "0", "0", "0.00"], ["purchase", "1", "1", "2", "59.80"]]
+    assert rows == [["stage", "journeys", "identified", "orders", "revenue"],  # raw values
+                    ["awareness", "1", "0", "0", "0"], ["purchase", "1", "1", "2", "59.8"]]
