@@ -18,6 +18,7 @@ import asyncio
 import logging
 import math
 import re
+import secrets
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -261,8 +262,9 @@ class Collector:
                 rejected.append({"index": index, "messageId": message_id, "reason": exc.reason,
                                  "field": exc.field, "error": exc.detail})
                 dead.append((str(message_id).encode() if message_id else None, _encoder.encode({
-                    "reason": exc.reason, "field": exc.field, "error": exc.detail,
-                    "source": source.name, "received_at": received_at.isoformat(),
+                    "letter": secrets.randbits(63), "reason": exc.reason, "field": exc.field,
+                    "error": exc.detail, "source": source.name,
+                    "received_at": received_at.isoformat(),
                     "payload": _encoder.encode(message).decode()})))
                 continue
             self.metrics.events.labels("accepted", "").inc()

@@ -3,8 +3,13 @@
 The collector refuses an event with its reason and keeps it on the dead-letter topic;
 it has no ClickHouse connection of its own, so the worker files those letters where an
 analyst looks for them, beside its own (the worker writes its own letters' rows itself
-and marks them with the topic they were read from, so they are skipped here). Each row
-is keyed by the letter's place in the dead-letter topic: a replay rewrites the same row.
+and marks them with the topic they were read from, so they are skipped here).
+
+Each row is keyed by the letter's number, which the collector draws for it, in the
+``offset`` column: the collector's producer is not idempotent (Tansu refuses
+InitProducerId), so a retried send can put one letter on the topic twice, and both
+records, like a replay, rewrite the same row. A letter without a number (from an older
+collector) is keyed by its place in the topic.
 """
 
 from __future__ import annotations
@@ -44,10 +49,15 @@ class CollectorRejects:
                 continue
             out.rows["dead_letters"].append(dead_letter_row(
                 _time(letter.get("received_at"), now), f"collector:{letter.get('source', '?')}",
-                message.partition, message.offset, str(letter.get("reason", "")),
+                message.partition, _number(letter.get("letter"), message.offset),
+                str(letter.get("reason", "")),
                 str(letter.get("field", "")), str(letter.get("error", "")),
                 str(letter.get("payload", "")).encode()))
         return out
+
+
+def _number(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and 0 <= value < 2 ** 63 else default
 
 
 def _time(text: Any, default: datetime) -> datetime:

@@ -630,15 +630,21 @@ def test_a_changelog_record_never_acknowledged_stops_the_batch_before_it_is_done
 def test_the_collectors_rejects_become_dead_letter_rows_the_workers_own_are_skipped() -> None:
     from stream_processors.stages.rejects import CollectorRejects
 
-    collector = json.dumps({"reason": "unknown_type", "field": "$.event", "error": "no such",
+    collector = json.dumps({"letter": 7, "reason": "unknown_type", "field": "$.event",
+                            "error": "no such",
                             "source": "shop", "received_at": "2026-06-01T11:59:00+00:00",
                             "payload": '{"event": "Teleported"}'}).encode()
     own = json.dumps({"reason": "invalid_json", "field": "$", "error": "x", "topic": "t",
                       "partition": 0, "offset": 5, "payload": "{"}).encode()
+    unnumbered = json.dumps({"reason": "too_large", "source": "shop"}).encode()
     out = CollectorRejects(P).record([Message(2, 40, b"m-1", collector),
                                       Message(2, 41, None, own),
-                                      Message(2, 42, None, b"\xff not json")], NOW)
-    assert out.rows["dead_letters"] == [
-        (datetime(2026, 6, 1, 11, 59, tzinfo=UTC), "collector:shop", 2, 40, "unknown_type",
-         "$.event", "no such", '{"event": "Teleported"}')]
+                                      Message(2, 42, None, b"\xff not json"),
+                                      Message(2, 43, b"m-1", collector),  # a retried send
+                                      Message(2, 44, None, unnumbered)], NOW)
+    letter = (datetime(2026, 6, 1, 11, 59, tzinfo=UTC), "collector:shop", 2, 7, "unknown_type",
+              "$.event", "no such", '{"event": "Teleported"}')
+    # One row key for both records of letter 7; the unnumbered one keyed by its offset.
+    assert out.rows["dead_letters"][:2] == [letter, letter]
+    assert out.rows["dead_letters"][2][1:5] == ("collector:shop", 2, 44, "too_large")
     assert out.sent() == [] and out.saves == []
