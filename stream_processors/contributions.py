@@ -13,6 +13,11 @@ channel, the channel an order was placed through, a touchpoint's channel). The r
 thing may arrive after the answer; the answer's ``rated`` part then waits in the
 journey (``pending_rated``) until it does, so the result does not depend on arrival
 order as long as it comes before the window closes.
+
+Orders, ticket opens and delivery statuses count once per natural key
+(:func:`stream_processors.journey.natural_key`), at the earliest copy's time, as the
+fold and the SQL audit count them: a repeat adds nothing, and an earlier copy that
+arrives after a later one takes the later one's contribution back (``samples=-1``).
 """
 
 from __future__ import annotations
@@ -20,11 +25,11 @@ from __future__ import annotations
 from typing import Any, Final
 
 from stream_processors.cx_metrics import csat_satisfied, nps_category
-from stream_processors.journey import Journey, JourneyEvent, JourneyLog
+from stream_processors.journey import Journey, JourneyEvent, JourneyLog, natural_key
 from stream_processors.windows import Contribution
 
-__all__ = ["SCALES", "answer_category", "contributions_for", "rated_dimension",
-           "resolve_pending"]
+__all__ = ["SCALES", "answer_category", "contributions_for", "contributions_of_new",
+           "rated_dimension", "resolve_pending"]
 
 #: Multiplier of each metric's ratio: percentages, except CES which is a mean score.
 SCALES: Final = {"nps": 100.0, "csat": 100.0, "ces": 1.0, "on_time_rate": 100.0,
@@ -59,6 +64,32 @@ def contributions_for(e: JourneyEvent, j: Journey, log: JourneyLog) -> list[Cont
     if e.type == "support_ticket_opened":
         return [Contribution("contact_rate", "all", e.at, 1.0, 0.0)]
     return []
+
+
+def contributions_of_new(e: JourneyEvent, j: Journey, log: JourneyLog,
+                         new: set[str]) -> tuple[list[Contribution], bool]:
+    """What a touchpoint new to its journey contributes, and whether it states a new
+    fact (for counters that cannot take anything back).
+
+    ``new``: the ids of every touchpoint new to the journey in this batch; the others
+    were counted before.
+    """
+    key = natural_key(e)
+    if key is None:
+        return contributions_for(e, j, log), True
+    ids = j.natural[key]
+    if ids[0] != e.event_id:  # a repeat: its earliest copy counts
+        return [], False
+    counted = next((i for i in ids[1:] if i not in new), None)
+    if counted is None:
+        return contributions_for(e, j, log), True
+    later = next(x for x in log.events if x.event_id == counted)
+    return [*(_taken_back(c) for c in contributions_for(later, j, log)),
+            *contributions_for(e, j, log)], False
+
+
+def _taken_back(c: Contribution) -> Contribution:
+    return Contribution(c.metric, c.dimension, c.at, -c.numerator, -c.denominator, -1)
 
 
 def resolve_pending(j: Journey, log: JourneyLog) -> list[Contribution]:

@@ -6,7 +6,9 @@ guarantees the service promises without special cases:
 
 - **event time, not arrival order**: a late or out-of-order touchpoint is inserted
   where it belongs and the fold runs again;
-- **duplicates change nothing**: a redelivered event id is already in the log;
+- **duplicates change nothing**: a redelivered event id is already in the log, and a
+  business fact sent again under a fresh event id (a shop's server retrying a webhook)
+  counts once by its natural key (:func:`natural_key`): the earliest copy counts;
 - **identity stitching**: merging a device's anonymous journey into the customer's is
   the union of two logs.
 
@@ -27,6 +29,7 @@ from stream_processors.cx_metrics import nps_category
 __all__ = [
     "FUNNEL", "STAGES", "Alert", "Journey", "JourneyEvent", "JourneyLog", "Ticket", "Transition",
     "add_events", "alerts_for", "decode_log", "encode_log", "event_of", "fold", "merge_logs",
+    "natural_key",
 ]
 
 #: The funnel, in order; ``loyal`` and ``churned`` come after it.
@@ -146,6 +149,14 @@ class Journey(msgspec.Struct, kw_only=True):
     recovery: str = ""
     churn_risk: int = 0
     churn_risk_reasons: list[str] = []
+    #: Natural key (:func:`natural_key`) → the ids of its touchpoints, earliest first:
+    #: the first counts, the rest are repeats.
+    natural: dict[str, list[str]] = {}
+
+    def repeats(self, e: JourneyEvent) -> bool:
+        """Whether ``e`` repeats a business fact an earlier touchpoint already stated."""
+        key = natural_key(e)
+        return key is not None and self.natural[key][0] != e.event_id
 
     @property
     def relationship_days(self) -> float:
@@ -161,6 +172,23 @@ class Journey(msgspec.Struct, kw_only=True):
 
 
 # ── the log ──────────────────────────────────────────────────────────────────
+def natural_key(e: JourneyEvent) -> str | None:
+    """The business fact a touchpoint states, where it has a key of its own: an order is
+    placed once, a ticket opened once, and a parcel reaches each delivery status once.
+
+    Event ids make redelivery harmless; these make a resend under a fresh event id (a
+    webhook retried by a shop's server, an import run twice) harmless too.
+    """
+    p = e.properties
+    if e.type == "order_placed":
+        return f"order:{p.get('order_id')}"
+    if e.type == "support_ticket_opened":
+        return f"ticket:{p.get('ticket_id')}"
+    if e.type == "delivery_updated":
+        return f"delivery:{p.get('order_id')}:{p.get('status')}"
+    return None
+
+
 def event_of(tp: Touchpoint, raw: bytes = b"") -> JourneyEvent:
     return JourneyEvent(at=tp.occurred_at, event_id=tp.event_id, type=tp.type,
                         channel=tp.channel, anonymous_id=tp.anonymous_id,
@@ -262,6 +290,7 @@ class _Fold:
         self.churn_reason = ""
         self.recovery = ""
         self.payment_failed_pending = False
+        self.natural: dict[str, list[str]] = {}
 
     def move(self, stage: str, at: datetime, event_id: str, reason: str) -> None:
         if stage == self.stage:
@@ -283,6 +312,13 @@ class _Fold:
         self.last_seen = max(self.last_seen, e.at)
         self.by_type[t] = self.by_type.get(t, 0) + 1
         self.by_channel[e.channel] = self.by_channel.get(e.channel, 0) + 1
+        key = natural_key(e)
+        if key is not None:
+            ids = self.natural.setdefault(key, [])
+            ids.append(e.event_id)
+            if len(ids) > 1:  # a repeat: a touchpoint of its own, but no new fact
+                self.stage_at_event[e.event_id] = self.stage
+                return
         if t in _AWARENESS:
             if not self.stage:
                 self.move("awareness", e.at, e.event_id, t)
@@ -376,7 +412,8 @@ class _Fold:
             orders=self.orders, revenue=self.revenue, first_order_at=self.first_order_at,
             deliveries=self.deliveries, tickets=self.tickets, nps=self.nps, csat=self.csat,
             ces=self.ces, churned=self.churned, churn_reason=self.churn_reason,
-            recovery=self.recovery, churn_risk=score, churn_risk_reasons=reasons)
+            recovery=self.recovery, churn_risk=score, churn_risk_reasons=reasons,
+            natural=self.natural)
 
 
 #: (points, reason): a simple score whose every point has a reason a person can act on.
@@ -469,7 +506,7 @@ def alerts_for(log: JourneyLog, j: Journey, *, now: datetime,
                 alert(f"low_csat:{e.event_id}", "low_csat_followup",
                       f"CSAT {score}: follow up with the customer{rated}", (e.event_id,), e.at)
         elif (e.type == "delivery_updated" and p.get("status") in _BAD_DELIVERY
-              and not any(opened >= e.at for opened in tickets_opened)):
+              and not j.repeats(e) and not any(opened >= e.at for opened in tickets_opened)):
             alert(f"bad_delivery:{e.event_id}", "proactive_outreach",
                   f"delivery of order {p.get('order_id')} {p.get('status')} and no support "
                   "contact yet: reach out first", (e.event_id,), e.at)

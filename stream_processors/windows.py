@@ -79,6 +79,8 @@ class Contribution(msgspec.Struct, frozen=True, array_like=True):
     at: datetime
     numerator: float
     denominator: float = 1.0
+    #: -1 takes back an earlier contribution (its numerator and denominator negated).
+    samples: int = 1
 
 
 class WindowState(msgspec.Struct, array_like=True):
@@ -89,7 +91,7 @@ class WindowState(msgspec.Struct, array_like=True):
     def add(self, c: Contribution) -> None:
         self.numerator += c.numerator
         self.denominator += c.denominator
-        self.samples += 1
+        self.samples += c.samples
 
     def ratio(self, scale: float = 100.0) -> float | None:
         return scale * self.numerator / self.denominator if self.denominator else None

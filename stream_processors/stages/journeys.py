@@ -48,7 +48,11 @@ from stream_processors.commands import (
     Watermark,
     encode_command,
 )
-from stream_processors.contributions import answer_category, contributions_for, resolve_pending
+from stream_processors.contributions import (
+    answer_category,
+    contributions_of_new,
+    resolve_pending,
+)
 from stream_processors.cx_metrics import csat_satisfied, nps_category
 from stream_processors.effects import ALERTS, JOURNEY_EVENTS, Message, Output, Store
 from stream_processors.journey import (
@@ -254,15 +258,18 @@ class JourneyUpdater:
         tickets, journey_log.ticket_digests = changed_rows(
             ticket_rows(j, version), journey_log.ticket_digests, _ticket_id)
         rows["support_tickets"] += tickets
-        for tp in {tp.event_id: tp for tp in b.fresh.get(key, [])}.values():
+        fresh = {tp.event_id: tp for tp in b.fresh.get(key, [])}
+        uncounted = fresh.keys() - b.counted
+        for tp in fresh.values():
             rows["touchpoints"].append(touchpoint_row(
                 tp, j.key, journey_log.customer_id,
                 j.stage_at_event.get(tp.event_id, j.stage), now, version))
             if tp.event_id not in b.counted:
-                self._count_cx(tp, j)
+                added, new_fact = contributions_of_new(event_of(tp), j, journey_log, uncounted)
+                if new_fact:
+                    self._count_cx(tp, j)
                 brought_by = b.offsets.get(tp.event_id, offset)
-                new += [(brought_by, c)
-                        for c in contributions_for(event_of(tp), j, journey_log)]
+                new += [(brought_by, c) for c in added]
         contributions += new
         for _, c in new:
             if c.dimension.startswith("rated="):

@@ -1,7 +1,8 @@
 """Every closed CX window: the stream's value = SQL over touchpoints = the simulator's truth.
 
-Touchpoints arrive out of order (some held back by up to half the lateness bound) and
-with duplicates, through both identity paths (by device and by customer).
+Touchpoints arrive out of order (some held back by up to half the lateness bound), with
+duplicates, and with orders, ticket opens and parcel statuses sent again under fresh event
+ids, through both identity paths (by device and by customer). The truth counts each once.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta
 
+import msgspec
 import pytest
 
 from deploy.queries import load_queries
@@ -27,10 +29,18 @@ def truth(events: list[Touchpoint]) -> tuple[dict[WindowKey, float | None], date
 
 
 def arrival_order(events: list[Touchpoint], seed: int) -> list[Touchpoint]:
-    """Event-time order, 15 % held back by up to half the lateness bound, 10 % duplicated."""
+    """Event-time order, 15 % held back by up to half the lateness bound, 10 % duplicated,
+    and a fifth of the orders, ticket opens and parcel statuses sent again under a fresh
+    event id up to 40 minutes later (a retried webhook), before or after the original."""
     rng = random.Random(seed)
     held = LATENESS / 2
-    jittered = sorted(events, key=lambda e: e.occurred_at
+    end = max(e.occurred_at for e in events) - timedelta(days=1)  # the watermark's lead
+    resent = [msgspec.structs.replace(e, event_id=f"resent-{e.event_id}",
+                                      occurred_at=e.occurred_at + rng.random() * held * 0.8)
+              for e in events if e.type in ("order_placed", "support_ticket_opened",
+                                            "delivery_updated")
+              and e.occurred_at < end and rng.random() < 0.2]
+    jittered = sorted(events + resent, key=lambda e: e.occurred_at
                       + (held * rng.random() if rng.random() < 0.15 else timedelta(0)))
     for event in rng.sample(events, len(events) // 10):
         jittered.insert(rng.randrange(len(jittered) + 1), event)

@@ -74,3 +74,34 @@ def test_waiting_answers_move_with_a_merged_device_journey() -> None:
     merge_logs(customer, device)
     assert customer.pending_rated == [answer.event_id]
     assert contributions(customer) == {}  # the rated touchpoint never came
+
+
+def test_a_resent_fact_adds_nothing_and_an_earlier_copy_takes_the_later_ones_place() -> None:
+    from stream_processors.contributions import contributions_of_new
+
+    log = JourneyLog(key="c-1", customer_id="c-1")
+    later = ev("delivery_updated", 40, order_id="o-1", status="late")
+    add_events(log, [*shop(), later])
+    j = fold(log)
+    assert contributions_of_new(later, j, log, {later.event_id})[1] is True  # a new fact
+    resent = ev("delivery_updated", 41, order_id="o-1", status="late")
+    add_events(log, [resent])
+    assert contributions_of_new(resent, fold(log), log, {resent.event_id}) == ([], False)
+    # The carrier's first report arrives last: the fact moves to its time (two windows
+    # apart), the later copy's part is taken back, and no counter counts it again.
+    earliest = ev("delivery_updated", 30, order_id="o-1", status="late")
+    add_events(log, [earliest])
+    parts, new_fact = contributions_of_new(earliest, fold(log), log, {earliest.event_id})
+    assert new_fact is False
+    assert sorted((c.metric, c.at, c.numerator, c.denominator, c.samples) for c in parts) == [
+        ("damaged_rate", earliest.at, 0.0, 1.0, 1), ("damaged_rate", later.at, -0.0, -1.0, -1),
+        ("on_time_rate", earliest.at, 0.0, 1.0, 1), ("on_time_rate", later.at, -0.0, -1.0, -1)]
+    # Two copies new in one batch: only the earliest contributes.
+    log = JourneyLog(key="c-2", customer_id="c-2")
+    a, b = (ev("order_placed", h, order_id="o-5", revenue=1.0) for h in (2, 1))
+    add_events(log, [a, b])
+    j = fold(log)
+    assert contributions_of_new(a, j, log, {a.event_id, b.event_id}) == ([], False)
+    assert [(c.metric, c.at) for c in contributions_of_new(b, j, log, {a.event_id,
+                                                                       b.event_id})[0]] == [
+        ("contact_rate", b.at)]

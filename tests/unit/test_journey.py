@@ -207,3 +207,34 @@ def test_churn_risk_over_the_threshold_and_nobody_anonymous() -> None:
     got = alerts(*shop(ev("subscription_cancelled", 50)))
     assert [(a.kind, a.reason) for a in got] == [("churn_risk", "churn risk 100: cancelled")]
     assert alerts(ev("survey_response", 1, survey="nps", score=0), key="anon:a-1") == []
+
+
+def test_a_fact_resent_under_a_fresh_event_id_counts_once() -> None:
+    # A shop's server retrying its webhook: new event ids, the same order, ticket and
+    # parcel status. Counted by hand: one order of 50.00, one ticket, one late parcel.
+    retried = [ev("order_placed", 3.5, order_id="o-1", revenue=50.0),
+               ev("delivery_updated", 40, order_id="o-1", status="late"),
+               ev("delivery_updated", 40.5, order_id="o-1", status="late"),
+               ev("support_ticket_opened", 41, ticket_id="t-1", channel="chat"),
+               ev("support_ticket_opened", 41.2, ticket_id="t-1", channel="email")]
+    j = journey_of(*shop(*retried))
+    assert (j.orders, j.revenue, j.stage) == (1, 50.0, "post_purchase")  # not loyal
+    assert j.deliveries == {"late": 1}
+    assert list(j.tickets) == ["t-1"] and j.tickets["t-1"].channel == "chat"
+    assert j.touchpoints == 9  # every copy is still a touchpoint of its own
+    assert j.natural["order:o-1"][1:] == [retried[0].event_id]
+    # A second order is a second order.
+    j = journey_of(*shop(ev("order_placed", 5, order_id="o-2", revenue=20.0)))
+    assert (j.orders, j.revenue, j.stage) == (2, 70.0, "loyal")
+
+
+def test_the_earliest_copy_of_a_fact_counts_whatever_the_arrival_order() -> None:
+    first = ev("order_placed", 3, order_id="o-9", revenue=10.0)
+    again = ev("order_placed", 9, order_id="o-9", revenue=10.0)
+    log = JourneyLog(key="c-1", customer_id="c-1")
+    add_events(log, [again])
+    assert fold(log).first_order_at == again.at
+    add_events(log, [first])
+    j = fold(log)
+    assert (j.orders, j.first_order_at) == (1, first.at)
+    assert j.repeats(again) and not j.repeats(first)

@@ -134,3 +134,14 @@ def test_a_closed_window_never_changes_and_panes_leave_once_no_window_needs_them
     assert all(state.samples == 2 for state in rest.values())  # the late one counts here
     assert {name for name, _ in rest} == {"24h", "7d", "30d"}  # every 1 h one had closed
     assert windows.panes == {} and windows.expiry == []
+
+
+def test_a_contribution_taken_back_leaves_the_window_as_before() -> None:
+    from stream_processors.windows import Contribution, WindowState
+
+    state = WindowState()
+    at = datetime(2026, 5, 1, tzinfo=UTC)
+    state.add(Contribution("on_time_rate", "all", at, 1.0))
+    state.add(Contribution("on_time_rate", "all", at, 0.0))
+    state.add(Contribution("on_time_rate", "all", at, -1.0, -1.0, -1))
+    assert (state.numerator, state.denominator, state.samples) == (0.0, 1.0, 1)

@@ -2,7 +2,8 @@
 -- Same metrics, dimensions, windows and starts as the stream; its final rows must
 -- agree (add e.g. WHERE window = '24h' to narrow it). Ratio metrics only: NPS and CSAT
 -- in %, CES as a mean, on-time and damaged deliveries in %, and the contact rate
--- (tickets opened per 100 orders placed).
+-- (tickets opened per 100 orders placed), each order, ticket and parcel status counted
+-- once however many event ids it came under.
 SELECT
     metric,
     dimension,
@@ -70,6 +71,17 @@ FROM
                OR (type = 'delivery_updated'
                    AND visitParamExtractString(properties, 'status')
                        IN ('on_time', 'late', 'damaged'))
+            -- an order, a ticket's opening, a parcel's status: once each (the earliest
+            -- copy), however many event ids it was sent under
+            ORDER BY occurred_at, event_id
+            LIMIT 1 BY journey_key, multiIf(
+                type = 'order_placed',
+                concat('order:', visitParamExtractString(properties, 'order_id')),
+                type = 'support_ticket_opened',
+                concat('ticket:', visitParamExtractString(properties, 'ticket_id')),
+                type = 'delivery_updated',
+                concat('delivery:', visitParamExtractString(properties, 'order_id'), ':', status),
+                concat('event:', event_id))
         ) AS answers
         ANY LEFT JOIN
         (

@@ -7,13 +7,15 @@ SELECT
     round(100 * countIf(t.tickets > 0) / count(), 1) AS contact_rate_pct
 FROM
 (
-    SELECT journey_key, visitParamExtractString(properties, 'status') AS outcome
+    -- each parcel status once, however many event ids it came under
+    SELECT DISTINCT journey_key, visitParamExtractString(properties, 'order_id') AS order_id,
+           visitParamExtractString(properties, 'status') AS outcome
     FROM touchpoints FINAL
     WHERE type = 'delivery_updated'
 ) AS d
 ANY LEFT JOIN
 (
-    SELECT journey_key, count() AS tickets
+    SELECT journey_key, uniqExact(visitParamExtractString(properties, 'ticket_id')) AS tickets
     FROM touchpoints FINAL
     WHERE type = 'support_ticket_opened'
     GROUP BY journey_key
