@@ -9,6 +9,7 @@ from collections.abc import Callable
 from clickhouse_driver import Client
 
 from deploy.queries import QUERY_DIR, format_table, load_queries
+from deploy.report import cx_summary, format_summary, write_report
 from deploy.stack import Stack, StackError
 from producers import JourneyClient
 from producers.simulator import in_time_order, simulate
@@ -72,6 +73,10 @@ def run_demo(settings: Settings, *, customers: int = 2000, seed: int = 7,
             time.sleep(1)
 
         _summary(db_client, len(events), time.monotonic() - started, echo)
+        summary = cx_summary(db_client)
+        echo(format_summary(summary))
+        report = write_report(summary, stack.data_dir / "report.html")
+        echo(f"  charts (funnel, NPS and CSAT by day, service recovery): {report.resolve()}\n")
         host, port = settings.clickhouse_host_port
         echo("Query further with:\n"
              f"  clickhouse-client --host {host} --port {port} --database {db}\n"
