@@ -168,12 +168,19 @@ runner = BatchRunner(committer, metrics, PARTITIONS)
 # Each feeds its stage a batch and commits the output; ``runner`` keeps a failure from
 # losing the batch (stream_processors/batches.py). A stage gets fresh staged tables on
 # every call, as a failed batch is applied again message by message.
+_continuities: list[consumer.Continuity] = []  # one per agent
+
+
 async def _batches(stream: StreamT, within: float) -> AsyncIterator[list[EventT]]:
     """Batches bounded by size and time, of this generation's events only: an event
     fetched before a rebalance is left to its partition's owner, to read again
-    (consumer.disown_stale says why acknowledging it would lose others)."""
+    (consumer.disown_stale says why acknowledging it would lose others); and without a
+    hole: a partition whose records Faust passed over is read again from there
+    (consumer.Continuity)."""
+    continuity = consumer.Continuity()
+    _continuities.append(continuity)
     async for events in stream.take_events(BATCH, within=within):
-        fresh = consumer.disown_stale(app, events)
+        fresh = await continuity.check(app, consumer.disown_stale(app, events))
         if fresh:
             yield fresh
         consumer.disown_stale(app, fresh)  # a rebalance came during the batch
@@ -253,6 +260,14 @@ async def quiet_hot_path_logs() -> None:
     for name in ("faust.topics", "aiokafka.producer.producer"):
         logger = logging.getLogger(name)
         logger.setLevel(max(logging.INFO, logger.getEffectiveLevel()))
+
+
+@app.timer(interval=1.0)
+async def refill_holes() -> None:
+    """Read again records Faust passed over, where no later record showed the hole yet
+    (consumer.Continuity)."""
+    for continuity in _continuities:
+        await continuity.reseek(app)
 
 
 @app.timer(interval=settings.watermark_interval_seconds)

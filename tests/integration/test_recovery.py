@@ -12,7 +12,7 @@ from rocksdict import Options, Rdict
 from producers import JourneyClient
 from producers.simulator import simulate
 from stream_processors.recovery import probe_highwaters
-from tests.conftest import wait_for
+from tests.conftest import read_topic, wait_for
 from tests.reference import journey_facts, touchpoint_owners
 
 
@@ -29,6 +29,8 @@ def test_damaged_local_state_is_rebuilt_from_the_changelog(settings, clickhouse,
                 for e in person.events:
                     sdk.send(e)
 
+    differences: list[str] = []
+
     def exact(group) -> bool:
         owners = dict((r[0], (r[1], r[2])) for r in clickhouse.execute(
             "SELECT event_id, journey_key, customer_id FROM touchpoints FINAL"))
@@ -36,7 +38,16 @@ def test_damaged_local_state_is_rebuilt_from_the_changelog(settings, clickhouse,
             "SELECT journey_key, touchpoints, orders FROM customer_journeys FINAL "
             "WHERE merged_into = ''")}
         want = {k: (f.touchpoints, f.orders) for k, f in journey_facts(group).items()}
-        return owners == touchpoint_owners(group) and journeys == want
+        want_owners = touchpoint_owners(group)
+        misowned = [(k, owners[k], v) for k, v in want_owners.items()
+                    if k in owners and owners[k] != v]
+        differing = [(k, journeys.get(k), v) for k, v in want.items() if journeys.get(k) != v]
+        differences[:] = [  # shown if the wait times out
+            f"touchpoints missing {sorted(want_owners.keys() - owners.keys())[:5]}, extra "
+            f"{sorted(owners.keys() - want_owners.keys())[:5]}, misowned {misowned[:5]}",
+            f"journeys differing {differing[:5]}, extra "
+            f"{sorted(journeys.keys() - want.keys())[:5]}"]
+        return owners == want_owners and journeys == want
 
     send(first)
     wait_for(lambda: exact(first), timeout=90, what="the first customers, exact")
@@ -53,7 +64,21 @@ def test_damaged_local_state_is_rebuilt_from_the_changelog(settings, clickhouse,
     send(later)
     # The first customers' state came back from the changelog: their later touchpoints
     # (none here) and the new customers' all land exact beside them.
-    wait_for(lambda: exact(people), timeout=90, what="every customer, exact, after the rebuild")
+    try:
+        wait_for(lambda: exact(people), timeout=90, what="every customer, exact, after the "
+                 "rebuild")
+    except BaseException:
+        print("\n".join(differences))
+        from tests.integration.test_faults import _group_progress
+        print(_group_progress(settings))
+        missing = differences[0].split("missing ")[1].split("]")[0].strip("[]'")
+        for topic in (settings.touchpoints_topic, settings.by_device_topic,
+                      settings.journey_events_topic,
+                      f"{settings.app_id}-journeys-changelog"):
+            for r in read_topic(settings, topic, 10 ** 9, timeout=5, settle=0):
+                if missing and missing.encode() in r.value:
+                    print(topic, r.partition, r.offset, r.key, len(r.value))
+        raise
     metrics = worker.metrics()
     assert ('journey_state_rebuilds_total{reason="ahead_of_changelog",table="devices"} 1.0'
             in metrics), [line for line in metrics.splitlines() if "rebuild" in line]
