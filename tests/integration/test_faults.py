@@ -225,7 +225,7 @@ def _group_progress(settings) -> str:
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
     try:
-        committed = admin.list_group_offsets(settings.app_id)
+        committed = admin.list_group_offsets(settings.app_id)[settings.app_id]
         ends = consumer.end_offsets(list(committed))
         return "\n".join(f"{tp.topic}[{tp.partition}]: committed {meta.offset} of {ends[tp]}"
                          for tp, meta in sorted(committed.items()))
