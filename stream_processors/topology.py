@@ -65,7 +65,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from schemas import decode_trusted, utcnow
 from schemas.partitioning import partition_for
-from stream_processors import consumer, recovery
+from stream_processors import consumer, logs, recovery
 from stream_processors.app import app, settings
 from stream_processors.batches import BatchRunner
 from stream_processors.clickhouse.sink import ClickHouseSink
@@ -253,13 +253,15 @@ async def _revoked(app: object, revoked: Iterable[Any], **kwargs: object) -> Non
 
 # ── timers ───────────────────────────────────────────────────────────────────
 @app.task
-async def quiet_hot_path_logs() -> None:
+async def quiet_logs() -> None:
     """Faust and aiokafka log every message sent at debug level; measured at about a
     tenth of the worker's time when enabled, so keep those two loggers at INFO or above.
-    """
+    And a broker outage is one line per kind of failure every 10 s, naming the setting
+    (stream_processors/logs.py); installed here, once Faust has set up logging."""
     for name in ("faust.topics", "aiokafka.producer.producer"):
         logger = logging.getLogger(name)
         logger.setLevel(max(logging.INFO, logger.getEffectiveLevel()))
+    logs.quiet_outages(settings.bootstrap_servers)
 
 
 @app.timer(interval=1.0)
