@@ -25,20 +25,10 @@ from pathlib import Path
 from clickhouse_driver import Client
 
 from deploy.queries import load_queries
+from stream_processors.cx_metrics import Ratio
 
 __all__ = ["CxSummary", "cx_summary", "format_summary", "render_report", "write_report"]
 
-_ANSWERS = """
-SELECT
-    visitParamExtractString(properties, 'survey') AS survey,
-    countIf(visitParamExtractInt(properties, 'score') >= 9) AS promoters,
-    countIf(visitParamExtractInt(properties, 'score') <= 6) AS detractors,
-    countIf(visitParamExtractInt(properties, 'score') >= 4) AS satisfied,
-    count() AS answers
-FROM touchpoints FINAL
-WHERE type = 'survey_response'
-GROUP BY survey
-"""
 _DELIVERIES = """
 SELECT countIf(status = 'on_time'), count()
 FROM
@@ -55,7 +45,8 @@ SELECT if(count() = 0, nan,
 FROM support_tickets FINAL
 WHERE first_response_seconds IS NOT NULL
 """
-_BY_DAY = """
+#: NPS and CSAT answers per day; the totals are their sums (Ratio adds up).
+_ANSWERS_BY_DAY = """
 SELECT
     toDate(occurred_at) AS day,
     visitParamExtractString(properties, 'survey') AS survey,
@@ -92,9 +83,12 @@ class CxSummary:
 
 def cx_summary(client: Client) -> CxSummary:
     """The headline CX numbers of the database ``client`` is connected to."""
-    answers = {s: (p, d, sat, n) for s, p, d, sat, n in client.execute(_ANSWERS)}
-    p, d, _, nps_n = answers.get("nps", (0, 0, 0, 0))
-    _, _, satisfied, csat_n = answers.get("csat", (0, 0, 0, 0))
+    by_day: dict[date, dict[str, Ratio]] = {}
+    total = {"nps": Ratio(0, 0), "csat": Ratio(0, 0)}
+    for day, survey, promoters, detractors, satisfied, n in client.execute(_ANSWERS_BY_DAY):
+        answers = Ratio(promoters - detractors if survey == "nps" else satisfied, n)
+        by_day.setdefault(day, {})[survey] = answers
+        total[survey] += answers
     on_time, delivered = client.execute(_DELIVERIES)[0]
     p90 = client.execute(_FIRST_RESPONSE_P90)[0][0]
     queries = load_queries()
@@ -102,17 +96,15 @@ def cx_summary(client: Client) -> CxSummary:
         queries["service_recovery_rate"][1])[0]
     funnel = tuple((stage, n, float(pct)) for stage, n, pct in client.execute(
         queries["stage_funnel_conversion"][1]))
-    days: dict[date, dict[str, float | None]] = {}
-    for day, survey, promoters, detractors, sat, n in client.execute(_BY_DAY):
-        days.setdefault(day, {})[survey] = (_pct(promoters - detractors, n) if survey == "nps"
-                                            else _pct(sat, n))
     return CxSummary(
-        nps=_pct(p - d, nps_n), nps_answers=nps_n, csat=_pct(satisfied, csat_n),
-        csat_answers=csat_n, on_time_rate=_pct(on_time, delivered), deliveries=delivered,
+        nps=total["nps"].value, nps_answers=int(total["nps"].denominator),
+        csat=total["csat"].value, csat_answers=int(total["csat"].denominator),
+        on_time_rate=Ratio(on_time, delivered).value, deliveries=delivered,
         first_response_p90_seconds=None if p90 is None or math.isnan(p90) else float(p90),
-        recovered=recovered, lost=lost, recovery_rate=_pct(recovered, recovered + lost),
+        recovered=recovered, lost=lost, recovery_rate=Ratio(recovered, recovered + lost).value,
         funnel=funnel,
-        by_day=tuple((day, v.get("nps"), v.get("csat")) for day, v in sorted(days.items())),
+        by_day=tuple((day, _value(v.get("nps")), _value(v.get("csat")))
+                     for day, v in sorted(by_day.items())),
         recovery=(("recovered", recovered), ("lost", lost), ("still open", still_open),
                   ("bad delivery, no contact", no_contact)))
 
@@ -207,8 +199,8 @@ def _bars(labels: Sequence[str], values: Sequence[float | None]) -> str:
     return "".join(parts)
 
 
-def _pct(numerator: float, denominator: float) -> float | None:
-    return 100.0 * numerator / denominator if denominator else None
+def _value(ratio: Ratio | None) -> float | None:
+    return None if ratio is None else ratio.value
 
 
 def _num(value: float | None, spec: str) -> str:

@@ -189,8 +189,7 @@ async def _batches(stream: StreamT, within: float) -> AsyncIterator[list[EventT]
 @app.agent(touchpoints_topic)
 async def route_by_device(stream: StreamT) -> None:
     async for events in _batches(stream, HOP_WITHIN):
-        batch = [Message(e.message.partition, e.message.offset, e.key, e.value) for e in events]
-        await runner.run("route_by_device", touchpoints_topic.get_topic_name(), batch,
+        await runner.run("route_by_device", touchpoints_topic.get_topic_name(), _raw(events),
                          lambda b: router.route(b, utcnow()))
 
 
@@ -228,8 +227,7 @@ async def aggregate_cx(stream: StreamT) -> None:
 @app.agent(dead_letters_topic)
 async def record_rejects(stream: StreamT) -> None:
     async for events in _batches(stream, WITHIN):
-        batch = [Message(e.message.partition, e.message.offset, e.key, e.value) for e in events]
-        await runner.run("record_rejects", dead_letters_topic.get_topic_name(), batch,
+        await runner.run("record_rejects", dead_letters_topic.get_topic_name(), _raw(events),
                          lambda b: rejects.record(b, utcnow()))
 
 
@@ -343,6 +341,11 @@ async def observe_lag() -> None:
 
 
 # ── what the agents and timers call ──────────────────────────────────────────
+def _raw(events: Sequence[EventT]) -> list[Message]:
+    """The batch's messages as they are (inputs written one record per event)."""
+    return [Message(e.message.partition, e.message.offset, e.key, e.value) for e in events]
+
+
 def _unbundled(events: Sequence[EventT]) -> list[Message]:
     """The batch's messages, bundles opened; values still encoded. A bundle that does not
     open stays one message, so that decoding it fails and sends it to the dead letters."""

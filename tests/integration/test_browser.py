@@ -95,6 +95,18 @@ async def devtools(profile: Path) -> AsyncIterator[DevTools]:
         browser.wait(10)
 
 
+@contextlib.asynccontextmanager
+async def serving(app: web.Application, host: str, port: int) -> AsyncIterator[None]:
+    """``app`` served on ``host``:``port`` for the block: the test's own web site."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
 async def browse(site: str, profile: Path) -> None:
     async with devtools(profile) as tools:
         await tools.call("Page.navigate", url=f"{site}/index.html")
@@ -126,13 +138,8 @@ def test_snippet_tracks_two_pages_and_identifies(settings, start_collector, tmp_
                 return web.Response(text=body, content_type="text/html")
 
             app.router.add_get(path, page)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", site_port).start()
-        try:
+        async with serving(app, "127.0.0.1", site_port):
             await browse(site, tmp_path / "profile")
-        finally:
-            await runner.cleanup()
 
     asyncio.run(run())
     events = [decode_touchpoint(r.value) for r in
@@ -197,18 +204,12 @@ def test_segment_analytics_next_in_chromium_lands_once(settings, start_collector
         app.router.add_get("/index.html", page)
         app.router.add_get("/analytics-next/{name}", script)
         app.router.add_get("/analytics-next/bundles/{name}", script)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", site_port).start()
-        try:
-            async with devtools(tmp_path / "profile") as tools:
-                await tools.call("Page.navigate", url=f"{site}/index.html")
-                await tools.wait_for("Page.loadEventFired")
-                return str(await tools.evaluate(NEXT_SCRIPT.format(
-                    key=TEST_CLIENT_KEY, site=site,
-                    collector_host=collector.url.removeprefix("http://"))))
-        finally:
-            await runner.cleanup()
+        async with serving(app, "127.0.0.1", site_port), devtools(tmp_path / "profile") as tools:
+            await tools.call("Page.navigate", url=f"{site}/index.html")
+            await tools.wait_for("Page.loadEventFired")
+            return str(await tools.evaluate(NEXT_SCRIPT.format(
+                key=TEST_CLIENT_KEY, site=site,
+                collector_host=collector.url.removeprefix("http://"))))
 
     anonymous = asyncio.run(run())
     assert "index.js" in served

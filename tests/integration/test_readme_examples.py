@@ -19,7 +19,7 @@ from aiohttp import web
 from schemas import decode_touchpoint
 from schemas.settings import Settings
 from tests.conftest import free_port, read_topic, wait_for
-from tests.integration.test_browser import devtools
+from tests.integration.test_browser import devtools, serving
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -81,16 +81,10 @@ def test_the_browser_snippet_works_as_written_from_a_local_page(
                                 content_type="text/html")
 
         app.router.add_get("/", index)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "localhost", site_port).start()
-        try:
-            async with devtools(tmp_path / "profile") as tools:
-                await tools.call("Page.navigate", url=f"http://localhost:{site_port}/")
-                await tools.wait_for("Page.loadEventFired")
-                await asyncio.sleep(3)  # the snippet sends every second
-        finally:
-            await runner.cleanup()
+        async with serving(app, "localhost", site_port), devtools(tmp_path / "profile") as tools:
+            await tools.call("Page.navigate", url=f"http://localhost:{site_port}/")
+            await tools.wait_for("Page.loadEventFired")
+            await asyncio.sleep(3)  # the snippet sends every second
 
     asyncio.run(run())
     events = [decode_touchpoint(r.value) for r in
