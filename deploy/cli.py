@@ -22,6 +22,7 @@ examples:
   journey demo --keep-running       ... and leave the stack up for exploring
   journey up --broker-port 19092    broker, ClickHouse, worker and collector until Ctrl-C
   journey migrate --print --dialect modern   the production DDL, without applying it
+  journey forget --customer c-1001  erase a customer everywhere; suppress their events
 """
 
 
@@ -191,6 +192,40 @@ def _cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_privacy(args: argparse.Namespace) -> int:
+    """forget / unsuppress: progress on stdout, the outcome last."""
+    import getpass
+    import socket
+
+    from clickhouse_driver.errors import Error as ClickHouseError
+    from kafka.errors import KafkaError
+
+    from schemas.privacy import id_hash
+    from stream_processors import privacy
+
+    settings = _settings(args)
+    logging.getLogger("clickhouse_driver").setLevel(logging.CRITICAL)
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    by = args.by or f"cli:{getpass.getuser()}@{socket.gethostname()}"
+    act = privacy.forget if args.command == "forget" else privacy.unsuppress
+    try:
+        privacy.check_id(args.customer)
+        print(f"{args.command} customer (hash {id_hash(args.customer, settings.privacy_key)}"
+              f"), requested by {by} ...")
+        report = act(settings, args.customer, requested_by=by,
+                     progress=lambda line: print(f"  {line}"))
+    except privacy.PrivacyError as exc:
+        raise ConfigError(str(exc)) from None
+    except (ClickHouseError, OSError, EOFError) as exc:
+        raise ConfigError(f"ClickHouse at {settings.clickhouse_url} (JOURNEY_CLICKHOUSE_URL): "
+                          f"{str(exc).splitlines()[0]}") from None
+    except KafkaError as exc:
+        raise ConfigError(f"the broker at {settings.broker_url} (JOURNEY_BROKER_URL): "
+                          f"{exc}") from None
+    print(f"Done (request {report.request}): {report.summary()}")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     for env, value, doc in _settings(args).describe():
         print(f"{env:<34} {value}\n{'':<34} {doc}")
@@ -250,6 +285,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="e.g. journeys_by_stage")
     p.add_argument("--csv", action="store_true", help="CSV with a header, for a spreadsheet")
     p.set_defaults(func=_cmd_query)
+
+    for name, help_, action in (
+            ("forget", "erase a customer and their devices from the worker's state and "
+             "every ClickHouse table, and drop their later events", "erased and suppressed"),
+            ("unsuppress", "let a forgotten customer's (and their devices') events in "
+             "again", "allowed again")):
+        p = sub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ". "
+                           "Waits for every worker partition to answer and for ClickHouse's "
+                           "deletions to finish (JOURNEY_PRIVACY_TIMEOUT_SECONDS); the request "
+                           "is recorded in privacy_audit with the id's keyed hash, never the "
+                           "id.")
+        p.add_argument("--customer", required=True, metavar="ID",
+                       help=f"the customer id to be {action} (as sent in userId/customer_id)")
+        p.add_argument("--by", metavar="WHO", help="who asks, for the audit (default "
+                       "cli:<user>@<host>)")
+        p.set_defaults(func=_cmd_privacy)
 
     p = sub.add_parser("config", help="list every setting, its variable and current value")
     p.set_defaults(func=_cmd_config)

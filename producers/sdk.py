@@ -36,7 +36,9 @@ from kafka.partitioner.default import DefaultPartitioner
 from producers.spool import DiskSpool, SpoolFull
 from schemas import Touchpoint, encode_touchpoint, new_event_id, utcnow, validate
 from schemas.partitioning import key_hash
+from schemas.privacy import Redaction
 from schemas.properties import SCHEMAS, Properties
+from schemas.settings import Settings
 
 __all__ = ["JourneyClient", "PublishError", "default_spool_dir"]
 
@@ -108,8 +110,12 @@ class JourneyClient:
         compression_type: str | None = "gzip",
         delivery_timeout_ms: int = 15_000,
         producer_config: Mapping[str, Any] | None = None,
+        redaction: Redaction | None = None,
     ) -> None:
         self.topic = topic
+        #: Personal data hashed, dropped or truncated before it leaves the process
+        #: (default: JOURNEY_PII_* and JOURNEY_PRIVACY_KEY from the environment).
+        self.redaction = Settings.from_env().redaction if redaction is None else redaction
         self.source = source
         self.block_timeout = block_timeout
         self._config = kafka_config(bootstrap_servers, linger_ms=linger_ms,
@@ -183,7 +189,7 @@ class JourneyClient:
 
     def send(self, tp: Touchpoint) -> Touchpoint:
         """Validate and enqueue a touchpoint built elsewhere (the simulator, a replay)."""
-        tp = validate(tp)
+        tp = self.redaction.apply(validate(tp))
         record = (tp.key.encode(), encode_touchpoint(tp))
         if self._closing:
             raise PublishError("the client is closed")

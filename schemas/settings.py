@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from schemas.bounds import TimeBounds
+from schemas.privacy import Redaction
 from schemas.touchpoint import TOUCHPOINT_TYPES
 
 __all__ = ["ConfigError", "Settings"]
@@ -184,6 +185,38 @@ class Settings:
     collector_client_rate_burst: float = _setting(
         2500.0, "JOURNEY_COLLECTOR_CLIENT_RATE_BURST",
         "Events one client address may send at once above its rate (one full batch).")
+    privacy_key: str = _setting(
+        "journey-local-privacy-key", "JOURNEY_PRIVACY_KEY",
+        "Key of the hashes that stand for personal data: hashed fields, and the ids in "
+        "suppression lists and the privacy audit. Set a secret of your own outside "
+        "development, the same for every component; changing it un-suppresses forgotten "
+        "ids and breaks joins on hashed fields.", secret=True)
+    pii_hash_fields: str = _setting(
+        "properties.traits.email,properties.traits.phone,context.traits.email,"
+        "context.traits.phone", "JOURNEY_PII_HASH_FIELDS",
+        "Touchpoint fields hashed at ingress (collector, SDK, worker), as dotted paths, "
+        "comma separated: the value becomes `hmac:<hex>` (keyed by JOURNEY_PRIVACY_KEY, "
+        "trimmed and lower-cased first, so it still joins). `none` keeps them in clear.")
+    pii_drop_fields: str = _setting(
+        "none", "JOURNEY_PII_DROP_FIELDS",
+        "Touchpoint fields removed at ingress (e.g. `properties.traits.address`); `none`: "
+        "no field.")
+    pii_truncate_ip_fields: str = _setting(
+        "context.ip", "JOURNEY_PII_TRUNCATE_IP_FIELDS",
+        "Fields holding an IP address, truncated at ingress (IPv4 to /24, IPv6 to /48; a "
+        "value that is no address is removed). `none` keeps addresses whole.")
+    touchpoint_retention_days: float = _setting(
+        395.0, "JOURNEY_TOUCHPOINT_RETENTION_DAYS",
+        "Touchpoint rows whose occurred_at is older than this leave ClickHouse (TTL on "
+        "23.8+, an hourly deletion by the worker on older servers). 0 keeps them.")
+    dead_letter_retention_days: float = _setting(
+        30.0, "JOURNEY_DEAD_LETTER_RETENTION_DAYS",
+        "Dead-letter rows (they keep rejected payloads whole) older than this leave "
+        "ClickHouse, like touchpoints. 0 keeps them.")
+    privacy_timeout_seconds: float = _setting(
+        300.0, "JOURNEY_PRIVACY_TIMEOUT_SECONDS",
+        "How long `journey forget` waits for the workers to acknowledge each step and for "
+        "ClickHouse's deletions to finish.")
     data_dir: Path = _setting(  # noqa: RUF009 - an immutable Path, shared safely
         Path(".journey"), "JOURNEY_DATA_DIR",
         "Where the local stack keeps ClickHouse data, logs and the worker's table state.")
@@ -342,6 +375,24 @@ class Settings:
         return frozenset(t.strip() for t in self.server_only_types.split(",") if t.strip())
 
     @property
+    def redaction(self) -> Redaction:
+        """What ingress does to personal data in touchpoints."""
+        return Redaction.of(self.privacy_key, hash=_names(self.pii_hash_fields),
+                            drop=_names(self.pii_drop_fields),
+                            truncate_ip=_names(self.pii_truncate_ip_fields))
+
+    @property
+    def retention_days(self) -> dict[str, float]:
+        """ClickHouse tables with a retention → days (0: kept)."""
+        return {"touchpoints": self.touchpoint_retention_days,
+                "dead_letters": self.dead_letter_retention_days}
+
+    @property
+    def suppressions_topic(self) -> str:
+        """Ids (hashed) whose events the collector drops: ``journey forget`` writes it."""
+        return f"{self.topic_prefix}.suppressions"
+
+    @property
     def cors_origins(self) -> frozenset[str]:
         return frozenset(o.strip().rstrip("/") for o in self.collector_cors_origins.split(",")
                          if o.strip())
@@ -369,6 +420,14 @@ def _shown(settings: Settings, f: dataclasses.Field) -> Any:
 #: Accepted spellings of JOURNEY_LOG_LEVEL → Python's level name.
 _LOG_LEVELS = {"debug": "DEBUG", "info": "INFO", "warn": "WARNING", "warning": "WARNING",
                "error": "ERROR", "crit": "CRITICAL", "critical": "CRITICAL"}
+
+
+def _names(value: str) -> list[str]:
+    """A comma-separated list; ``none`` is the empty one (an empty variable means the
+    default, as for every setting)."""
+    if value.strip().lower() == "none":
+        return []
+    return [name.strip() for name in value.split(",") if name.strip()]
 
 
 def _days(days: float) -> timedelta | None:

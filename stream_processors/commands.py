@@ -8,8 +8,9 @@ import msgspec
 
 from stream_processors.journey import JourneyLog
 
-__all__ = ["BUNDLE_KEY", "WATERMARK_KEY", "Command", "Expire", "Link", "Marks", "Merge",
-           "MergeInto", "Partial", "Sweep", "Touch", "Watermark", "decode_bundle",
+__all__ = ["BUNDLE_KEY", "PRIVACY_KEY", "WATERMARK_KEY", "Command", "Expire", "Forget", "Link",
+           "Marks", "Merge", "MergeInto", "Partial", "Sweep", "Touch", "Unsuppress",
+           "Watermark", "decode_bundle",
            "decode_command", "decode_partial", "encode_bundle", "encode_command",
            "encode_partial"]
 
@@ -19,6 +20,9 @@ WATERMARK_KEY = b"\x00watermark"
 #: Key of a bundle: many (key, value) messages for one partition sent as one, so that
 #: the internal hops pay the broker's and Faust's per-message cost once per bundle.
 BUNDLE_KEY = b"\x00bundle"
+#: Key of the privacy commands ``journey forget`` sends to every partition of the
+#: by-device and journey topics (each to an explicit partition, like watermarks).
+PRIVACY_KEY = b"\x00privacy"
 
 
 class Touch(msgspec.Struct, tag="touch"):
@@ -83,7 +87,29 @@ class Marks(msgspec.Struct, tag="marks"):
     marks: list[Watermark]
 
 
-Command = Touch | Link | MergeInto | Merge | Sweep | Expire | Watermark | Marks
+class Forget(msgspec.Struct, tag="forget"):
+    """To every partition of a stage (stream_processors/privacy.py sends it): from here
+    on, drop whatever names an id whose hash is in ``hashes``; erase the keys this
+    partition holds among ``journeys`` (journey topic) or ``devices`` (by-device topic),
+    and, on the by-device topic, every link to one of ``customers``. Each partition
+    acknowledges with a ``privacy_acks`` row for ``request``."""
+
+    request: str
+    hashes: list[str]
+    customers: list[str] = []
+    devices: list[str] = []
+    journeys: list[str] = []
+
+
+class Unsuppress(msgspec.Struct, tag="unsuppress"):
+    """To every partition of a stage: the ids behind ``hashes`` may be collected again."""
+
+    request: str
+    hashes: list[str]
+
+
+Command = (Touch | Link | MergeInto | Merge | Sweep | Expire | Watermark | Marks | Forget
+           | Unsuppress)
 
 
 class Partial(msgspec.Struct, array_like=True):

@@ -38,6 +38,7 @@ class WorkerMetrics(NamedTuple):
     consumer_lag: Gauge
     table_keys: Gauge
     state_rebuilds: Counter
+    suppressed_touchpoints: Counter
     cx_survey_responses: Counter
     cx_rated_responses: Counter
     cx_ces_score: Histogram
@@ -123,6 +124,10 @@ class WorkerMetrics(NamedTuple):
                 f"{prefix}_state_rebuilds", "Table partitions whose local state was "
                 "discarded and rebuilt from the changelog (reason: ahead_of_changelog, "
                 "unreadable_store).", ["table", "reason"], registry=registry),
+            suppressed_touchpoints=Counter(
+                f"{prefix}_suppressed_touchpoints", "Touchpoints and links dropped because "
+                "they name a forgotten customer or device (`journey forget`), by stage "
+                "(by-device, journey).", ["stage"], registry=registry),
             # CX counts, not ratios: NPS, CSAT and quantiles are recording rules over
             # them (deploy/prometheus/rules), so they aggregate across workers.
             cx_survey_responses=Counter(

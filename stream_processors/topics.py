@@ -50,6 +50,10 @@ def ensure_topics(settings: Settings, timeout: float = 60.0) -> list[str]:
                          settings.by_device_topic, settings.journey_events_topic,
                          settings.alerts_topic, settings.cx_partials_topic)
         ]
+        # Small, read whole by every collector (stream_processors/privacy.py); compacted
+        # on Apache Kafka so that it keeps each id's latest state, forever.
+        wanted.append(NewTopic(settings.suppressions_topic, 1, settings.topic_replication,
+                               topic_configs={"cleanup.policy": "compact"}))
         missing = [t for t in wanted if t.name not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race

@@ -68,6 +68,8 @@ from schemas.partitioning import partition_for
 from stream_processors import consumer, logs, recovery
 from stream_processors.app import app, settings
 from stream_processors.batches import BatchRunner
+from stream_processors.clickhouse.client import connect
+from stream_processors.clickhouse.client import enforce_retention as clickhouse_retention
 from stream_processors.clickhouse.sink import ClickHouseSink
 from stream_processors.commands import (
     WATERMARK_KEY,
@@ -111,7 +113,8 @@ sink = ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database, met
                       stopping=lambda: app.should_stop)
 recovery.on_rebuild(lambda table, partition, reason:
                     metrics.state_rebuilds.labels(table, reason).inc())
-for _table in ("devices", "journeys", "cx-partials", "cx-windows"):
+for _table in ("devices", "journeys", "cx-partials", "cx-windows", "device-suppressions",
+               "journey-suppressions"):
     for _reason in ("ahead_of_changelog", "unreadable_store"):
         metrics.state_rebuilds.labels(_table, _reason)
 PARTITIONS = settings.topic_partitions
@@ -145,17 +148,23 @@ journeys = _table("journeys", use_partitioner=True)
 # stages/aggregator.py give the layout); its changelog goes to that partition.
 cx_partials = _table("cx-partials")
 cx_windows = _table("cx-windows")
+# Forgotten ids (hashed) per partition of each stage, keys `<partition>|<hash>`
+# (stream_processors/suppression.py).
+device_suppressions = _table("device-suppressions")
+journey_suppressions = _table("journey-suppressions")
 
 # ── stages ───────────────────────────────────────────────────────────────────
-router = Router(metrics, PARTITIONS, settings.touchpoints_topic, settings.time_bounds)
-identity = IdentityResolver(PARTITIONS, settings.device_retention)
+router = Router(metrics, PARTITIONS, settings.touchpoints_topic, settings.time_bounds,
+                redaction=settings.redaction)
+identity = IdentityResolver(PARTITIONS, settings.device_retention,
+                            privacy_key=settings.privacy_key, metrics=metrics)
 journey_updater = JourneyUpdater(
     metrics, PARTITIONS,
     PartitionWindows(metrics, PARTITIONS, settings.lateness, settings.cx_update_seconds),
     lateness=settings.lateness, first_response_sla=settings.first_response_sla,
     inactive_after=settings.churn_inactive_after, churn_risk_alert=settings.churn_risk_alert,
     anonymous_retention=settings.anonymous_retention,
-    merged_retention=settings.merged_retention)
+    merged_retention=settings.merged_retention, privacy_key=settings.privacy_key)
 aggregator = Aggregator(metrics, PARTITIONS, settings.cx_update_seconds)
 rejects = CollectorRejects(PARTITIONS)
 committer = Committer(sink.write, {
@@ -199,7 +208,8 @@ async def resolve_identity(stream: StreamT) -> None:
         await runner.run(
             "resolve_identity", by_device_topic.get_topic_name(), _unbundled(events),
             lambda b, e=events: identity.resolve(
-                _decoded(b, _by_device), _staged(devices, e, _key_partition), utcnow()))
+                _decoded(b, _by_device), _staged(devices, e, _key_partition), utcnow(),
+                _staged(device_suppressions, e, _named_partition)))
 
 
 @app.agent(journey_events_topic)
@@ -209,7 +219,8 @@ async def update_journey(stream: StreamT) -> None:
             "update_journey", journey_events_topic.get_topic_name(), _unbundled(events),
             lambda b, e=events: journey_updater.update(
                 _decoded(b, decode_command), _staged(journeys, e, _key_partition),
-                _staged(cx_partials, e, _named_partition), utcnow(), _row_version()),
+                _staged(cx_partials, e, _named_partition), utcnow(), _row_version(),
+                _staged(journey_suppressions, e, _named_partition)),
             forget=journey_updater.windows.held.clear)
 
 
@@ -329,6 +340,25 @@ async def _mine(table: Any, topic: Any) -> AsyncIterator[tuple[bytes, bytes]]:
 SWEEP_CHUNK = 500
 
 
+@app.timer(interval=3600.0)
+async def enforce_retention() -> None:
+    """Touchpoints and dead letters past their retention leave ClickHouse (a TTL does
+    it on 23.8+; on 18.16, a deletion). One worker runs it: the one holding the first
+    touchpoint partition."""
+    if 0 in _assigned_partitions(touchpoints_topic):
+        await asyncio.to_thread(_enforce_retention)
+
+
+def _enforce_retention() -> None:
+    client = connect(settings.clickhouse_url, database=settings.clickhouse_database)
+    try:
+        clickhouse_retention(client, settings.clickhouse_database, settings.retention_days)
+    except Exception as exc:
+        log.warning("retention: ClickHouse deletion failed (%s); trying again in an hour", exc)
+    finally:
+        client.disconnect()
+
+
 @app.timer(interval=5.0)
 async def observe_lag() -> None:
     """Consumer lag per assigned partition and table sizes, for ops."""
@@ -336,7 +366,8 @@ async def observe_lag() -> None:
     metrics.consumer_lag.clear()  # partitions move between workers on rebalance
     for topic, partition, behind in lags:
         metrics.consumer_lag.labels(topic, str(partition)).set(behind)
-    for table in (journeys, devices, cx_partials, cx_windows):
+    for table in (journeys, devices, cx_partials, cx_windows, device_suppressions,
+                  journey_suppressions):
         metrics.table_keys.labels(table.name).set(len(table))
 
 

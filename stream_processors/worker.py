@@ -7,7 +7,12 @@ import sys
 import time
 
 from schemas.settings import Settings
-from stream_processors.clickhouse.client import connect, migrate, wait_until_ready
+from stream_processors.clickhouse.client import (
+    connect,
+    enforce_retention,
+    migrate,
+    wait_until_ready,
+)
 from stream_processors.topics import ensure_topics
 
 __all__ = ["prepare", "run_worker"]
@@ -39,6 +44,7 @@ def prepare(settings: Settings, timeout: float = 60.0) -> None:
         applied = migrate(client, settings.clickhouse_database)
         if applied:
             log.info("applied ClickHouse migrations: %s", ", ".join(applied))
+        enforce_retention(client, settings.clickhouse_database, settings.retention_days)
     finally:
         client.disconnect()
     ensure_topics(settings, timeout)

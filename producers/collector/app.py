@@ -37,6 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from producers.collector.auth import RateLimiter, Source, WriteKeys, basic_username, is_loopback
 from producers.collector.metrics import CollectorMetrics
 from producers.collector.segment import to_touchpoint
+from producers.collector.suppressions import SuppressionList
 from schemas import SchemaError, decode_touchpoint, encode_touchpoint, utcnow
 from schemas.settings import Settings
 
@@ -111,6 +112,9 @@ class Collector:
         self.quiet_log = _QuietLog()
         self.bounds = settings.time_bounds
         self.origins = settings.cors_origins
+        self.redaction = settings.redaction
+        self.suppressed = SuppressionList(settings.bootstrap_servers,
+                                          settings.suppressions_topic, settings.privacy_key)
         self.producer: AIOKafkaProducer | None = None
 
     # ── lifecycle ────────────────────────────────────────────────────────────
@@ -120,6 +124,7 @@ class Collector:
                      *_SHORT_PATHS):
             app.router.add_post(path, self._ingest)
             app.router.add_route("OPTIONS", path, self._preflight)
+        app.router.add_post("/v1/regulations", self._regulation)
         app.router.add_get("/journey.js", self._snippet)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
@@ -128,6 +133,7 @@ class Collector:
         return app
 
     async def _start_producer(self, _app: web.Application) -> None:
+        self.suppressed.start()
         # Not idempotent: aiokafka's InitProducerId fails on Tansu 0.6 (UnknownError).
         # A retried send may duplicate an event; its event_id absorbs that downstream.
         self.producer = AIOKafkaProducer(
@@ -146,6 +152,7 @@ class Collector:
                 await asyncio.sleep(1)
 
     async def _stop_producer(self, _app: web.Application) -> None:
+        await self.suppressed.stop()
         if self.producer is not None:
             await self.producer.stop()
 
@@ -252,9 +259,17 @@ class Collector:
         dead: list[tuple[bytes | None, bytes]] = []
         generated: list[dict[str, Any]] = []  # ids made for messages that had none
         sent_at = payload.get("sentAt")
+        suppressed = 0
         for index, message in enumerate(messages):
+            if isinstance(message, dict) and self.suppressed.holds(
+                    message.get("userId"), message.get("anonymousId"),
+                    message.get("customer_id"), message.get("anonymous_id")):
+                suppressed += 1  # a forgotten customer's: neither kept nor refused
+                self.metrics.events.labels("suppressed", "").inc()
+                continue
             try:
-                tp = self._touchpoint(message, received_at, source.name, sent_at)
+                tp = self.redaction.apply(self._touchpoint(message, received_at, source.name,
+                                                           sent_at))
                 self._check_trust(tp, source)
             except SchemaError as exc:
                 self.metrics.events.labels("rejected", exc.reason).inc()
@@ -279,7 +294,76 @@ class Collector:
                           "kept in the dead letters", code="invalid_events", accepted=0,
                           rejected=rejected, generated=generated)
         return web.json_response({"success": True, "accepted": len(accepted),
-                                  "rejected": rejected, "generated": generated})
+                                  "rejected": rejected, "generated": generated,
+                                  "suppressed": suppressed})
+
+    async def _regulation(self, request: web.Request) -> web.Response:
+        """Forget (or allow again) a customer, in the spirit of Segment's user deletion
+        API: ``{"regulationType": "Suppress_With_Delete", "subjectType": "USER_ID",
+        "subjectIds": ["c-1"]}`` (or ``"Unsuppress"``). A server write key only: a
+        browser's key is public, and anybody could erase anybody with it. Answers when
+        the request is done (stream_processors/privacy.py), with what it erased."""
+        try:
+            source = self._authenticate(basic_username(request.headers.get("Authorization")),
+                                        request.remote)
+            request["source"] = source.name
+            if source.kind != "server":
+                raise _Reject(403, f"source {source.name!r} has a client write key; only a "
+                              "server write key may forget customers", code="forbidden")
+            customers, action = await self._regulation_body(request)
+            response = await self._regulate(source.name, customers, action)
+        except _Reject as exc:
+            response = exc.response()
+            self.quiet_log.refused(exc.status, exc.code, request.get("source", "no valid key"),
+                                   request.path, request.remote, exc.message)
+        self.metrics.requests.labels("/v1/regulations", str(response.status)).inc()
+        return response
+
+    async def _regulation_body(self, request: web.Request) -> tuple[list[str], str]:
+        from stream_processors.privacy import PrivacyError, check_id
+
+        try:
+            payload = msgspec.json.decode(await request.read())
+        except msgspec.DecodeError as exc:
+            raise _Reject(400, f"the body is not valid JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise _Reject(400, "the body must be a JSON object")
+        action = payload.get("regulationType", "Suppress_With_Delete")
+        if action not in ("Suppress_With_Delete", "Unsuppress"):
+            raise _Reject(400, f"regulationType {action!r} is not supported: "
+                          "Suppress_With_Delete or Unsuppress")
+        if payload.get("subjectType", "USER_ID") != "USER_ID":
+            raise _Reject(400, "subjectType must be USER_ID (the customer id; their devices "
+                          "are forgotten with them)")
+        ids = payload.get("subjectIds")
+        if not isinstance(ids, list) or not ids:
+            raise _Reject(400, "subjectIds must be a non-empty array of customer ids")
+        if len(ids) > 100:
+            raise _Reject(400, "at most 100 subjectIds per request")
+        try:
+            return [check_id(i) for i in ids], action
+        except PrivacyError as exc:
+            raise _Reject(400, str(exc)) from None
+
+    async def _regulate(self, requested_by: str, customers: list[str], action: str
+                        ) -> web.Response:
+        from stream_processors.privacy import PrivacyError, forget, unsuppress
+
+        act = forget if action == "Suppress_With_Delete" else unsuppress
+        reports = []
+        try:
+            for customer in customers:
+                report = await asyncio.to_thread(act, self.settings, customer,
+                                                 requested_by=f"collector:{requested_by}")
+                reports.append(report.as_dict())
+        except PrivacyError as exc:
+            raise _Reject(503, str(exc)) from None
+        except Exception as exc:
+            log.error("regulation failed: %s", exc)
+            raise _Reject(503, f"the request could not be completed ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}); retry later") from None
+        return web.json_response({"success": True, "regulationType": action,
+                                  "results": reports})
 
     def _authenticate(self, key: str | None, remote: str | None) -> Source:
         """The key's source, if it may send from ``remote`` (the client's address)."""

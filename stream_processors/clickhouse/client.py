@@ -11,9 +11,17 @@ from clickhouse_driver import Client
 from clickhouse_driver.errors import Error as ClickHouseError
 
 from schemas import utcnow
-from stream_processors.clickhouse.ddl import MIGRATIONS, Dialect, bookkeeping, dialect_for_version
+from stream_processors.clickhouse.ddl import (
+    MIGRATIONS,
+    RETENTION_COLUMNS,
+    Dialect,
+    bookkeeping,
+    dialect_for_version,
+    retention,
+)
 
-__all__ = ["ClickHouseUnavailable", "connect", "migrate", "server_dialect", "wait_until_ready"]
+__all__ = ["ClickHouseUnavailable", "connect", "enforce_retention", "migrate", "server_dialect",
+           "wait_until_ready"]
 
 log = logging.getLogger(__name__)
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -74,3 +82,26 @@ def migrate(client: Client, database: str) -> list[str]:
         log.info("applied migration %d %s (%s)", m.id, m.name, dialect.name)
     return applied
 
+
+
+def enforce_retention(client: Client, database: str, days: dict[str, float]) -> dict[str, int]:
+    """Keep each table within its retention (``days``: table → days; ddl.retention).
+
+    23.8+: sets the tables' TTL (ClickHouse deletes from then on); returns no counts.
+    18.16: deletes the rows past it now, and only where there are some (a mutation
+    rewrites every part it touches); returns the rows deleted per table. The worker
+    calls this at start and every hour."""
+    dialect = server_dialect(client)
+    deleted: dict[str, int] = {}
+    for table, statement in zip((t for t in RETENTION_COLUMNS if dialect.modern or days.get(t)),
+                                retention(dialect, database, days), strict=True):
+        if dialect.modern:
+            client.execute(statement)
+            continue
+        condition = statement.split(" DELETE WHERE ", 1)[1]
+        old = client.execute(f"SELECT count() FROM {database}.{table} WHERE {condition}")[0][0]
+        if old:
+            client.execute(statement)
+            deleted[table] = old
+            log.info("retention: deleting %d rows of %s (%s)", old, table, condition)
+    return deleted

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["LEGACY", "MIGRATIONS", "MODERN", "Dialect", "Migration", "dialect_for_version",
-           "render_all"]
+__all__ = ["LEGACY", "MIGRATIONS", "MODERN", "RETENTION_COLUMNS", "Dialect", "Migration",
+           "dialect_for_version", "render_all", "retention"]
 
 
 @dataclass(frozen=True)
@@ -223,6 +223,39 @@ PARTITION BY toYYYYMM(window_start)
 ORDER BY (metric, dimension, window, window_start)"""]
 
 
+def _privacy_acks(d: Dialect, db: str) -> list[str]:
+    # Each partition's answer to a `journey forget` step: counts only, never an id.
+    return [f"""CREATE TABLE IF NOT EXISTS {db}.privacy_acks
+(
+    request String,
+    stage {d.lc()},
+    partition UInt32,
+    erased UInt64,
+    acked_at {d.time}
+)
+ENGINE = ReplacingMergeTree()
+ORDER BY (request, stage, partition){d.ttl("toDateTime(acked_at) + INTERVAL 30 DAY")}"""]
+
+
+def _privacy_audit(d: Dialect, db: str) -> list[str]:
+    # Every forget and unsuppress request, twice: when it started, and how it ended.
+    # Append-only (no row replaces another) and no raw id: its keyed hash.
+    return [f"""CREATE TABLE IF NOT EXISTS {db}.privacy_audit
+(
+    request String,
+    action {d.lc()},
+    id_hash String,
+    hashes Array(String),
+    requested_at {d.time},
+    requested_by String,
+    outcome {d.lc()},
+    erased String,
+    finished_at {d.time}
+)
+ENGINE = MergeTree()
+ORDER BY (requested_at, request)"""]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "touchpoints", _touchpoints),
     Migration(2, "customer_journeys", _customer_journeys),
@@ -231,7 +264,33 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "support_tickets", _support_tickets),
     Migration(6, "journey_alerts", _journey_alerts),
     Migration(7, "cx_metrics", _cx_metrics),
+    Migration(8, "privacy_acks", _privacy_acks),
+    Migration(9, "privacy_audit", _privacy_audit),
 )
+
+#: Tables with a retention, and the column their age is read from.
+RETENTION_COLUMNS = {"touchpoints": "occurred_at", "dead_letters": "received_at"}
+
+
+def retention(d: Dialect, db: str, days: dict[str, float]) -> list[str]:
+    """What keeps each table within its retention (``days``: table → days, 0 keeps all).
+
+    23.8+: a TTL, set again on every run of the migrations so that a changed setting
+    takes effect. 18.16 has no TTL: these are the deletions the worker runs every hour
+    (``ALTER TABLE ... DELETE``, a mutation; the caller runs one only when old rows
+    exist, as 18.16 rewrites every part a mutation touches)."""
+    out = []
+    for table, column in RETENTION_COLUMNS.items():
+        keep = days.get(table, 0)
+        if d.modern:
+            out.append(f"ALTER TABLE {db}.{table} " + (
+                f"MODIFY TTL toDateTime({column}) + INTERVAL {int(keep * 86400)} SECOND"
+                if keep > 0
+                else "REMOVE TTL"))
+        elif keep > 0:
+            out.append(f"ALTER TABLE {db}.{table} DELETE WHERE "
+                       f"{column} < now() - INTERVAL {int(keep * 86400)} SECOND")
+    return out
 
 
 def bookkeeping(db: str) -> list[str]:

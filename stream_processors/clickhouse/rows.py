@@ -49,6 +49,10 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "ticket_id", "journey_key", "customer_id", "channel", "order_id", "opened_at",
         "first_response_at", "resolved_at", "first_response_seconds", "resolution_seconds",
         "reopened", "messages", "status", "row_version"),
+    "privacy_acks": ("request", "stage", "partition", "erased", "acked_at"),
+    "privacy_audit": (
+        "request", "action", "id_hash", "hashes", "requested_at", "requested_by", "outcome",
+        "erased", "finished_at"),
 }
 
 

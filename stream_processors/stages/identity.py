@@ -19,16 +19,21 @@ from datetime import datetime, timedelta
 
 import msgspec
 
+from schemas.partitioning import partition_for
 from stream_processors.commands import (
     Expire,
+    Forget,
     Link,
     MergeInto,
     Touch,
+    Unsuppress,
     Watermark,
     encode_command,
 )
 from stream_processors.effects import JOURNEY_EVENTS, Message, Output, Store
+from stream_processors.metrics import WorkerMetrics
 from stream_processors.stages.per_partition import PerPartition
+from stream_processors.suppression import Suppression
 from stream_processors.windows import LowWatermark
 
 __all__ = ["IdentityResolver"]
@@ -53,8 +58,11 @@ _decoder = msgspec.msgpack.Decoder(tuple[str, int])
 
 
 class IdentityResolver:
-    def __init__(self, partitions: int, retention: timedelta | None = None) -> None:
+    def __init__(self, partitions: int, retention: timedelta | None = None, *,
+                 privacy_key: str = "", metrics: WorkerMetrics | None = None) -> None:
         self.partitions = partitions
+        self.suppression = Suppression(privacy_key, "by-device")
+        self.metrics = metrics
         #: A link unused for longer is forgotten (None: kept).
         self.retention = retention
         #: How stale a link's "last used" may get before it is written again: a day, or
@@ -74,10 +82,13 @@ class IdentityResolver:
         return self.retention is not None and (
             seen is None or now.timestamp() - seen > self.retention.total_seconds())
 
-    def resolve(self, batch: Sequence[Message], devices: Store, now: datetime) -> Output:
+    def resolve(self, batch: Sequence[Message], devices: Store, now: datetime,
+                suppressed: Store | None = None) -> Output:
         """``batch``: commands keyed by device (``Touch`` of its anonymous touchpoints,
-        ``Link`` to a customer, ``Expire``), and watermarks."""
+        ``Link`` to a customer, ``Expire``), privacy commands, and watermarks;
+        ``suppressed``: the partitions' forgotten ids (stream_processors/suppression.py)."""
         out = Output(self.partitions)
+        suppressed = {} if suppressed is None else suppressed
         marked: set[int] = set()
         clock = int(now.timestamp())
         for message in batch:
@@ -86,7 +97,17 @@ class IdentityResolver:
                 self.inputs[message.partition].update(command.channel, command.at, command.idle)
                 marked.add(message.partition)
                 continue
+            if isinstance(command, Forget | Unsuppress):
+                self._privacy(out, devices, suppressed, message.partition, command, now)
+                continue
             device: bytes = message.key
+            if not isinstance(command, Expire) and self.suppression.holds(
+                    suppressed, message.partition,
+                    (device.decode(errors="replace"), command.customer_id)):
+                if self.metrics is not None:
+                    self.metrics.suppressed_touchpoints.labels("by-device").inc(
+                        len(command.touchpoints) if isinstance(command, Touch) else 1)
+                continue
             stored = devices.get(device)
             linked, seen = decode_link(stored) if stored is not None else (None, None)
             if isinstance(command, Expire):
@@ -115,8 +136,29 @@ class IdentityResolver:
         for partition in sorted(marked):  # after this batch's touchpoints
             low = self.inputs[partition]
             out.mark(JOURNEY_EVENTS, Watermark(f"d{partition}", low.value, low.idle))
-        out.save(devices)  # a link is saved once its MergeInto is acknowledged
+        out.save(suppressed, devices)  # a link is saved once its MergeInto is acknowledged
         return out
+
+    def _privacy(self, out: Output, devices: Store, suppressed: Store, partition: int,
+                 command: Forget | Unsuppress, now: datetime) -> None:
+        """Suppress (or allow again) the command's ids in this partition; a ``Forget``
+        also erases the partition's links of its devices, and every link to one of its
+        customers (a scan of the partition: forgets are rare, and a link made just
+        before the forget reached here is known nowhere else)."""
+        self.suppression.apply(suppressed, partition, command)
+        erased = 0
+        if isinstance(command, Forget):
+            doomed = {d.encode() for d in command.devices}
+            customers = {c.encode() for c in command.customers}
+            for device in list(devices):
+                if partition_for(device, self.partitions) != partition:
+                    continue
+                stored = devices.get(device)
+                if stored is not None and (device in doomed
+                                           or decode_link(stored)[0] in customers):
+                    del devices[device]
+                    erased += 1
+        self.suppression.ack(out, command, partition, erased, now)
 
     def _used(self, devices: Store, device: bytes, customer: bytes, seen: int | None,
               clock: int) -> None:

@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 import msgspec
 
 from schemas import Touchpoint, decode_trusted
+from schemas.partitioning import partition_for
 from stream_processors.clickhouse.rows import (
     COLUMNS,
     alert_row,
@@ -41,10 +42,12 @@ from stream_processors.clickhouse.rows import (
 from stream_processors.commands import (
     Command,
     Expire,
+    Forget,
     Merge,
     MergeInto,
     Sweep,
     Touch,
+    Unsuppress,
     Watermark,
     encode_command,
 )
@@ -69,6 +72,7 @@ from stream_processors.journey import (
 )
 from stream_processors.metrics import WorkerMetrics
 from stream_processors.stages.partials import Numbered, PartitionWindows
+from stream_processors.suppression import Suppression
 
 __all__ = ["JourneyUpdater", "needs_sweep", "past_retention"]
 
@@ -105,6 +109,8 @@ class _Batch:
         self.last: dict[bytes, tuple[int, int]] = {}
         #: event ids counted in another journey (merged in from a device's).
         self.counted: set[str] = set()
+        #: The partitions' forgotten ids (stream_processors/suppression.py).
+        self.suppressed: Store = {}
 
 
 class JourneyUpdater:
@@ -112,8 +118,9 @@ class JourneyUpdater:
                  lateness: timedelta, first_response_sla: timedelta,
                  inactive_after: timedelta | None, churn_risk_alert: int,
                  anonymous_retention: timedelta | None = None,
-                 merged_retention: timedelta | None = None) -> None:
+                 merged_retention: timedelta | None = None, privacy_key: str = "") -> None:
         self.metrics = metrics
+        self.suppression = Suppression(privacy_key, "journey")
         self.partitions = partitions
         self.windows = windows
         self.lateness = lateness
@@ -141,15 +148,23 @@ class JourneyUpdater:
         return None
 
     def update(self, batch: Sequence[Message], journeys: Store, cx_partials: Store,
-               now: datetime, version: int) -> Output:
+               now: datetime, version: int, suppressed: Store | None = None) -> Output:
         """``batch``: decoded commands (and watermarks); ``version``: the rows' version
-        (later writes of the same fact win)."""
+        (later writes of the same fact win); ``suppressed``: the partitions' forgotten
+        ids."""
         out = Output(self.partitions)
         b = _Batch()
+        if suppressed is not None:
+            b.suppressed = suppressed
         marks: list[tuple[int, Watermark]] = []
         for message in batch:
             if isinstance(message.value, Watermark):
                 marks.append((message.partition, message.value))
+                continue
+            if isinstance(message.value, Forget | Unsuppress):
+                self._privacy(b, out, journeys, message.partition, message.value, now)
+                continue
+            if self._suppressed(b, message):
                 continue
             self._apply(b, out, journeys, message, now, version)
         contributions: dict[int, list[Numbered]] = defaultdict(list)
@@ -163,8 +178,47 @@ class JourneyUpdater:
             journeys[key] = encode_log(journey_log)
         self.windows.process(out, cx_partials, marks, contributions)
         out.save(cx_partials)
-        out.save(journeys)
+        out.save(b.suppressed, journeys)
         return out
+
+    def _privacy(self, b: _Batch, out: Output, journeys: Store, partition: int,
+                 command: Forget | Unsuppress, now: datetime) -> None:
+        """Suppress (or allow again) the command's ids in this partition; a ``Forget``
+        also erases the journeys it names that live here, with whatever this batch had
+        gathered for them (their rows are not written: they would only be deleted)."""
+        self.suppression.apply(b.suppressed, partition, command)
+        erased = 0
+        if isinstance(command, Forget):
+            for name in command.journeys:
+                key = name.encode()
+                if partition_for(key, self.partitions) != partition:
+                    continue
+                held = b.logs.pop(key, None)
+                b.fresh.pop(key, None)
+                b.last.pop(key, None)
+                if journeys.get(key) is not None:
+                    del journeys[key]
+                    erased += 1
+                elif held is not None and held.events:
+                    erased += 1
+        self.suppression.ack(out, command, partition, erased, now)
+
+    def _suppressed(self, b: _Batch, message: Message) -> bool:
+        """Whether the message is dropped as naming a forgotten id: its journey's, a
+        merge's customer; a touch loses only the touchpoints from a forgotten device."""
+        command = message.value
+        if isinstance(command, Sweep | Expire):
+            return False
+        key: bytes = message.key
+        own = key[5:] if key.startswith(b"anon:") else key
+        ids: list[str | None] = [own.decode(errors="replace")]
+        if isinstance(command, MergeInto):
+            ids.append(command.customer_id)
+        if not self.suppression.holds(b.suppressed, message.partition, ids):
+            return False  # a touch's own devices are checked as it is decoded (_command)
+        self.metrics.suppressed_touchpoints.labels("journey").inc(
+            len(command.touchpoints) if isinstance(command, Touch) else 1)
+        return True
 
     def _apply(self, b: _Batch, out: Output, journeys: Store, message: Message,
                now: datetime, version: int) -> None:
@@ -194,6 +248,15 @@ class JourneyUpdater:
         if isinstance(command, Touch):
             anonymous = journey_log.customer_id is None and command.customer_id is None
             tps = [decode_trusted(raw) for raw in command.touchpoints]
+            if command.customer_id:  # a customer's touchpoint may name a forgotten device
+                kept = [(tp, raw) for tp, raw in zip(tps, command.touchpoints, strict=True)
+                        if not self.suppression.holds(b.suppressed, message.partition,
+                                                      (tp.anonymous_id,))]
+                if len(kept) < len(tps):
+                    self.metrics.suppressed_touchpoints.labels("journey").inc(
+                        len(tps) - len(kept))
+                    tps = [tp for tp, _ in kept]
+                    command = Touch(command.customer_id, [raw for _, raw in kept])
             if journey_log.events:
                 horizon = journey_log.events[-1].at - self.lateness
                 self.metrics.late_touchpoints.inc(sum(1 for tp in tps

@@ -27,8 +27,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
-from schemas import SchemaError, decode_touchpoint
+from schemas import SchemaError, decode_touchpoint, encode_touchpoint
 from schemas.bounds import TimeBounds
+from schemas.privacy import Redaction
 from stream_processors.commands import Link, Touch, Watermark, encode_command
 from stream_processors.effects import BY_DEVICE, JOURNEY_EVENTS, Message, Output
 from stream_processors.metrics import WorkerMetrics
@@ -56,11 +57,16 @@ class SourceProgress:
 class Router:
     def __init__(self, metrics: WorkerMetrics, partitions: int, topic: str,
                  bounds: TimeBounds | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 redaction: Redaction | None = None) -> None:
         self.metrics = metrics
         self.partitions = partitions
         self.topic = topic  # the touchpoints topic's name, for dead letters
         self.bounds = bounds or TimeBounds()
+        #: Personal data redacted here too: a producer other than ours (or an SDK with
+        #: other settings) may have sent it in clear, and it is to reach neither the
+        #: internal topics nor ClickHouse so.
+        self.redaction = redaction or Redaction("")
         self.clock = clock
         self.sources: PerPartition[SourceProgress] = PerPartition(
             lambda _partition: SourceProgress(clock()))
@@ -79,6 +85,10 @@ class Router:
             except SchemaError as exc:
                 self._dead_letter(out, message, exc, now)
                 continue
+            raw: bytes = message.value
+            redacted = self.redaction.apply(tp)
+            if redacted is not tp:
+                tp, raw = redacted, encode_touchpoint(redacted)
             at = min(tp.occurred_at, tp.received_at or now)
             if message.partition not in progress or at > progress[message.partition]:
                 progress[message.partition] = at
@@ -87,7 +97,7 @@ class Router:
                 max(0.0, (now - tp.occurred_at).total_seconds()))
             if tp.customer_id:  # straight to its journey; the device, if any, learns the link
                 out.add(JOURNEY_EVENTS, tp.customer_id.encode(),
-                        encode_command(Touch(tp.customer_id, [message.value])))
+                        encode_command(Touch(tp.customer_id, [raw])))
                 if (tp.type == "identify" and tp.anonymous_id
                         and links.get(tp.anonymous_id) != tp.customer_id):
                     links[tp.anonymous_id] = tp.customer_id
@@ -95,7 +105,7 @@ class Router:
                             encode_command(Link(tp.customer_id)))
             else:  # anonymous: its device's partition knows where it belongs
                 out.add(BY_DEVICE, tp.anonymous_id.encode(),
-                        encode_command(Touch(None, [message.value])))
+                        encode_command(Touch(None, [raw])))
         out.then(lambda: self._committed(batch, progress))
         return out
 

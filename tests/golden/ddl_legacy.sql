@@ -158,3 +158,29 @@ CREATE TABLE IF NOT EXISTS journey.cx_metrics
 ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (metric, dimension, window, window_start);
+
+CREATE TABLE IF NOT EXISTS journey.privacy_acks
+(
+    request String,
+    stage String,
+    partition UInt32,
+    erased UInt64,
+    acked_at DateTime('UTC')
+)
+ENGINE = ReplacingMergeTree()
+ORDER BY (request, stage, partition);
+
+CREATE TABLE IF NOT EXISTS journey.privacy_audit
+(
+    request String,
+    action String,
+    id_hash String,
+    hashes Array(String),
+    requested_at DateTime('UTC'),
+    requested_by String,
+    outcome String,
+    erased String,
+    finished_at DateTime('UTC')
+)
+ENGINE = MergeTree()
+ORDER BY (requested_at, request);

@@ -159,3 +159,30 @@ CREATE TABLE IF NOT EXISTS journey.cx_metrics
 ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (metric, dimension, window, window_start);
+
+CREATE TABLE IF NOT EXISTS journey.privacy_acks
+(
+    request String,
+    stage LowCardinality(String),
+    partition UInt32,
+    erased UInt64,
+    acked_at DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree()
+ORDER BY (request, stage, partition)
+TTL toDateTime(acked_at) + INTERVAL 30 DAY;
+
+CREATE TABLE IF NOT EXISTS journey.privacy_audit
+(
+    request String,
+    action LowCardinality(String),
+    id_hash String,
+    hashes Array(String),
+    requested_at DateTime64(3, 'UTC'),
+    requested_by String,
+    outcome LowCardinality(String),
+    erased String,
+    finished_at DateTime64(3, 'UTC')
+)
+ENGINE = MergeTree()
+ORDER BY (requested_at, request);

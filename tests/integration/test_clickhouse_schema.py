@@ -6,15 +6,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 import urllib.parse
 import urllib.request
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
 from deploy.queries import load_queries
 from producers.simulator import simulate
+from schemas import utcnow
 from stream_processors.clickhouse.client import connect, migrate
 from stream_processors.clickhouse.ddl import MIGRATIONS, MODERN, render_all
 from stream_processors.clickhouse.rows import COLUMNS
@@ -130,3 +132,56 @@ def _http_query(settings, sql: str) -> str:
            + urllib.parse.urlencode({"database": settings.clickhouse_database}))
     with urllib.request.urlopen(url, data=sql.encode(), timeout=30) as r:
         return r.read().decode()
+
+
+def test_retention_deletes_only_rows_past_it_on_18_16(settings, clickhouse) -> None:
+    from stream_processors.clickhouse.client import enforce_retention
+
+    now = utcnow().replace(microsecond=0)
+    ages = {"old": 400, "kept": 300, "new": 0}  # days; touchpoints keep 395
+    clickhouse.execute(f"INSERT INTO touchpoints ({', '.join(COLUMNS['touchpoints'])}) VALUES", [
+        (name, "page_view", 1, now - timedelta(days=days), now, now, "c", "c", "", "", "web",
+         "", "awareness", "{}", "{}", 1) for name, days in ages.items()])
+    clickhouse.execute(f"INSERT INTO dead_letters ({', '.join(COLUMNS['dead_letters'])}) VALUES",
+                       [(now - timedelta(days=days), "t", 0, i, "r", "", "", "{}")
+                        for i, days in enumerate((31, 29, 0))])
+    db = settings.clickhouse_database
+    days = {"touchpoints": 395.0, "dead_letters": 30.0}
+    assert enforce_retention(clickhouse, db, days) == {"touchpoints": 1, "dead_letters": 1}
+
+    def left() -> tuple:
+        return (sorted(r[0] for r in clickhouse.execute("SELECT event_id FROM touchpoints")),
+                sorted(r[0] for r in clickhouse.execute("SELECT offset FROM dead_letters")))
+
+    for _ in range(100):  # a mutation runs in the background
+        if left() == (["kept", "new"], [1, 2]):
+            break
+        time.sleep(0.1)
+    assert left() == (["kept", "new"], [1, 2])
+    assert enforce_retention(clickhouse, db, days) == {}  # nothing past it: no mutation
+
+
+def test_modern_retention_and_forget_deletes_run_on_a_current_clickhouse() -> None:
+    from stream_processors.clickhouse.ddl import retention
+    from stream_processors.privacy import _conditions
+
+    sess = _chdb()
+    _run_script(sess, render_all(MODERN, "journey"))
+    for statement in retention(MODERN, "journey", {"touchpoints": 395, "dead_letters": 30}):
+        sess.query(statement)
+    for table, column, seconds in (("touchpoints", "occurred_at", 395 * 86400),
+                                   ("dead_letters", "received_at", 30 * 86400)):
+        engine = str(sess.query("SELECT engine_full FROM system.tables WHERE database = "
+                                f"'journey' AND name = '{table}'", "CSV"))
+        assert f"TTL toDateTime({column}) + toIntervalSecond({seconds})" in engine, engine
+    # journey forget's deletion, as a lightweight DELETE on 23.8+.
+    rows = [{"event_id": e, "type": "page_view", "occurred_at": "2026-01-01 00:00:00",
+             "received_at": "2026-01-01 00:00:00", "ingested_at": "2026-01-01 00:00:00",
+             "journey_key": key, "customer_id": customer, "anonymous_id": device}
+            for e, key, customer, device in (("1", "c-1", "c-1", ""), ("2", "anon:d-1", "", "d-1"),
+                                             ("3", "c-2", "c-2", "d-1"), ("4", "c-2", "c-2", ""))]
+    sess.query("INSERT INTO journey.touchpoints FORMAT JSONEachRow\n"
+               + "\n".join(json.dumps(r) for r in rows))
+    condition = _conditions("c-1", ["d-1"])["touchpoints"]
+    sess.query(f"DELETE FROM journey.touchpoints WHERE {condition}")
+    assert str(sess.query("SELECT event_id FROM journey.touchpoints", "CSV")).split() == ['"4"']

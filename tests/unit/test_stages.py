@@ -266,7 +266,8 @@ def test_a_journey_writes_its_rows_and_saves_its_windows_before_itself() -> None
     assert [e.event_id for e in decode_log(journeys[b"c-1"]).events] == ["e1", "e2"]
     assert window_state(windows, message.partition, "on_time_rate", "1h", T0) == (1.0, 2.0)
     # The windows are saved first: the journey's event ids mark the work as done.
-    assert [tuple(map(id, group)) for group in out.saves] == [(id(windows),), (id(journeys),)]
+    assert out.saves[0] == (windows,) and out.saves[0][0] is windows
+    assert out.saves[-1][-1] is journeys and len(out.saves) == 2
 
 
 def test_a_replay_after_a_crash_between_the_two_saves_counts_nothing_twice() -> None:
@@ -648,3 +649,101 @@ def test_the_collectors_rejects_become_dead_letter_rows_the_workers_own_are_skip
     assert out.rows["dead_letters"][:2] == [letter, letter]
     assert out.rows["dead_letters"][2][1:5] == ("collector:shop", 2, 44, "too_large")
     assert out.sent() == [] and out.saves == []
+
+
+# ── forgetting ────────────────────────────────────────────────────────────────
+def forget_everywhere(request: str, *, customers: tuple[str, ...] = (),
+                      devices: tuple[str, ...] = (), key: str = "k") -> list[Message]:
+    """A Forget to every partition, as stream_processors/privacy.py sends it."""
+    from schemas.privacy import id_hash
+    from stream_processors.commands import Forget
+
+    command = Forget(request, [id_hash(i, key) for i in (*customers, *devices)],
+                     customers=list(customers), devices=list(devices),
+                     journeys=[*customers, *(f"anon:{d}" for d in devices)])
+    return [Message(p, 900 + p, b"\x00privacy", command) for p in range(P)]
+
+
+def test_a_forget_erases_links_of_its_partition_and_drops_what_names_them_after() -> None:
+    from stream_processors.commands import Unsuppress
+
+    metrics = new_metrics()
+    identity = IdentityResolver(P, privacy_key="k", metrics=metrics)
+    devices: dict[bytes, bytes] = {}
+    suppressed: dict[bytes, bytes] = {}
+    # d-1 and d-2 belong to c-1 (identified), d-3 to c-2.
+    for n, (device, customer) in enumerate((("d-1", "c-1"), ("d-2", "c-1"), ("d-3", "c-2"))):
+        identity.resolve([Message(partition_for(device.encode(), P), n, device.encode(),
+                                  Link(customer))], devices, NOW, suppressed)
+    assert len(devices) == 3
+    # The customer first: every link to them goes, wherever the device lives.
+    out = identity.resolve(forget_everywhere("r/1", customers=("c-1",)), devices, NOW,
+                           suppressed)
+    assert list(devices) == [b"d-3"]
+    acks = out.rows["privacy_acks"]
+    assert sorted(a[2] for a in acks) == list(range(P)) and sum(a[3] for a in acks) == 2
+    assert {a[0] for a in acks} == {"r/1"} and {a[1] for a in acks} == {"by-device"}
+    # Afterwards a link to c-1 (an identify routed before the forget) makes no link, and
+    # the other customer's device works as before.
+    late = identity.resolve([Message(partition_for(b"d-9", P), 20, b"d-9", Link("c-1")),
+                             Message(partition_for(b"d-3", P), 21, b"d-3",
+                                     Touch(None, [tp("e1", "page_view", 0, anon="d-3")]))],
+                            devices, NOW, suppressed)
+    assert b"d-9" not in devices
+    assert [key for _, _, key, _ in late.sent(JOURNEY_EVENTS)] == [b"c-2"]
+    # The devices: their later anonymous touchpoints are dropped and counted.
+    identity.resolve(forget_everywhere("r/2", devices=("d-1", "d-2")), devices, NOW,
+                     suppressed)
+    gone = identity.resolve([Message(partition_for(b"d-1", P), 30, b"d-1", Touch(
+        None, [tp("e2", "page_view", 1, anon="d-1"), tp("e3", "page_view", 2, anon="d-1")]))],
+        devices, NOW, suppressed)
+    assert gone.sent() == [] and b"d-1" not in devices
+    assert metrics.suppressed_touchpoints.labels("by-device")._value.get() == 3  # 1 link + 2
+    # Allowed again: the same touchpoint goes to the device's anonymous journey.
+    from schemas.privacy import id_hash
+
+    allowed = [Message(p, 40, b"\x00privacy", Unsuppress("r/3", [id_hash("d-1", "k")]))
+               for p in range(P)]
+    identity.resolve(allowed, devices, NOW, suppressed)
+    back = identity.resolve([Message(partition_for(b"d-1", P), 41, b"d-1", Touch(
+        None, [tp("e4", "page_view", 3, anon="d-1")]))], devices, NOW, suppressed)
+    assert [key for _, _, key, _ in back.sent(JOURNEY_EVENTS)] == [b"anon:d-1"]
+
+
+def test_a_forget_erases_journeys_and_a_merge_still_under_way_never_lands() -> None:
+    stage = updater()
+    stage.suppression.key = "k"
+    journeys: dict[bytes, bytes] = {}
+    suppressed: dict[bytes, bytes] = {}
+    c1, anon = b"c-1", b"anon:d-1"
+    # c-1 has an order; d-1 browsed anonymously, and its identify is under way: the
+    # MergeInto has not reached the device's journey when the forget comes.
+    stage.update([Message(partition_for(c1, P), 1, c1, Touch("c-1", [
+        tp("e1", "order_placed", 0, customer="c-1", order_id="o-1", revenue=5.0)])),
+                  Message(partition_for(anon, P), 1, anon, Touch(None, [
+                      tp("e2", "page_view", 1, anon="d-1")]))],
+                 journeys, {}, NOW, 1, suppressed)
+    assert set(journeys) == {c1, anon}
+    out = stage.update(forget_everywhere("r/1", customers=("c-1",), devices=("d-1",)),
+                       journeys, {}, NOW, 2, suppressed)
+    assert journeys == {}
+    assert sum(a[3] for a in out.rows["privacy_acks"]) == 2
+    assert not any(out.rows[t] for t in ("touchpoints", "customer_journeys"))
+    # What was under way: the MergeInto, a Merge, the customer's and the device's
+    # touchpoints, and another customer's touchpoint that names the forgotten device.
+    merge = Merge(JourneyLog(key="anon:d-1", events=[]))
+    other = tp("e5", "page_view", 5, customer="c-2", anon="d-1")
+    kept = tp("e6", "page_view", 6, customer="c-2")
+    after = stage.update([
+        Message(partition_for(anon, P), 5, anon, MergeInto("c-1")),
+        Message(partition_for(c1, P), 6, c1, merge),
+        Message(partition_for(c1, P), 7, c1, Touch("c-1", [tp("e3", "page_view", 3,
+                                                              customer="c-1")])),
+        Message(partition_for(anon, P), 8, anon, Touch(None, [tp("e4", "page_view", 4,
+                                                                 anon="d-1")])),
+        Message(partition_for(b"c-2", P), 9, b"c-2", Touch("c-2", [other, kept]))],
+        journeys, {}, NOW, 3, suppressed)
+    assert after.sent(JOURNEY_EVENTS) == []
+    assert set(journeys) == {b"c-2"}
+    assert [r["event_id"] for r in as_dicts(after.rows["touchpoints"], "touchpoints")] == ["e6"]
+    assert stage.metrics.suppressed_touchpoints.labels("journey")._value.get() == 5
