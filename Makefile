@@ -15,10 +15,11 @@ setup: system-deps $(VENV)/.installed $(ANALYTICS_NEXT)
 
 # Debian packages: ClickHouse 18.16 backs the local stack and the tests; Chromium runs
 # the browser snippet's test; promtool (prometheus) tests the alerting rules; npm fetches
-# Segment's browser library for its compatibility test. Installed only when missing; npm
+# Segment's browser library for its compatibility test; ZooKeeper coordinates the two
+# ClickHouse replicas of the cluster test. Installed only when missing; npm
 # by its command, as a Node.js from elsewhere (NodeSource's) bundles it and conflicts
 # with Debian's package.
-APT_PACKAGES := clickhouse-server clickhouse-client chromium prometheus
+APT_PACKAGES := clickhouse-server clickhouse-client chromium prometheus zookeeper
 
 system-deps:
 	@missing=""; \

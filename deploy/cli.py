@@ -21,6 +21,8 @@ examples:
   journey demo                      simulate 2,000 customers end to end, then stop
   journey demo --keep-running       ... and leave the stack up for exploring
   journey up --broker-port 19092    broker, ClickHouse, worker and collector until Ctrl-C
+  journey up --workers 3            ... with three workers sharing the partitions
+  journey status                    is each component up, and how far behind?
   journey migrate --print --dialect modern   the production DDL, without applying it
   journey forget --customer c-1001  erase a customer everywhere; suppress their events
 """
@@ -63,8 +65,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
     components = [c for c in COMPONENTS
                   if not (args.no_worker and c in ("worker", "collector"))]
     _stop_on_signals()
-    print(f"Starting {', '.join(components)} (data in {settings.data_dir.resolve()}) ...")
-    with Stack(settings) as stack:
+    workers = f" ({args.workers} workers)" if args.workers > 1 else ""
+    print(f"Starting {', '.join(components)}{workers} (data in {settings.data_dir.resolve()}) "
+          "...")
+    with Stack(settings, workers=args.workers) as stack:
         stack.start(components)
         print(f"Logs: {stack.data_dir / 'logs'}/<component>.log")
         print("Ready: the worker is consuming. Ctrl-C stops everything. A worker or "
@@ -80,6 +84,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print(f"{name} exited unexpectedly; its log ends with:\n{stack.log_tail(name)}\n"
               "Stopping the rest ...", file=sys.stderr)
         return 1
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from deploy.status import components, format_status, group_lag, probe
+
+    settings = _settings(args)
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    found = [probe(c) for c in components(settings)]
+    print(format_status(found, group_lag(settings), settings.topic_prefix))
+    return 0 if all(c.healthy for c in found) else 1
 
 
 def _stop_on_signals() -> None:
@@ -120,13 +134,14 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     from stream_processors.clickhouse.ddl import LEGACY, MODERN, render_all
 
     settings = _settings(args)
+    cluster = args.cluster or settings.clickhouse_cluster or None
     if args.print:
         dialect = MODERN if args.dialect == "modern" else LEGACY
-        print(render_all(dialect, settings.clickhouse_database), end="")
+        print(render_all(dialect, settings.clickhouse_database, cluster), end="")
         return 0
     client = connect(settings.clickhouse_url)
     wait_until_ready(client, timeout=args.timeout)
-    applied = migrate(client, settings.clickhouse_database)
+    applied = migrate(client, settings.clickhouse_database, cluster)
     print(f"applied: {', '.join(applied)}" if applied else "already up to date")
     return 0
 
@@ -242,7 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="start broker, ClickHouse, worker and collector until Ctrl-C")
     _stack_options(p)
     p.add_argument("--no-worker", action="store_true", help="start only broker and ClickHouse")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run N workers, sharing the partitions (web ports from --worker-port "
+                   "on, one state directory each; default 1)")
     p.set_defaults(func=_cmd_up)
+
+    p = sub.add_parser("status", help="each component of the stack: health, partitions, "
+                       "consumer lag (exit 1 if one is unhealthy)")
+    _stack_options(p)
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("demo", help="simulate customers through the whole local pipeline")
     _stack_options(p)
@@ -271,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dialect", choices=("legacy", "modern"), default="modern",
                    help="with --print: legacy (ClickHouse 18.16) or modern (23.8+)")
     p.add_argument("--timeout", type=float, default=60.0, help="wait this long for ClickHouse")
+    p.add_argument("--cluster", metavar="NAME", help="replicate the tables over this "
+                   "ClickHouse cluster (remote_servers name): Replicated*MergeTree "
+                   "`<table>_local` tables behind Distributed ones, DDL ON CLUSTER "
+                   "(JOURNEY_CLICKHOUSE_CLUSTER)")
     p.set_defaults(func=_cmd_migrate)
 
     p = sub.add_parser("schemas", help="list touchpoint types and versions, or export "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import json
 import os
 import shutil
 import signal
@@ -32,7 +33,8 @@ from types import TracebackType
 
 from schemas.settings import Settings
 
-__all__ = ["COMPONENTS", "Stack", "StackError", "clickhouse_server_bin", "tansu_bin"]
+__all__ = ["COMPONENTS", "STATE_FILE", "Stack", "StackError", "clickhouse_server_bin",
+           "tansu_bin"]
 
 #: Start order: the worker creates the topics the collector publishes to.
 COMPONENTS = ("broker", "clickhouse", "worker", "collector")
@@ -44,6 +46,8 @@ RESTARTABLE = ("worker", "collector")
 #: HEALTHY_RUN_SECONDS starts again from one second.
 MAX_RESTART_DELAY = 30.0
 HEALTHY_RUN_SECONDS = 60.0
+#: What `journey up` runs, in its data directory, for `journey status`.
+STATE_FILE = "stack.json"
 
 
 class StackError(RuntimeError):
@@ -95,6 +99,7 @@ class _Child:
     ports: list[tuple[str, int, str]]  # host, port, the setting that moves it
     healthy: Callable[[], bool]
     address: str
+    health_url: str = ""
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
     prepare: Callable[[], object] | None = None  # run just before it is started
@@ -104,16 +109,32 @@ class _Child:
     restarts: int = 0  # in a row: reset after a healthy run
     total_restarts: int = 0
 
+    @property
+    def role(self) -> str:
+        """broker, clickhouse, worker or collector (``worker-2`` is a worker)."""
+        return self.name.split("-", 1)[0]
+
 
 class Stack:
     """Starts, watches and stops the local stack; a context manager."""
 
     def __init__(self, settings: Settings, *, echo: Callable[[str], None] = print,
-                 start_timeout: float = 60.0) -> None:
+                 start_timeout: float = 60.0, workers: int = 1,
+                 clickhouse_config: str = "") -> None:
+        if workers < 1:
+            raise StackError("--workers must be at least 1")
+        if workers > settings.topic_partitions:
+            raise StackError(f"--workers {workers} is more than the {settings.topic_partitions} "
+                             "partitions (JOURNEY_TOPIC_PARTITIONS): the extra workers would "
+                             "get no work")
         self.settings = settings
         self.data_dir = settings.data_dir.resolve()
         self.echo = echo
         self.start_timeout = start_timeout
+        self.workers = workers
+        #: More of ClickHouse's configuration (a cluster's ZooKeeper, macros, remote
+        #: servers), inserted as is into the generated config.xml.
+        self.clickhouse_config = clickhouse_config
         self._started: list[_Child] = []
 
     # ── lifecycle ────────────────────────────────────────────────────────────
@@ -122,7 +143,7 @@ class Stack:
         unknown = set(components) - set(COMPONENTS)
         if unknown:
             raise StackError(f"unknown component(s) {sorted(unknown)}; choose from {COMPONENTS}")
-        children = [self._child(name) for name in components]
+        children = [child for name in components for child in self._children(name)]
         taken = [f"port {port} on {host} ({child.name}) is already in use: stop what listens "
                  f"there or choose another port with {setting}"
                  for child in children for host, port, setting in child.ports
@@ -136,9 +157,12 @@ class Stack:
         except BaseException:
             self.stop()
             raise
+        self._record()
 
     def stop(self, timeout: float = 20.0) -> None:
         """Stop every started child, newest first: SIGTERM, then SIGKILL after ``timeout``."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / STATE_FILE).unlink()
         while self._started:
             child = self._started.pop()
             proc = child.process
@@ -163,9 +187,10 @@ class Stack:
         while True:
             for child in list(self._started):
                 if child.process is not None and child.process.poll() is not None:
-                    if not restart or child.name not in RESTARTABLE:
+                    if not restart or child.role not in RESTARTABLE:
                         return child.name
                     self._restart(child)
+                    self._record()
             time.sleep(0.5)
 
     def restarts(self) -> dict[str, int]:
@@ -191,6 +216,14 @@ class Stack:
             self._launch(child, at)
         except StackError as exc:  # tried again on the next round, with a longer delay
             self.echo(f"  {child.name} did not come back: {exc}")
+
+    def _record(self) -> None:
+        """What runs, for `journey status` (deploy/status.py): each child's name, pid,
+        address and health URL, in ``<data dir>/stack.json``."""
+        state = [{"name": c.name, "role": c.role, "pid": c.process.pid if c.process else None,
+                  "address": c.address, "health": c.health_url} for c in self._started]
+        path = self.data_dir / STATE_FILE
+        path.write_text(json.dumps({"pid": os.getpid(), "components": state}, indent=1))
 
     def log_tail(self, name: str, lines: int = 20) -> str:
         path = self.data_dir / "logs" / f"{name}.log"
@@ -240,7 +273,7 @@ class Stack:
                        url, "--storage-engine", "memory://tansu/"],
                 [(host, port, "--broker-port or JOURNEY_BROKER_URL")],
                 lambda: _tcp_open(host, port), f"kafka://{host}:{port}",
-                env={"RUST_LOG": "warn"})
+                health_url=f"tcp://{host}:{port}", env={"RUST_LOG": "warn"})
         if name == "clickhouse":
             host, port = s.clickhouse_host_port
             http = s.clickhouse_http_port
@@ -251,6 +284,7 @@ class Stack:
                  (host, http, "--clickhouse-http-port or JOURNEY_CLICKHOUSE_HTTP_PORT")],
                 lambda: _http_ok(f"http://{host}:{http}/ping"),
                 f"clickhouse://{host}:{port} (http :{http}, database {s.clickhouse_database})",
+                health_url=f"http://{host}:{http}/ping",
                 cwd=config.parent, prepare=lambda: self._clickhouse_config(host, port, http))
         env = s.replace(data_dir=self.data_dir).to_env()
         if name == "collector":
@@ -260,21 +294,38 @@ class Stack:
                 [(host, port, "--collector-port or JOURNEY_COLLECTOR_PORT")],
                 lambda: _http_ok(f"http://{host}:{port}/healthz"),
                 f"http://{host}:{port}/v1/batch (Segment API; write key dev-write-key "
-                "unless configured)", env=env)
-        host, port = "127.0.0.1", s.worker_web_port
+                "unless configured)", health_url=f"http://{host}:{port}/healthz", env=env)
+        return self._worker(1)
+
+    def _children(self, name: str) -> list[_Child]:
+        if name != "worker" or self.workers == 1:
+            return [self._child(name)]
+        return [self._worker(i) for i in range(1, self.workers + 1)]
+
+    def _worker(self, index: int) -> _Child:
+        """Worker ``index`` of ``self.workers``: its own web port (the first one's plus
+        ``index - 1``) and, when there are several, its own state directory (RocksDB
+        locks its files), under ``<data dir>/workers/``."""
+        s = self.settings
+        host, port = "127.0.0.1", s.worker_web_port + index - 1
+        name = "worker" if self.workers == 1 else f"worker-{index}"
+        data_dir = self.data_dir if self.workers == 1 else self.data_dir / "workers" / name
+        env = s.replace(data_dir=data_dir, worker_web_port=port).to_env()
+        ready = f"http://{host}:{port}/readyz"
         return _Child(
             name, [sys.executable, "-m", "deploy.cli", "worker"],
             [(host, port, "--worker-port or JOURNEY_WORKER_WEB_PORT")],
             # Consuming, not only answering: ``Ready`` then means events are processed.
-            lambda: _http_ok(f"http://{host}:{port}/readyz"),
-            f"http://{host}:{port}/metrics", env=env)
+            lambda: _http_ok(ready), f"http://{host}:{port}/metrics", health_url=ready,
+            env=env)
 
     def _clickhouse_config(self, host: str, port: int, http_port: int) -> Path:
         root = self.data_dir / "clickhouse"
         for sub in ("data", "tmp", "user_files", "format_schemas", "log"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         (root / "config.xml").write_text(_CLICKHOUSE_CONFIG.format(
-            root=root, host=host, port=port, http_port=http_port))
+            root=root, host=host, port=port, http_port=http_port).replace(
+                "</yandex>", self.clickhouse_config + "</yandex>"))
         (root / "users.xml").write_text(_CLICKHOUSE_USERS)
         return root / "config.xml"
 

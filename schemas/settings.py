@@ -68,6 +68,11 @@ class Settings:
         "clickhouse://default@127.0.0.1:9000/journey", "JOURNEY_CLICKHOUSE_URL",
         "ClickHouse native-protocol URL; the path is the database, created when missing.",
         secret=True)
+    clickhouse_cluster: str = _setting(
+        "", "JOURNEY_CLICKHOUSE_CLUSTER",
+        "Name of the ClickHouse cluster (its remote_servers entry) to replicate the tables "
+        "over: `<table>_local` Replicated*MergeTree tables behind Distributed ones of the "
+        "tables' names, DDL ON CLUSTER. Empty: one server.")
     clickhouse_http_port: int = _setting(
         8123, "JOURNEY_CLICKHOUSE_HTTP_PORT", "HTTP port of the local stack's ClickHouse.")
     sink_batch_size: int = _setting(

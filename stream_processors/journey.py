@@ -27,7 +27,8 @@ from schemas import Touchpoint
 from stream_processors.cx_metrics import nps_category
 
 __all__ = [
-    "FUNNEL", "STAGES", "Alert", "Journey", "JourneyEvent", "JourneyLog", "Ticket", "Transition",
+    "ALERT_KINDS", "FUNNEL", "STAGES", "Alert", "Journey", "JourneyEvent", "JourneyLog",
+    "Ticket", "Transition",
     "add_events", "alerts_for", "decode_log", "encode_log", "event_of", "fold", "merge_logs",
     "natural_key",
 ]
@@ -465,6 +466,11 @@ def _number(value: object) -> float:
 
 
 # ── closed-loop alerts ───────────────────────────────────────────────────────
+#: Every kind of alert :func:`alerts_for` raises.
+ALERT_KINDS = ("detractor_followup", "low_csat_followup", "proactive_outreach",
+               "first_response_sla", "churn_risk")
+
+
 class Alert(msgspec.Struct, frozen=True, kw_only=True):
     """Something a person should act on, with the touchpoints behind it.
 

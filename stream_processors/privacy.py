@@ -41,6 +41,7 @@ from schemas import utcnow
 from schemas.privacy import id_hash
 from schemas.settings import Settings
 from stream_processors.clickhouse.client import connect, server_dialect
+from stream_processors.clickhouse.ddl import local_table
 from stream_processors.commands import PRIVACY_KEY, Forget, Unsuppress, encode_command
 
 __all__ = ["PERSONAL_TABLES", "PrivacyError", "Report", "check_id", "forget", "unsuppress"]
@@ -156,6 +157,8 @@ class _Channels:
         self.settings = settings
         self.progress = progress
         self.db = settings.clickhouse_database
+        #: On a cluster, rows live in the replicated ``<table>_local`` tables of each shard.
+        self.cluster = settings.clickhouse_cluster or None
         self.requested_at: Any = None
         self.clickhouse = connect(settings.clickhouse_url, database=self.db)
         self.modern = server_dialect(self.clickhouse).modern
@@ -241,14 +244,16 @@ class _Channels:
             found = {t: n for t, n in found.items() if n}
             if not found:
                 break
+            on = f" ON CLUSTER {self.cluster}" if self.cluster else ""
             for table, n in found.items():
                 deleted[table] += n
-                what = "DELETE FROM {db}.{t} WHERE {c}" if self.modern else \
-                    "ALTER TABLE {db}.{t} DELETE WHERE {c}"
-                self.clickhouse.execute(what.format(db=self.db, t=table, c=conditions[table]))
+                what = "DELETE FROM {db}.{t}{on} WHERE {c}" if self.modern else \
+                    "ALTER TABLE {db}.{t}{on} DELETE WHERE {c}"
+                self.clickhouse.execute(what.format(db=self.db, t=local_table(table, self.cluster),
+                                                    on=on, c=conditions[table]))
             self.progress(("deleting" if attempt == 0 else "deleting again") + ": " + ", ".join(
                 f"{t} {n:,}" for t, n in found.items()))
-            self._wait_for_mutations(list(found))
+            self._wait_for_mutations([local_table(t, self.cluster) for t in found])
         else:
             raise PrivacyError("rows kept coming back after three deletions; is a worker "
                                "replaying? Run the same command again")

@@ -70,6 +70,7 @@ from stream_processors.app import app, settings
 from stream_processors.batches import BatchRunner
 from stream_processors.clickhouse.client import connect
 from stream_processors.clickhouse.client import enforce_retention as clickhouse_retention
+from stream_processors.clickhouse.rows import COLUMNS
 from stream_processors.clickhouse.sink import ClickHouseSink
 from stream_processors.commands import (
     WATERMARK_KEY,
@@ -93,7 +94,7 @@ from stream_processors.effects import (
     Staged,
     unbundle,
 )
-from stream_processors.journey import decode_log
+from stream_processors.journey import ALERT_KINDS, decode_log
 from stream_processors.metrics import WorkerMetrics
 from stream_processors.stages import (
     Aggregator,
@@ -117,6 +118,15 @@ for _table in ("devices", "journeys", "cx-partials", "cx-windows", "device-suppr
                "journey-suppressions"):
     for _reason in ("ahead_of_changelog", "unreadable_store"):
         metrics.state_rebuilds.labels(_table, _reason)
+# Every known label set from the start, at zero: a dashboard's rate() then shows 0
+# rather than no data, and the first increase is not lost to extrapolation.
+for _name in COLUMNS:
+    metrics.sink_failures.labels(_name)
+    metrics.sink_rejected_rows.labels(_name)
+for _kind in ALERT_KINDS:
+    metrics.alerts_raised.labels(_kind)
+for _stage in ("by-device", "journey"):
+    metrics.suppressed_touchpoints.labels(_stage)
 PARTITIONS = settings.topic_partitions
 BATCH, WITHIN = settings.sink_batch_size, settings.sink_flush_seconds
 #: The hops that only re-key (no ClickHouse insert to amortise) pass a partial batch on
@@ -352,7 +362,8 @@ async def enforce_retention() -> None:
 def _enforce_retention() -> None:
     client = connect(settings.clickhouse_url, database=settings.clickhouse_database)
     try:
-        clickhouse_retention(client, settings.clickhouse_database, settings.retention_days)
+        clickhouse_retention(client, settings.clickhouse_database, settings.retention_days,
+                             settings.clickhouse_cluster or None)
     except Exception as exc:
         log.warning("retention: ClickHouse deletion failed (%s); trying again in an hour", exc)
     finally:

@@ -41,10 +41,12 @@ def prepare(settings: Settings, timeout: float = 60.0) -> None:
 
     try:
         wait_until_ready(client, timeout, on_wait=waiting)
-        applied = migrate(client, settings.clickhouse_database)
+        applied = migrate(client, settings.clickhouse_database,
+                          settings.clickhouse_cluster or None)
         if applied:
             log.info("applied ClickHouse migrations: %s", ", ".join(applied))
-        enforce_retention(client, settings.clickhouse_database, settings.retention_days)
+        enforce_retention(client, settings.clickhouse_database, settings.retention_days,
+                          settings.clickhouse_cluster or None)
     finally:
         client.disconnect()
     ensure_topics(settings, timeout)

@@ -16,7 +16,9 @@ from stream_processors.clickhouse.ddl import (
     RETENTION_COLUMNS,
     Dialect,
     bookkeeping,
+    clustered,
     dialect_for_version,
+    local_table,
     retention,
 )
 
@@ -58,23 +60,29 @@ def wait_until_ready(client: Client, timeout: float = 60.0,
             time.sleep(0.5)
 
 
-def migrate(client: Client, database: str) -> list[str]:
+def migrate(client: Client, database: str, cluster: str | None = None) -> list[str]:
     """Apply the migrations not yet recorded; returns the names of those applied.
 
     Safe to run from several workers at once: every statement is ``IF NOT EXISTS``
-    and the record table collapses repeated rows.
+    and the record table collapses repeated rows. With ``cluster``, the tables are
+    replicated over it, behind Distributed tables (ddl.clustered), and every server of
+    the cluster must answer.
     """
     if not _DB_NAME.match(database):
         raise ValueError(f"database name {database!r} must be letters, digits and underscores")
     dialect = server_dialect(client)
-    for statement in bookkeeping(database):
+
+    def rendered(statements: list[str]) -> list[str]:
+        return clustered(statements, cluster) if cluster else statements
+
+    for statement in rendered(bookkeeping(database)):
         client.execute(statement)
     done = {row[0] for row in client.execute(f"SELECT id FROM {database}.schema_migrations")}
     applied = []
     for m in MIGRATIONS:
         if m.id in done:
             continue
-        for statement in m.statements(dialect, database):
+        for statement in rendered(m.statements(dialect, database)):
             client.execute(statement)
         client.execute(f"INSERT INTO {database}.schema_migrations (id, name, applied_at) VALUES",
                        [(m.id, m.name, utcnow().replace(microsecond=0))])
@@ -84,7 +92,8 @@ def migrate(client: Client, database: str) -> list[str]:
 
 
 
-def enforce_retention(client: Client, database: str, days: dict[str, float]) -> dict[str, int]:
+def enforce_retention(client: Client, database: str, days: dict[str, float],
+                      cluster: str | None = None) -> dict[str, int]:
     """Keep each table within its retention (``days``: table → days; ddl.retention).
 
     23.8+: sets the tables' TTL (ClickHouse deletes from then on); returns no counts.
@@ -95,6 +104,10 @@ def enforce_retention(client: Client, database: str, days: dict[str, float]) -> 
     deleted: dict[str, int] = {}
     for table, statement in zip((t for t in RETENTION_COLUMNS if dialect.modern or days.get(t)),
                                 retention(dialect, database, days), strict=True):
+        if cluster:  # the rows are in the replicated tables, on every shard
+            local = local_table(table, cluster)
+            statement = statement.replace(f"ALTER TABLE {database}.{table} ",
+                                          f"ALTER TABLE {database}.{local} ON CLUSTER {cluster} ")
         if dialect.modern:
             client.execute(statement)
             continue

@@ -12,11 +12,13 @@ redelivered batch collapses into the rows it repeats; read with ``FINAL``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["LEGACY", "MIGRATIONS", "MODERN", "RETENTION_COLUMNS", "Dialect", "Migration",
-           "dialect_for_version", "render_all", "retention"]
+__all__ = ["LEGACY", "LOCAL_SUFFIX", "MIGRATIONS", "MODERN", "RETENTION_COLUMNS", "SHARDING",
+           "Dialect", "Migration", "clustered", "dialect_for_version", "local_table",
+           "render_all", "retention"]
 
 
 @dataclass(frozen=True)
@@ -308,9 +310,67 @@ ORDER BY id""",
     ]
 
 
-def render_all(dialect: Dialect, db: str = "journey") -> str:
+#: On a cluster, each table's rows live in ``<table>_local`` (replicated), and
+#: ``<table>`` is the Distributed table over them: what the worker writes to and analysts
+#: query, so that their SQL is the same on one server and on a cluster.
+LOCAL_SUFFIX = "_local"
+#: How a Distributed table spreads rows over shards: by what identifies the fact, so that
+#: every version of a row lands on the shard where ReplacingMergeTree collapses them.
+SHARDING = {
+    "schema_migrations": "id",
+    "touchpoints": "cityHash64(event_id)",
+    "customer_journeys": "cityHash64(journey_key)",
+    "journey_transitions": "cityHash64(journey_key)",
+    "support_tickets": "cityHash64(ticket_id)",
+    "dead_letters": "cityHash64(topic, partition, offset)",
+    "journey_alerts": "cityHash64(alert_id)",
+    "cx_metrics": "cityHash64(metric, dimension, window, window_start)",
+    "privacy_acks": "cityHash64(request, stage, partition)",
+    "privacy_audit": "cityHash64(request)",
+}
+_CREATE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)\.(\w+)\n")
+_ENGINE = re.compile(r"^ENGINE = (\w*MergeTree)\((.*)\)$", re.M)
+
+
+def local_table(table: str, cluster: str | None) -> str:
+    """Where a table's rows are stored (what ALTER ... DELETE and system.mutations name)."""
+    return table + LOCAL_SUFFIX if cluster else table
+
+
+def clustered(statements: list[str], cluster: str) -> list[str]:
+    """The same schema over the ClickHouse cluster ``cluster`` (its remote_servers name):
+    every table becomes ``Replicated*MergeTree`` named ``<table>_local``, replicated under
+    ZooKeeper path ``/clickhouse/tables/{shard}/<db>/<table>`` per ``{replica}`` (each
+    server's macros), behind a Distributed table of the table's own name; all DDL runs
+    ``ON CLUSTER``, and stays idempotent (``IF NOT EXISTS``)."""
+    out = []
+    for statement in statements:
+        if statement.startswith("CREATE DATABASE"):
+            out.append(f"{statement} ON CLUSTER {cluster}")
+            continue
+        create = _CREATE.match(statement)
+        if create is None:
+            raise ValueError(f"cannot render for a cluster: {statement.splitlines()[0]}")
+        db, table = create.groups()
+        local = f"{db}.{table}{LOCAL_SUFFIX}"
+        engine = _ENGINE.search(statement)
+        assert engine is not None, table
+        args = ", ".join(a for a in (f"'/clickhouse/tables/{{shard}}/{db}/{table}'",
+                                     "'{replica}'", engine.group(2)) if a)
+        body = _CREATE.sub(f"CREATE TABLE IF NOT EXISTS {local} ON CLUSTER {cluster}\n",
+                           statement)
+        out.append(_ENGINE.sub(f"ENGINE = Replicated{engine.group(1)}({args})", body))
+        out.append(f"CREATE TABLE IF NOT EXISTS {db}.{table} ON CLUSTER {cluster} AS {local}\n"
+                   f"ENGINE = Distributed({cluster}, {db}, {table}{LOCAL_SUFFIX}, "
+                   f"{SHARDING[table]})")
+    return out
+
+
+def render_all(dialect: Dialect, db: str = "journey", cluster: str | None = None) -> str:
     """Every statement, as a script: ``journey migrate --print`` and the golden files."""
     statements = bookkeeping(db)
     for m in MIGRATIONS:
         statements += m.statements(dialect, db)
+    if cluster:
+        statements = clustered(statements, cluster)
     return ";\n\n".join(statements) + ";\n"

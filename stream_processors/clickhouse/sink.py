@@ -167,8 +167,12 @@ class ClickHouseSink:
                     "SELECT name, type FROM system.columns WHERE database = %(db)s "
                     "AND table = %(table)s", {"db": self._database, "table": table}))
                 converters = self._converters[table] = converters_for(COLUMNS[table], types)
+            # Into a Distributed table (a cluster), the insert returns once every shard
+            # has its rows, not once they are queued on this server: the batch's offsets
+            # are committed after this.
             self._client.execute(f"INSERT INTO {self._database}.{table} ({columns}) VALUES",
-                                 convert_rows(rows, converters))
+                                 convert_rows(rows, converters),
+                                 settings={"insert_distributed_sync": 1})
         except Exception:
             # A fresh connection next time: the old one may be half-way through a packet.
             self._client.disconnect()

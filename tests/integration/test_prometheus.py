@@ -17,7 +17,8 @@ from tests.conftest import REPO, free_port, require_binary, wait_for
 RULES = REPO / "deploy" / "prometheus" / "rules"
 
 
-def start_prometheus(tmp_path: Path, worker_port: int) -> tuple[subprocess.Popen, str]:
+def start_prometheus(tmp_path: Path, worker_port: int, collector_port: int | None = None,
+                     ) -> tuple[subprocess.Popen, str]:
     binary = require_binary("prometheus", "`sudo apt-get install prometheus` (`make setup`)")
     rules_dir = tmp_path / "rules"
     rules_dir.mkdir()
@@ -32,6 +33,10 @@ def start_prometheus(tmp_path: Path, worker_port: int) -> tuple[subprocess.Popen
         "scrape_configs": [{"job_name": "journey-worker",
                             "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}]}],
     }
+    if collector_port is not None:  # the job names of deploy/prometheus/prometheus.yml
+        config["scrape_configs"].append({
+            "job_name": "journey-collector",
+            "static_configs": [{"targets": [f"127.0.0.1:{collector_port}"]}]})
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - lives with the process

@@ -115,3 +115,65 @@ def _listening_on(port: int) -> set[str]:
                     raw = b"".join(words[i:i + 4][::-1] for i in range(0, 16, 4))
                     found.add(socket.inet_ntop(socket.AF_INET6, raw))
     return found
+
+
+def test_up_with_two_workers_shares_the_partitions_and_status_shows_each(
+        tmp_path: Path) -> None:
+    worker_port = free_port()
+    while port_in_use("127.0.0.1", worker_port + 1):  # the second worker's
+        worker_port = free_port()
+    ports = {"--broker-port": free_port(), "--clickhouse-port": free_port(),
+             "--clickhouse-http-port": free_port(), "--worker-port": worker_port,
+             "--collector-port": free_port()}
+    flags = ["--data-dir", str(tmp_path)] + [str(x) for kv in ports.items() for x in kv]
+    env = {"PATH": "/usr/sbin:/usr/bin:/bin", "HOME": str(Path.home()),
+           "JOURNEY_TOPIC_PARTITIONS": "4"}
+    out = tmp_path / "up.out"
+    log = open(out, "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "up", "--workers", "2", *flags],
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def status() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "deploy.cli", "status", *flags], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=60)
+
+    try:
+        wait_for(lambda: "Ready:" in out.read_text() or proc.poll() is not None, timeout=180,
+                 what="`journey up --workers 2` to report Ready")
+        assert proc.poll() is None, out.read_text()
+        held = {}
+        for i, port in enumerate((worker_port, worker_port + 1), start=1):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz") as r:
+                held[i] = json.loads(r.read())["partitions"]
+            # Each its own state directory and log.
+            assert (tmp_path / "workers" / f"worker-{i}" / "worker").is_dir()
+            assert (tmp_path / "logs" / f"worker-{i}.log").exists()
+
+        def both_ready() -> subprocess.CompletedProcess | None:
+            result = status()
+            return result if result.returncode == 0 else None
+
+        shown = wait_for(both_ready, timeout=60, what="`journey status` to say all is well")
+        lines = shown.stdout.splitlines()
+        print(shown.stdout)
+        assert lines[0].split()[:3] == ["component", "state", "address"]
+        rows = {line.split()[0]: line.split()[1] for line in lines[1:] if line.strip()
+                and not line.startswith("consumer lag")}
+        assert rows == {"broker": "up", "clickhouse": "up", "worker-1": "ready",
+                        "worker-2": "ready", "collector": "up"}
+        # The two workers share the partitions (the same topics, 4 partitions each).
+        assert held[1] > 0 and held[2] > 0
+        assert re.search(r"worker-1 .* \d+ partitions assigned, lag [\d,]+", shown.stdout)
+        assert re.search(r"^consumer lag: [\d,]+ records \(.*touchpoints \d+",
+                         shown.stdout, re.M)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    # Stopped: status names every component down and exits 1.
+    after = status()
+    assert after.returncode == 1
+    assert all(line.split()[1] == "down" for line in after.stdout.splitlines()[1:5]), \
+        after.stdout

@@ -61,3 +61,31 @@ def test_insert_columns_match_the_table(migration) -> None:
 def test_migration_ids_are_unique_and_ordered() -> None:
     ids = [m.id for m in MIGRATIONS]
     assert ids == sorted(set(ids))
+
+
+def test_cluster_rendering_replicates_every_table_behind_a_distributed_one() -> None:
+    from stream_processors.clickhouse.ddl import MIGRATIONS, SHARDING, clustered
+
+    for dialect in (LEGACY, MODERN):
+        script = render_all(dialect, "shop", cluster="main")
+        statements = script.rstrip(";\n").split(";\n\n")
+        tables = ["schema_migrations", *(m.name for m in MIGRATIONS)]
+        assert set(SHARDING) == set(tables)
+        assert statements[0] == "CREATE DATABASE IF NOT EXISTS shop ON CLUSTER main"
+        for table in tables:
+            local = next(s for s in statements
+                         if s.startswith(f"CREATE TABLE IF NOT EXISTS shop.{table}_local "))
+            assert local.startswith(f"CREATE TABLE IF NOT EXISTS shop.{table}_local ON CLUSTER "
+                                    "main\n")
+            assert "ENGINE = Replicated" in local
+            assert f"('/clickhouse/tables/{{shard}}/shop/{table}', '{{replica}}'" in local
+            assert (f"CREATE TABLE IF NOT EXISTS shop.{table} ON CLUSTER main AS "
+                    f"shop.{table}_local\nENGINE = Distributed(main, shop, {table}_local, "
+                    f"{SHARDING[table]})") in statements
+        # The same columns, order and TTL as on one server: only names and engines differ.
+        single = render_all(dialect, "shop").split(";\n\n")
+        assert len(statements) == 2 * len(single) - 1
+    assert "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/shop/cx_metrics', " \
+           "'{replica}', version)" in render_all(LEGACY, "shop", cluster="main")
+    with pytest.raises(ValueError):
+        clustered(["DROP TABLE x"], "main")

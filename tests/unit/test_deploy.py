@@ -68,3 +68,27 @@ def test_clickhouse_is_neither_public_nor_on_a_default_password() -> None:
     assert clickhouse["environment"]["CLICKHOUSE_PASSWORD"].startswith(
         "${CLICKHOUSE_PASSWORD:?")  # compose refuses to start without one
     assert all(port.startswith("127.0.0.1:") for port in clickhouse["ports"])
+
+
+def test_the_image_runs_as_a_user_that_owns_the_state_directory() -> None:
+    dockerfile = (DEPLOY / "docker" / "Dockerfile").read_text()
+    user = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")]
+    assert user == ["10001:10001"]  # numeric, not root (Kubernetes' runAsNonRoot checks it)
+    assert "--uid 10001" in dockerfile and "--home-dir /var/lib/journey --create-home" in \
+        dockerfile
+    assert "ENV JOURNEY_DATA_DIR=/var/lib/journey" in dockerfile
+
+
+def test_scaled_workers_do_not_share_a_state_volume() -> None:
+    worker = compose()["services"]["worker"]
+    # An anonymous volume (a path alone) is made per container; a named one is shared.
+    assert worker["volumes"] == [worker["environment"]["JOURNEY_DATA_DIR"]]
+    assert "container_name" not in worker  # which would forbid --scale
+
+
+def test_grafana_is_provisioned_with_its_datasources_and_dashboards() -> None:
+    grafana = compose()["services"]["grafana"]
+    assert "grafana-clickhouse-datasource" in grafana["environment"]["GF_INSTALL_PLUGINS"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in grafana["volumes"]}
+    assert mounts["/etc/grafana/provisioning"] == "./grafana/provisioning"
+    assert mounts["/var/lib/grafana/dashboards"] == "./grafana/dashboards"
