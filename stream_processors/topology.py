@@ -219,7 +219,8 @@ async def resolve_identity(stream: StreamT) -> None:
             "resolve_identity", by_device_topic.get_topic_name(), _unbundled(events),
             lambda b, e=events: identity.resolve(
                 _decoded(b, _by_device), _staged(devices, e, _key_partition), utcnow(),
-                _staged(device_suppressions, e, _named_partition)))
+                _staged(device_suppressions, e, _named_partition)),
+            forget=identity.suppression.known.clear)
 
 
 @app.agent(journey_events_topic)
@@ -231,7 +232,8 @@ async def update_journey(stream: StreamT) -> None:
                 _decoded(b, decode_command), _staged(journeys, e, _key_partition),
                 _staged(cx_partials, e, _named_partition), utcnow(), _row_version(),
                 _staged(journey_suppressions, e, _named_partition)),
-            forget=journey_updater.windows.held.clear)
+            forget=_forgetting(journey_updater.windows.held,
+                               journey_updater.suppression.known))
 
 
 @app.agent(cx_partials_topic)
@@ -252,9 +254,19 @@ async def record_rejects(stream: StreamT) -> None:
                          lambda b: rejects.record(b, utcnow()))
 
 
+def _forgetting(*held: Any) -> Callable[[], None]:
+    """What a failed batch makes a stage forget: each of ``held`` is read again."""
+    def forget() -> None:
+        for memory in held:
+            memory.clear()
+    return forget
+
+
 # ── partitions come and go ───────────────────────────────────────────────────
 _HELD_BY = ((touchpoints_topic, router.sources), (by_device_topic, identity.inputs),
+            (by_device_topic, identity.suppression.known),
             (journey_events_topic, journey_updater.windows.held),
+            (journey_events_topic, journey_updater.suppression.known),
             (cx_partials_topic, aggregator.held))
 
 

@@ -25,6 +25,9 @@ class PerPartition(Generic[T]):
             item = self._items[partition] = self._factory(partition)
         return item
 
+    def __setitem__(self, partition: int, item: T) -> None:
+        self._items[partition] = item
+
     def __contains__(self, partition: int) -> bool:
         return partition in self._items
 

@@ -747,3 +747,22 @@ def test_a_forget_erases_journeys_and_a_merge_still_under_way_never_lands() -> N
     assert set(journeys) == {b"c-2"}
     assert [r["event_id"] for r in as_dicts(after.rows["touchpoints"], "touchpoints")] == ["e6"]
     assert stage.metrics.suppressed_touchpoints.labels("journey")._value.get() == 5
+
+
+def test_forgotten_ids_are_read_from_the_table_after_a_restart_or_a_failed_batch() -> None:
+    from schemas.privacy import id_hash
+    from stream_processors.commands import Forget
+    from stream_processors.suppression import Suppression
+
+    p = partition_for(b"d-1", P)
+    saved = {f"{p}|{id_hash('d-1', 'k')}".encode(): b"1"}  # as a changelog restores it
+    suppression = Suppression("k", "by-device")
+    assert suppression.holds(saved, p, ["d-1"]) and not suppression.holds(saved, p, ["d-2"])
+    assert not suppression.holds(saved, (p + 1) % P, ["d-1"])  # each partition its own
+    # A batch that failed after staging a forget: what memory saw is dropped, the table
+    # (without the batch's writes) is read again.
+    staged = dict(saved)
+    suppression.apply(staged, p, Forget("r", [id_hash("d-2", "k")]))
+    assert suppression.holds(staged, p, ["d-2"])
+    suppression.known.clear()
+    assert not suppression.holds(saved, p, ["d-2"]) and suppression.holds(saved, p, ["d-1"])
