@@ -58,7 +58,7 @@ class Settings:
     rocksdb_write_buffer_mb: int = _setting(
         4, "JOURNEY_ROCKSDB_WRITE_BUFFER_MB",
         "RocksDB memtable size of each table partition's database (two per database). With "
-        "the block cache below, a worker's RocksDB memory is at most 4 tables x partitions "
+        "the block cache below, a worker's RocksDB memory is at most 6 tables x partitions "
         "held x (2 x this + the cache); Faust's defaults allow 2.2 GB per database.")
     rocksdb_block_cache_mb: int = _setting(
         8, "JOURNEY_ROCKSDB_BLOCK_CACHE_MB",
