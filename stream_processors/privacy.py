@@ -28,6 +28,7 @@ a replay of them is suppressed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -108,26 +109,39 @@ def forget(settings: Settings, customer: str, *, requested_by: str,
     report = Report(uuid.uuid4().hex, "forget", id_hash(customer, key))
     with _Channels(settings, progress) as ch:
         ch.audit(report, [report.id_hash], requested_by, utcnow())
-        requested_at = ch.requested_at
-        ch.suppress_at_collectors([report.id_hash], active=True)
-        acks = ch.step(Forget(f"{report.request}/customer", [report.id_hash],
-                              customers=[customer], journeys=[customer]),
-                       "the customer is suppressed and their state erased")
-        devices = ch.devices_of(customer)
-        hashes = [report.id_hash]
-        if devices:
-            device_hashes = [id_hash(d, key) for d in devices]
-            hashes += device_hashes
-            ch.suppress_at_collectors(device_hashes, active=True)
-            acks += ch.step(Forget(f"{report.request}/devices", device_hashes,
-                                   devices=devices, journeys=[f"anon:{d}" for d in devices]),
-                            f"{len(devices)} device(s) suppressed and their state erased")
-        report.devices, report.state_keys = len(devices), acks
-        report.rows = ch.delete_rows(customer, devices)
-        report.outcome = "erased" if acks or any(report.rows.values()) else "not_found"
-        report.seconds = time.monotonic() - started
-        ch.audit(report, hashes, requested_by, requested_at)
+        try:
+            _forget(ch, report, customer, key, requested_by, started)
+        except Exception as exc:
+            report.outcome = f"failed: {type(exc).__name__}"
+            report.seconds = time.monotonic() - started
+            with contextlib.suppress(Exception):  # the audit says so, if it can
+                ch.audit(report, [report.id_hash], requested_by, ch.requested_at)
+            raise
     return report
+
+
+def _forget(ch: _Channels, report: Report, customer: str, key: str, requested_by: str,
+            started: float) -> None:
+    """The steps of :func:`forget` (module doc), filling ``report`` in."""
+    requested_at = ch.requested_at
+    ch.suppress_at_collectors([report.id_hash], active=True)
+    acks = ch.step(Forget(f"{report.request}/customer", [report.id_hash],
+                          customers=[customer], journeys=[customer]),
+                   "the customer is suppressed and their state erased")
+    devices = ch.devices_of(customer)
+    hashes = [report.id_hash]
+    if devices:
+        device_hashes = [id_hash(d, key) for d in devices]
+        hashes += device_hashes
+        ch.suppress_at_collectors(device_hashes, active=True)
+        acks += ch.step(Forget(f"{report.request}/devices", device_hashes,
+                               devices=devices, journeys=[f"anon:{d}" for d in devices]),
+                        f"{len(devices)} device(s) suppressed and their state erased")
+    report.devices, report.state_keys = len(devices), acks
+    report.rows = ch.delete_rows(customer, devices)
+    report.outcome = "erased" if acks or any(report.rows.values()) else "not_found"
+    report.seconds = time.monotonic() - started
+    ch.audit(report, hashes, requested_by, requested_at)
 
 
 def unsuppress(settings: Settings, customer: str, *, requested_by: str,

@@ -262,3 +262,17 @@ def test_personal_data_is_redacted_before_kafka_and_clickhouse(settings, clickho
     assert clear == []
     internal = read_topic(settings, settings.journey_events_topic, expected=1, settle=2.0)
     assert not any(b"198.51.100.9" in r.value or b"ANN@" in r.value for r in internal)
+
+
+def test_a_forget_no_worker_answers_says_so_and_is_audited_as_failed(settings,
+                                                                     clickhouse) -> None:
+    import pytest
+
+    from stream_processors.privacy import PrivacyError, forget
+    from stream_processors.topics import ensure_topics
+
+    ensure_topics(settings)  # topics, but no worker to read them
+    with pytest.raises(PrivacyError, match="is a worker running"):
+        forget(settings.replace(privacy_timeout_seconds=2.0), "c-9", requested_by="test")
+    assert clickhouse.execute("SELECT outcome FROM privacy_audit ORDER BY finished_at") == [
+        ("started",), ("failed: PrivacyError",)]
