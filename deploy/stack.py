@@ -97,9 +97,9 @@ class _Child:
     name: str
     argv: list[str]
     ports: list[tuple[str, int, str]]  # host, port, the setting that moves it
-    healthy: Callable[[], bool]
+    #: What says it is up: ``tcp://host:port`` (answers), or an HTTP URL (answers 200).
+    health_url: str
     address: str
-    health_url: str = ""
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
     prepare: Callable[[], object] | None = None  # run just before it is started
@@ -108,6 +108,12 @@ class _Child:
     started_at: float = 0.0
     restarts: int = 0  # in a row: reset after a healthy run
     total_restarts: int = 0
+
+    def healthy(self) -> bool:
+        if self.health_url.startswith("tcp://"):
+            host, port = self.health_url[6:].rsplit(":", 1)
+            return _tcp_open(host, int(port))
+        return _http_ok(self.health_url)
 
     @property
     def role(self) -> str:
@@ -272,8 +278,7 @@ class Stack:
                 name, [tansu_bin(), "broker", "--listener-url", url, "--advertised-listener-url",
                        url, "--storage-engine", "memory://tansu/"],
                 [(host, port, "--broker-port or JOURNEY_BROKER_URL")],
-                lambda: _tcp_open(host, port), f"kafka://{host}:{port}",
-                health_url=f"tcp://{host}:{port}", env={"RUST_LOG": "warn"})
+                f"tcp://{host}:{port}", f"kafka://{host}:{port}", env={"RUST_LOG": "warn"})
         if name == "clickhouse":
             host, port = s.clickhouse_host_port
             http = s.clickhouse_http_port
@@ -282,9 +287,8 @@ class Stack:
                 name, [clickhouse_server_bin(), f"--config-file={config}"],
                 [(host, port, "--clickhouse-port or JOURNEY_CLICKHOUSE_URL"),
                  (host, http, "--clickhouse-http-port or JOURNEY_CLICKHOUSE_HTTP_PORT")],
-                lambda: _http_ok(f"http://{host}:{http}/ping"),
+                f"http://{host}:{http}/ping",
                 f"clickhouse://{host}:{port} (http :{http}, database {s.clickhouse_database})",
-                health_url=f"http://{host}:{http}/ping",
                 cwd=config.parent, prepare=lambda: self._clickhouse_config(host, port, http))
         env = s.replace(data_dir=self.data_dir).to_env()
         if name == "collector":
@@ -292,9 +296,9 @@ class Stack:
             return _Child(
                 name, [sys.executable, "-m", "deploy.cli", "collector"],
                 [(host, port, "--collector-port or JOURNEY_COLLECTOR_PORT")],
-                lambda: _http_ok(f"http://{host}:{port}/healthz"),
+                f"http://{host}:{port}/healthz",
                 f"http://{host}:{port}/v1/batch (Segment API; write key dev-write-key "
-                "unless configured)", health_url=f"http://{host}:{port}/healthz", env=env)
+                "unless configured)", env=env)
         return self._worker(1)
 
     def _children(self, name: str) -> list[_Child]:
@@ -311,13 +315,11 @@ class Stack:
         name = "worker" if self.workers == 1 else f"worker-{index}"
         data_dir = self.data_dir if self.workers == 1 else self.data_dir / "workers" / name
         env = s.replace(data_dir=data_dir, worker_web_port=port).to_env()
-        ready = f"http://{host}:{port}/readyz"
         return _Child(
             name, [sys.executable, "-m", "deploy.cli", "worker"],
             [(host, port, "--worker-port or JOURNEY_WORKER_WEB_PORT")],
             # Consuming, not only answering: ``Ready`` then means events are processed.
-            lambda: _http_ok(ready), f"http://{host}:{port}/metrics", health_url=ready,
-            env=env)
+            f"http://{host}:{port}/readyz", f"http://{host}:{port}/metrics", env=env)
 
     def _clickhouse_config(self, host: str, port: int, http_port: int) -> Path:
         root = self.data_dir / "clickhouse"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deploy.stack import STATE_FILE
 from schemas.settings import Settings
 
 __all__ = ["Component", "components", "format_status", "group_lag", "probe"]
@@ -39,7 +40,7 @@ class Component:
 
 def components(settings: Settings) -> list[Component]:
     """What `journey up` runs (its stack.json), or what the settings point at."""
-    path = Path(settings.data_dir).resolve() / "stack.json"
+    path = Path(settings.data_dir).resolve() / STATE_FILE
     if path.exists():
         recorded = json.loads(path.read_text())
         return [Component(c["name"], c["role"], c["address"], c["health"], c.get("pid"))

@@ -42,7 +42,7 @@ from schemas import utcnow
 from schemas.privacy import id_hash
 from schemas.settings import Settings
 from stream_processors.clickhouse.client import connect, server_dialect
-from stream_processors.clickhouse.ddl import local_table
+from stream_processors.clickhouse.ddl import deletion, local_table
 from stream_processors.commands import PRIVACY_KEY, Forget, Unsuppress, encode_command
 
 __all__ = ["PERSONAL_TABLES", "PrivacyError", "Report", "check_id", "forget", "unsuppress"]
@@ -175,7 +175,8 @@ class _Channels:
         self.cluster = settings.clickhouse_cluster or None
         self.requested_at: Any = None
         self.clickhouse = connect(settings.clickhouse_url, database=self.db)
-        self.modern = server_dialect(self.clickhouse).modern
+        self.dialect = server_dialect(self.clickhouse)
+        self.modern = self.dialect.modern
         self.producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
                                       client_id=f"{settings.app_id}-privacy",
                                       request_timeout_ms=15_000, max_block_ms=30_000)
@@ -258,13 +259,10 @@ class _Channels:
             found = {t: n for t, n in found.items() if n}
             if not found:
                 break
-            on = f" ON CLUSTER {self.cluster}" if self.cluster else ""
             for table, n in found.items():
                 deleted[table] += n
-                what = "DELETE FROM {db}.{t}{on} WHERE {c}" if self.modern else \
-                    "ALTER TABLE {db}.{t}{on} DELETE WHERE {c}"
-                self.clickhouse.execute(what.format(db=self.db, t=local_table(table, self.cluster),
-                                                    on=on, c=conditions[table]))
+                self.clickhouse.execute(deletion(self.dialect, self.db, table, conditions[table],
+                                                 self.cluster))
             self.progress(("deleting" if attempt == 0 else "deleting again") + ": " + ", ".join(
                 f"{t} {n:,}" for t, n in found.items()))
             self._wait_for_mutations([local_table(t, self.cluster) for t in found])

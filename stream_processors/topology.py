@@ -114,10 +114,6 @@ sink = ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database, met
                       stopping=lambda: app.should_stop)
 recovery.on_rebuild(lambda table, partition, reason:
                     metrics.state_rebuilds.labels(table, reason).inc())
-for _table in ("devices", "journeys", "cx-partials", "cx-windows", "device-suppressions",
-               "journey-suppressions"):
-    for _reason in ("ahead_of_changelog", "unreadable_store"):
-        metrics.state_rebuilds.labels(_table, _reason)
 # Every known label set from the start, at zero: a dashboard's rate() then shows 0
 # rather than no data, and the first increase is not lost to extrapolation.
 for _name in COLUMNS:
@@ -162,6 +158,10 @@ cx_windows = _table("cx-windows")
 # (stream_processors/suppression.py).
 device_suppressions = _table("device-suppressions")
 journey_suppressions = _table("journey-suppressions")
+TABLES = (devices, journeys, cx_partials, cx_windows, device_suppressions, journey_suppressions)
+for _each in TABLES:
+    for _reason in ("ahead_of_changelog", "unreadable_store"):
+        metrics.state_rebuilds.labels(_each.name, _reason)
 
 # ── stages ───────────────────────────────────────────────────────────────────
 router = Router(metrics, PARTITIONS, settings.touchpoints_topic, settings.time_bounds,
@@ -389,8 +389,7 @@ async def observe_lag() -> None:
     metrics.consumer_lag.clear()  # partitions move between workers on rebalance
     for topic, partition, behind in lags:
         metrics.consumer_lag.labels(topic, str(partition)).set(behind)
-    for table in (journeys, devices, cx_partials, cx_windows, device_suppressions,
-                  journey_suppressions):
+    for table in TABLES:
         metrics.table_keys.labels(table.name).set(len(table))
 
 

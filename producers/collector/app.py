@@ -205,13 +205,21 @@ class Collector:
 
     def _count(self, request: web.Request, status: int) -> None:
         path = _SHORT_PATHS.get(request.path, request.path)
-        endpoint = path if path in (*_ENDPOINT_TYPES, "/v1/batch") else "other"
+        endpoint = path if path in (*_ENDPOINT_TYPES, "/v1/batch", "/v1/regulations") else "other"
         self.metrics.requests.labels(endpoint, str(status)).inc()
 
     # ── ingestion ────────────────────────────────────────────────────────────
     async def _ingest(self, request: web.Request) -> web.Response:
+        return await self._answer(request, self._handle)
+
+    async def _regulation(self, request: web.Request) -> web.Response:
+        return await self._answer(request, self._regulate)
+
+    async def _answer(self, request: web.Request,
+                      handle: Callable[[web.Request], Awaitable[web.Response]]) -> web.Response:
+        """``handle``'s response, or its refusal's; logged (quietly) and counted."""
         try:
-            response = await self._handle(request)
+            response = await handle(request)
         except _Reject as exc:
             response = exc.response()
             if exc.status < 500:  # 5xx are logged where they happen, with their cause
@@ -297,27 +305,37 @@ class Collector:
                                   "rejected": rejected, "generated": generated,
                                   "suppressed": suppressed})
 
-    async def _regulation(self, request: web.Request) -> web.Response:
+    async def _regulate(self, request: web.Request) -> web.Response:
         """Forget (or allow again) a customer, in the spirit of Segment's user deletion
         API: ``{"regulationType": "Suppress_With_Delete", "subjectType": "USER_ID",
         "subjectIds": ["c-1"]}`` (or ``"Unsuppress"``). A server write key only: a
         browser's key is public, and anybody could erase anybody with it. Answers when
         the request is done (stream_processors/privacy.py), with what it erased."""
+        from stream_processors.privacy import PrivacyError, forget, unsuppress
+
+        source = self._authenticate(basic_username(request.headers.get("Authorization")),
+                                    request.remote)
+        request["source"] = source.name
+        if source.kind != "server":
+            raise _Reject(403, f"source {source.name!r} has a client write key; only a "
+                          "server write key may forget customers", code="forbidden")
+        customers, action = await self._regulation_body(request)
+        act = forget if action == "Suppress_With_Delete" else unsuppress
+        reports = []
         try:
-            source = self._authenticate(basic_username(request.headers.get("Authorization")),
-                                        request.remote)
-            request["source"] = source.name
-            if source.kind != "server":
-                raise _Reject(403, f"source {source.name!r} has a client write key; only a "
-                              "server write key may forget customers", code="forbidden")
-            customers, action = await self._regulation_body(request)
-            response = await self._regulate(source.name, customers, action)
-        except _Reject as exc:
-            response = exc.response()
-            self.quiet_log.refused(exc.status, exc.code, request.get("source", "no valid key"),
-                                   request.path, request.remote, exc.message)
-        self.metrics.requests.labels("/v1/regulations", str(response.status)).inc()
-        return response
+            for customer in customers:
+                report = await asyncio.to_thread(act, self.settings, customer,
+                                                 requested_by=f"collector:{source.name}")
+                reports.append(report.as_dict())
+        except PrivacyError as exc:
+            log.warning("regulation not completed: %s", exc)
+            raise _Reject(503, str(exc)) from None
+        except Exception as exc:
+            log.error("regulation failed: %s", exc)
+            raise _Reject(503, f"the request could not be completed ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}); retry later") from None
+        return web.json_response({"success": True, "regulationType": action,
+                                  "results": reports})
 
     async def _regulation_body(self, request: web.Request) -> tuple[list[str], str]:
         from stream_processors.privacy import PrivacyError, check_id
@@ -344,26 +362,6 @@ class Collector:
             return [check_id(i) for i in ids], action
         except PrivacyError as exc:
             raise _Reject(400, str(exc)) from None
-
-    async def _regulate(self, requested_by: str, customers: list[str], action: str
-                        ) -> web.Response:
-        from stream_processors.privacy import PrivacyError, forget, unsuppress
-
-        act = forget if action == "Suppress_With_Delete" else unsuppress
-        reports = []
-        try:
-            for customer in customers:
-                report = await asyncio.to_thread(act, self.settings, customer,
-                                                 requested_by=f"collector:{requested_by}")
-                reports.append(report.as_dict())
-        except PrivacyError as exc:
-            raise _Reject(503, str(exc)) from None
-        except Exception as exc:
-            log.error("regulation failed: %s", exc)
-            raise _Reject(503, f"the request could not be completed ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}); retry later") from None
-        return web.json_response({"success": True, "regulationType": action,
-                                  "results": reports})
 
     def _authenticate(self, key: str | None, remote: str | None) -> Source:
         """The key's source, if it may send from ``remote`` (the client's address)."""

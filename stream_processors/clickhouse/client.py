@@ -13,12 +13,10 @@ from clickhouse_driver.errors import Error as ClickHouseError
 from schemas import utcnow
 from stream_processors.clickhouse.ddl import (
     MIGRATIONS,
-    RETENTION_COLUMNS,
     Dialect,
     bookkeeping,
     clustered,
     dialect_for_version,
-    local_table,
     retention,
 )
 
@@ -91,7 +89,6 @@ def migrate(client: Client, database: str, cluster: str | None = None) -> list[s
     return applied
 
 
-
 def enforce_retention(client: Client, database: str, days: dict[str, float],
                       cluster: str | None = None) -> dict[str, int]:
     """Keep each table within its retention (``days``: table → days; ddl.retention).
@@ -100,18 +97,12 @@ def enforce_retention(client: Client, database: str, days: dict[str, float],
     18.16: deletes the rows past it now, and only where there are some (a mutation
     rewrites every part it touches); returns the rows deleted per table. The worker
     calls this at start and every hour."""
-    dialect = server_dialect(client)
     deleted: dict[str, int] = {}
-    for table, statement in zip((t for t in RETENTION_COLUMNS if dialect.modern or days.get(t)),
-                                retention(dialect, database, days), strict=True):
-        if cluster:  # the rows are in the replicated tables, on every shard
-            local = local_table(table, cluster)
-            statement = statement.replace(f"ALTER TABLE {database}.{table} ",
-                                          f"ALTER TABLE {database}.{local} ON CLUSTER {cluster} ")
-        if dialect.modern:
+    for table, statement, condition in retention(server_dialect(client), database, days,
+                                                 cluster):
+        if condition is None:
             client.execute(statement)
             continue
-        condition = statement.split(" DELETE WHERE ", 1)[1]
         old = client.execute(f"SELECT count() FROM {database}.{table} WHERE {condition}")[0][0]
         if old:
             client.execute(statement)

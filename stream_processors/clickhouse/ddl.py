@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["LEGACY", "LOCAL_SUFFIX", "MIGRATIONS", "MODERN", "RETENTION_COLUMNS", "SHARDING",
-           "Dialect", "Migration", "clustered", "dialect_for_version", "local_table",
+           "Dialect", "Migration", "clustered", "deletion", "dialect_for_version", "local_table",
            "render_all", "retention"]
 
 
@@ -274,25 +274,40 @@ MIGRATIONS: tuple[Migration, ...] = (
 RETENTION_COLUMNS = {"touchpoints": "occurred_at", "dead_letters": "received_at"}
 
 
-def retention(d: Dialect, db: str, days: dict[str, float]) -> list[str]:
-    """What keeps each table within its retention (``days``: table → days, 0 keeps all).
+def retention(d: Dialect, db: str, days: dict[str, float], cluster: str | None = None,
+              ) -> list[tuple[str, str, str | None]]:
+    """What keeps each table within its retention (``days``: table → days, 0 keeps all),
+    as (table, statement, condition).
 
-    23.8+: a TTL, set again on every run of the migrations so that a changed setting
-    takes effect. 18.16 has no TTL: these are the deletions the worker runs every hour
-    (``ALTER TABLE ... DELETE``, a mutation; the caller runs one only when old rows
-    exist, as 18.16 rewrites every part a mutation touches)."""
-    out = []
+    23.8+: a TTL (condition None), set again on every run so that a changed setting
+    takes effect. 18.16 has no TTL: the deletion the worker runs every hour, and the
+    condition of the rows it deletes (the caller runs it only when such rows exist, as
+    18.16 rewrites every part a mutation touches)."""
+    out: list[tuple[str, str, str | None]] = []
     for table, column in RETENTION_COLUMNS.items():
         keep = days.get(table, 0)
         if d.modern:
-            out.append(f"ALTER TABLE {db}.{table} " + (
+            out.append((table, f"ALTER TABLE {_target(db, table, cluster)} " + (
                 f"MODIFY TTL toDateTime({column}) + INTERVAL {int(keep * 86400)} SECOND"
-                if keep > 0
-                else "REMOVE TTL"))
+                if keep > 0 else "REMOVE TTL"), None))
         elif keep > 0:
-            out.append(f"ALTER TABLE {db}.{table} DELETE WHERE "
-                       f"{column} < now() - INTERVAL {int(keep * 86400)} SECOND")
+            condition = f"{column} < now() - INTERVAL {int(keep * 86400)} SECOND"
+            out.append((table, deletion(d, db, table, condition, cluster), condition))
     return out
+
+
+def deletion(d: Dialect, db: str, table: str, condition: str, cluster: str | None = None,
+             ) -> str:
+    """Deleting a table's rows: a lightweight ``DELETE`` on 23.8+, a mutation on 18.16;
+    on a cluster, from the replicated ``_local`` tables of every shard."""
+    target = _target(db, table, cluster)
+    return (f"DELETE FROM {target} WHERE {condition}" if d.modern
+            else f"ALTER TABLE {target} DELETE WHERE {condition}")
+
+
+def _target(db: str, table: str, cluster: str | None) -> str:
+    """Where a statement that changes a table's rows goes."""
+    return f"{db}.{local_table(table, cluster)}" + (f" ON CLUSTER {cluster}" if cluster else "")
 
 
 def bookkeeping(db: str) -> list[str]:

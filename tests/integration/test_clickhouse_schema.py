@@ -162,12 +162,13 @@ def test_retention_deletes_only_rows_past_it_on_18_16(settings, clickhouse) -> N
 
 
 def test_modern_retention_and_forget_deletes_run_on_a_current_clickhouse() -> None:
-    from stream_processors.clickhouse.ddl import retention
+    from stream_processors.clickhouse.ddl import deletion, retention
     from stream_processors.privacy import _conditions
 
     sess = _chdb()
     _run_script(sess, render_all(MODERN, "journey"))
-    for statement in retention(MODERN, "journey", {"touchpoints": 395, "dead_letters": 30}):
+    for _table, statement, _ in retention(MODERN, "journey",
+                                          {"touchpoints": 395, "dead_letters": 30}):
         sess.query(statement)
     for table, column, seconds in (("touchpoints", "occurred_at", 395 * 86400),
                                    ("dead_letters", "received_at", 30 * 86400)):
@@ -183,5 +184,5 @@ def test_modern_retention_and_forget_deletes_run_on_a_current_clickhouse() -> No
     sess.query("INSERT INTO journey.touchpoints FORMAT JSONEachRow\n"
                + "\n".join(json.dumps(r) for r in rows))
     condition = _conditions("c-1", ["d-1"])["touchpoints"]
-    sess.query(f"DELETE FROM journey.touchpoints WHERE {condition}")
+    sess.query(deletion(MODERN, "journey", "touchpoints", condition))
     assert str(sess.query("SELECT event_id FROM journey.touchpoints", "CSV")).split() == ['"4"']

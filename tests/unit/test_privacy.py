@@ -91,8 +91,13 @@ def test_deletion_conditions_quote_ids_and_name_every_table() -> None:
 
 def test_retention_is_a_ttl_on_modern_servers_and_a_deletion_on_18_16() -> None:
     days = {"touchpoints": 395, "dead_letters": 0}
-    assert retention(MODERN, "db", days) == [
+    assert [statement for _, statement, _ in retention(MODERN, "db", days)] == [
         "ALTER TABLE db.touchpoints MODIFY TTL toDateTime(occurred_at) + INTERVAL 34128000 "
         "SECOND", "ALTER TABLE db.dead_letters REMOVE TTL"]
-    assert retention(LEGACY, "db", days) == [
-        "ALTER TABLE db.touchpoints DELETE WHERE occurred_at < now() - INTERVAL 34128000 SECOND"]
+    assert retention(LEGACY, "db", days) == [(
+        "touchpoints",
+        "ALTER TABLE db.touchpoints DELETE WHERE occurred_at < now() - INTERVAL 34128000 SECOND",
+        "occurred_at < now() - INTERVAL 34128000 SECOND")]
+    # On a cluster: the replicated tables of every shard.
+    assert retention(LEGACY, "db", days, "main")[0][1].startswith(
+        "ALTER TABLE db.touchpoints_local ON CLUSTER main DELETE WHERE ")
