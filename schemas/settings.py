@@ -88,10 +88,17 @@ class Settings:
     lateness_seconds: float = _setting(
         3600.0, "JOURNEY_LATENESS_SECONDS",
         "Lateness bound. A CX metric window closes (its final row is written) once the "
-        "low watermark is this far past its end; later touchpoints miss it "
-        "(journey_cx_window_too_late_total). Touchpoints this far behind their journey's "
+        "low watermark is this far past its end; later touchpoints revise it, within "
+        "JOURNEY_CX_REVISION_DAYS. Touchpoints this far behind their journey's "
         "latest count as late (journey_late_touchpoints_total), though journeys still "
         "place them exactly: a journey keeps its touchpoints and refolds.")
+    cx_revision_days: float = _setting(
+        35.0, "JOURNEY_CX_REVISION_DAYS",
+        "Revision horizon. A CX window that closed less than this long ago is revised by "
+        "late contributions (a new row with revision + 1 and late_samples); older ones "
+        "are not (journey_cx_window_too_late_total). The default takes in a month's "
+        "export, or a 30-day window's whole span, with 5 days to spare; state holds "
+        "closed windows this long.")
     cx_update_seconds: float = _setting(
         5.0, "JOURNEY_CX_UPDATE_SECONDS",
         "How often the rows of open CX metric windows are refreshed in ClickHouse (a "
@@ -343,6 +350,10 @@ class Settings:
     @property
     def lateness(self) -> timedelta:
         return timedelta(seconds=self.lateness_seconds)
+
+    @property
+    def cx_revision(self) -> timedelta:
+        return timedelta(days=self.cx_revision_days)
 
     @property
     def first_response_sla(self) -> timedelta:

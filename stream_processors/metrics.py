@@ -27,6 +27,8 @@ class WorkerMetrics(NamedTuple):
     dead_letters: Counter
     late_touchpoints: Counter
     cx_window_too_late: Counter
+    cx_late_contributions: Counter
+    cx_window_revisions: Counter
     cx_watermark_seconds: Gauge
     sink_rows: Counter
     sink_batch_rows: Histogram
@@ -87,8 +89,16 @@ class WorkerMetrics(NamedTuple):
                 "lateness bound behind their journey's latest touchpoint.", registry=registry),
             cx_window_too_late=Counter(
                 f"{prefix}_cx_window_too_late", "Metric contributions that missed a CX "
-                "window already closed (longer windows still open took them).",
+                "window closed longer than the revision horizon ago (longer windows still "
+                "open or revisable took them): numbers in cx_metrics lack them.",
                 registry=registry),
+            cx_late_contributions=Counter(
+                f"{prefix}_cx_late_contributions", "Metric contributions that came after "
+                "a CX window they belong to closed, within the revision horizon: that "
+                "window's row was revised.", registry=registry),
+            cx_window_revisions=Counter(
+                f"{prefix}_cx_window_revisions", "Rows written for CX windows already "
+                "final, revised by late contributions.", registry=registry),
             cx_watermark_seconds=Gauge(
                 f"{prefix}_cx_watermark_seconds", "Low watermark of each journey partition "
                 "this worker holds, as Unix time: CX windows close behind it.",

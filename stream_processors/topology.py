@@ -170,12 +170,14 @@ identity = IdentityResolver(PARTITIONS, settings.device_retention,
                             privacy_key=settings.privacy_key, metrics=metrics)
 journey_updater = JourneyUpdater(
     metrics, PARTITIONS,
-    PartitionWindows(metrics, PARTITIONS, settings.lateness, settings.cx_update_seconds),
+    PartitionWindows(metrics, PARTITIONS, settings.lateness, settings.cx_update_seconds,
+                     revision=settings.cx_revision),
     lateness=settings.lateness, first_response_sla=settings.first_response_sla,
     inactive_after=settings.churn_inactive_after, churn_risk_alert=settings.churn_risk_alert,
     anonymous_retention=settings.anonymous_retention,
     merged_retention=settings.merged_retention, privacy_key=settings.privacy_key)
-aggregator = Aggregator(metrics, PARTITIONS, settings.cx_update_seconds)
+aggregator = Aggregator(metrics, PARTITIONS, settings.cx_update_seconds,
+                        revision=settings.cx_revision)
 rejects = CollectorRejects(PARTITIONS)
 committer = Committer(sink.write, {
     BY_DEVICE: by_device_topic, JOURNEY_EVENTS: journey_events_topic,

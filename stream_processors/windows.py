@@ -25,11 +25,12 @@ import heapq
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-__all__ = ["WINDOWS", "Contribution", "LowWatermark", "Mark", "OpenWindows", "WindowSpec",
+__all__ = ["WINDOWS", "Added", "Contribution", "LowWatermark", "Mark", "OpenWindows", "WindowSpec",
            "WindowState", "spec_named"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -93,6 +94,11 @@ class WindowState(msgspec.Struct, array_like=True):
         self.denominator += c.denominator
         self.samples += c.samples
 
+    def merge(self, other: WindowState) -> None:
+        self.numerator += other.numerator
+        self.denominator += other.denominator
+        self.samples += other.samples
+
     def ratio(self, scale: float = 100.0) -> float | None:
         return scale * self.numerator / self.denominator if self.denominator else None
 
@@ -111,8 +117,23 @@ def _by_hop(specs: tuple[WindowSpec, ...]) -> dict[int, tuple[int, tuple[WindowS
             for hop, group in hops.items()}
 
 
+class Added(NamedTuple):
+    """What :meth:`OpenWindows.add` did."""
+
+    #: Open windows that changed (their parts are sent when due).
+    touched: set[WindowKey]
+    #: Closed windows, still within the revision horizon, that changed: their final
+    #: value is revised.
+    revised: set[WindowKey]
+    #: Contributions that revised a closed window.
+    late: int
+    #: Contributions that missed a window past the revision horizon.
+    missed: int
+
+
 class OpenWindows(msgspec.Struct):
-    """The open windows of one metric and dimension, as one partition has seen them.
+    """The windows of one metric and dimension, as one partition has seen them: open
+    ones, and closed ones while they can still be revised.
 
     Held as **panes**: per hop (1 min, 5 min, 1 h, 1 day), the state of each hop-long
     slice of time, and a window's value is the sum of the panes it covers. A
@@ -121,11 +142,16 @@ class OpenWindows(msgspec.Struct):
     is sent (every few seconds at most), not per event.
 
     ``closed_through``: every window that ends at or before it was closed (its final
-    part published; later contributions do not reach it, and count as too late). A pane
-    leaves once every window it belongs to is closed (``expiry``, soonest first).
+    part published). A pane is **live** while an open window holds it (``panes``), then
+    **settled** (``settled``) for the revision horizon: a late contribution to a closed
+    window that ended less than the horizon ago still updates it (its part is sent
+    again, and the aggregator writes a revision); later ones miss it. Closing reads the
+    live panes only, so keeping a month of settled panes costs nothing per batch.
+    ``expiry`` (soonest first) moves a pane from live to settled, then drops it.
     """
 
     panes: dict[int, dict[int, WindowState]] = {}
+    settled: dict[int, dict[int, WindowState]] = {}
     closed_through: int | None = None
     expiry: list[tuple[int, int, int]] = []  # (when, hop, start)
     #: The offset of the last input message whose contributions are in these panes
@@ -133,11 +159,13 @@ class OpenWindows(msgspec.Struct):
     applied_through: int | None = None
 
     def add(self, contributions: Iterable[Contribution], horizon: datetime | None,
-            specs: tuple[WindowSpec, ...] = WINDOWS) -> tuple[set[WindowKey], int]:
-        """Apply contributions; returns the windows changed and how many came too late.
+            revision: timedelta = timedelta(0), specs: tuple[WindowSpec, ...] = WINDOWS,
+            ) -> Added:
+        """Apply contributions.
 
-        A contribution is too late for a window that ends at or before ``horizon``
-        (that window's final value was published and never changes); it still counts
+        A contribution is late for a window that ends at or before ``horizon`` (closed:
+        its final value was published). Within ``revision`` of the horizon the window
+        is revised; past it, the contribution misses that window. Either way it counts
         in the longer windows that are open. The caller closes every window up to
         ``horizon`` before (or has nothing there to close).
         """
@@ -146,47 +174,60 @@ class OpenWindows(msgspec.Struct):
         if h is not None and (self.closed_through is None or h > self.closed_through):
             self.closed_through = h
         h = self.closed_through
-        touched_panes: set[tuple[int, int]] = set()
-        too_late = 0
+        keep_closed = int(revision.total_seconds())
+        live_panes: set[tuple[int, int]] = set()
+        settled_panes: set[tuple[int, int]] = set()
+        late = missed = 0
         for c in contributions:
             at = c.at.timestamp()
-            missed = False
+            was_late = was_missed = False
             for hop, (keep, _specs) in hops.items():
                 start = int(at // hop * hop)
+                target = self.panes
                 if h is not None:
-                    if start + hop <= h:  # the first window holding it has ended
-                        missed = True
+                    if start + hop <= h:  # the first window holding it has closed
+                        was_late = True
+                        if start + hop + keep_closed <= h:  # and is past revising
+                            was_missed = True
                     if start + keep <= h:  # and so has the last
-                        continue
-                panes = self.panes.get(hop)
+                        if start + keep + keep_closed <= h:
+                            continue
+                        target = self.settled
+                panes = target.get(hop)
                 if panes is None:
-                    panes = self.panes[hop] = {}
+                    panes = target[hop] = {}
                 state = panes.get(start)
                 if state is None:
                     state = panes[start] = WindowState()
-                    heapq.heappush(self.expiry, (start + keep, hop, start))
+                    settled = target is self.settled
+                    heapq.heappush(self.expiry, (start + keep + keep_closed * settled, hop,
+                                                 start))
                 state.add(c)
-                touched_panes.add((hop, start))
-            too_late += missed
+                (settled_panes if target is self.settled else live_panes).add((hop, start))
+            late += was_late and not was_missed
+            missed += was_missed
         touched: set[WindowKey] = set()
-        for hop, start in touched_panes:
+        revised: set[WindowKey] = set()
+        for hop, start in live_panes | settled_panes:
             for spec in hops[hop][1]:
-                touched.update(_windows_holding(spec, hop, start, h))
-        return touched, too_late
+                for key in _windows_holding(spec, hop, start, h, keep_closed):
+                    end = int(key[1].timestamp()) + int(spec.size.total_seconds())
+                    (revised if h is not None and end <= h else touched).add(key)
+        return Added(touched, revised, late, missed)
 
     def get(self, key: WindowKey) -> WindowState:
-        """A window's state: the sum of its panes."""
+        """A window's state: the sum of its panes, live and settled."""
         spec = spec_named(key[0])
         hop, size = int(spec.hop.total_seconds()), int(spec.size.total_seconds())
         start = int(key[1].timestamp())
-        panes = self.panes.get(hop, {})
         total = WindowState()
-        for pane in range(start, start + size, hop):
-            state = panes.get(pane)
-            if state is not None:
-                total.numerator += state.numerator
-                total.denominator += state.denominator
-                total.samples += state.samples
+        for held in (self.panes.get(hop), self.settled.get(hop)):
+            if not held:
+                continue
+            for pane in range(start, start + size, hop):
+                state = held.get(pane)
+                if state is not None:
+                    total.merge(state)
         return total
 
     def open_windows(self, specs: tuple[WindowSpec, ...] = WINDOWS) -> set[WindowKey]:
@@ -200,9 +241,14 @@ class OpenWindows(msgspec.Struct):
         return out
 
     @property
+    def empty(self) -> bool:
+        return not self.panes and not self.settled
+
+    @property
     def next_end(self) -> int | None:
-        """No open window with something in it ends before this (Unix seconds)."""
-        ends = []
+        """No open window with something in it ends, and no pane expires, before this
+        (Unix seconds)."""
+        ends = [self.expiry[0][0]] if self.expiry else []
         for hop, panes in self.panes.items():
             if panes:
                 first = min(panes) + hop
@@ -211,17 +257,16 @@ class OpenWindows(msgspec.Struct):
                 ends.append(first)
         return min(ends) if ends else None
 
-    def close(self, horizon: datetime,
+    def close(self, horizon: datetime, revision: timedelta = timedelta(0),
               specs: tuple[WindowSpec, ...] = WINDOWS) -> dict[WindowKey, WindowState]:
         """Close every window that ends at or before ``horizon``; returns those holding
-        something, with their final state."""
+        something, with their final state. Panes no open window holds are settled, and
+        settled ones older than ``revision`` dropped."""
         hops = _by_hop(specs)
         h = int(horizon.timestamp())
         was = self.closed_through
-        if was is not None and h <= was:
-            return {}
         closing: set[WindowKey] = set()
-        for hop, panes in self.panes.items():
+        for hop, panes in self.panes.items() if was is None or h > was else ():
             for spec in hops.get(hop, (0, ()))[1]:
                 size = int(spec.size.total_seconds())
                 last = h // hop * hop  # window ends lie on the hop grid
@@ -231,23 +276,39 @@ class OpenWindows(msgspec.Struct):
                     for end in range(first, min(start + size, last) + 1, hop):
                         closing.add((spec.name, _at(end - size)))
         closed = {key: self.get(key) for key in closing}
-        self.closed_through = h
+        self.closed_through = h if was is None else max(h, was)
+        keep_closed = int(revision.total_seconds())
         while self.expiry and self.expiry[0][0] <= h:
-            _when, hop, start = heapq.heappop(self.expiry)
-            panes = self.panes.get(hop)
-            if panes is not None:
-                panes.pop(start, None)
-                if not panes:
-                    del self.panes[hop]
+            when, hop, start = heapq.heappop(self.expiry)
+            state = _pop(self.panes, hop, start)
+            if state is not None and keep_closed > 0 and when + keep_closed > h:
+                settled = self.settled.setdefault(hop, {})
+                if start in settled:  # late ones that came before this pane was settled
+                    state.merge(settled[start])
+                settled[start] = state
+                heapq.heappush(self.expiry, (when + keep_closed, hop, start))
+            elif state is None:
+                _pop(self.settled, hop, start)
         return closed
 
 
-def _windows_holding(spec: WindowSpec, hop: int, pane: int,
-                     closed_through: int | None) -> list[WindowKey]:
-    """The windows of ``spec`` that contain the pane starting at ``pane`` and are open."""
+def _pop(held: dict[int, dict[int, WindowState]], hop: int, start: int) -> WindowState | None:
+    panes = held.get(hop)
+    if panes is None:
+        return None
+    state = panes.pop(start, None)
+    if not panes:
+        del held[hop]
+    return state
+
+
+def _windows_holding(spec: WindowSpec, hop: int, pane: int, closed_through: int | None,
+                     revision: int = 0) -> list[WindowKey]:
+    """The windows of ``spec`` that contain the pane starting at ``pane`` and are open,
+    or closed less than ``revision`` seconds before ``closed_through``."""
     size = int(spec.size.total_seconds())
     return [(spec.name, _at(start)) for start in range(pane - size + hop, pane + 1, hop)
-            if closed_through is None or start + size > closed_through]
+            if closed_through is None or start + size + revision > closed_through]
 
 
 @functools.lru_cache(maxsize=65536)

@@ -9,9 +9,11 @@ from collections.abc import Callable
 
 from clickhouse_driver import Client
 from clickhouse_driver.errors import Error as ClickHouseError
+from clickhouse_driver.errors import ServerException
 
 from schemas import utcnow
 from stream_processors.clickhouse.ddl import (
+    ADD_COLUMN,
     MIGRATIONS,
     Dialect,
     bookkeeping,
@@ -58,6 +60,12 @@ def wait_until_ready(client: Client, timeout: float = 60.0,
             time.sleep(0.5)
 
 
+def _has_column(client: Client, database: str, table: str, column: str) -> bool:
+    return bool(client.execute(
+        "SELECT count() FROM system.columns WHERE database = %(d)s AND table = %(t)s "
+        "AND name = %(c)s", {"d": database, "t": table, "c": column})[0][0])
+
+
 def migrate(client: Client, database: str, cluster: str | None = None) -> list[str]:
     """Apply the migrations not yet recorded; returns the names of those applied.
 
@@ -81,7 +89,14 @@ def migrate(client: Client, database: str, cluster: str | None = None) -> list[s
         if m.id in done:
             continue
         for statement in rendered(m.statements(dialect, database)):
-            client.execute(statement)
+            added = ADD_COLUMN.match(statement)
+            if added is not None and _has_column(client, *added.groups()):
+                continue  # added by an earlier attempt, or by another worker
+            try:
+                client.execute(statement)
+            except ServerException:
+                if added is None or not _has_column(client, *added.groups()):
+                    raise
         client.execute(f"INSERT INTO {database}.schema_migrations (id, name, applied_at) VALUES",
                        [(m.id, m.name, utcnow().replace(microsecond=0))])
         applied.append(m.name)

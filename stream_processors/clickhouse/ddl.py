@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["LEGACY", "LOCAL_SUFFIX", "MIGRATIONS", "MODERN", "RETENTION_COLUMNS", "SHARDING",
+__all__ = ["ADD_COLUMN", "LEGACY", "LOCAL_SUFFIX", "MIGRATIONS", "MODERN", "RETENTION_COLUMNS", "SHARDING",
            "Dialect", "Migration", "clustered", "deletion", "dialect_for_version", "local_table",
            "render_all", "retention"]
 
@@ -258,6 +258,15 @@ ENGINE = MergeTree()
 ORDER BY (requested_at, request)"""]
 
 
+def _cx_revisions(d: Dialect, db: str) -> list[str]:
+    # A closed window revised by late contributions: its rows after the first final one
+    # count up `revision`, and `late_samples` says how many samples came after that one.
+    # 18.16 has no ADD COLUMN IF NOT EXISTS: the runner skips a column already there.
+    return [f"ALTER TABLE {db}.cx_metrics ADD COLUMN revision UInt32 DEFAULT 0 AFTER final",
+            f"ALTER TABLE {db}.cx_metrics ADD COLUMN late_samples UInt64 DEFAULT 0 "
+            "AFTER revision"]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "touchpoints", _touchpoints),
     Migration(2, "customer_journeys", _customer_journeys),
@@ -268,6 +277,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "cx_metrics", _cx_metrics),
     Migration(8, "privacy_acks", _privacy_acks),
     Migration(9, "privacy_audit", _privacy_audit),
+    Migration(10, "cx_revisions", _cx_revisions),
 )
 
 #: Tables with a retention, and the column their age is read from.
@@ -344,6 +354,8 @@ SHARDING = {
     "privacy_audit": "cityHash64(request)",
 }
 _CREATE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)\.(\w+)\n")
+#: A column a migration adds: (database, table, column).
+ADD_COLUMN = re.compile(r"^ALTER TABLE (\w+)\.(\w+) ADD COLUMN (\w+) ")
 _ENGINE = re.compile(r"^ENGINE = (\w*MergeTree)\((.*)\)$", re.M)
 
 
@@ -363,6 +375,17 @@ def clustered(statements: list[str], cluster: str) -> list[str]:
         if statement.startswith("CREATE DATABASE"):
             out.append(f"{statement} ON CLUSTER {cluster}")
             continue
+        added = ADD_COLUMN.match(statement)
+        if added is not None:
+            # To the replicated tables; the Distributed one is made again over them (an
+            # ALTER of it ON CLUSTER is refused: "isn't replicated, but shard #1 is"). It
+            # holds no rows, and the sink's inserts are synchronous.
+            db, table, _column = added.groups()
+            rest = statement[len(f"ALTER TABLE {db}.{table}"):]
+            out.append(f"ALTER TABLE {db}.{table}{LOCAL_SUFFIX} ON CLUSTER {cluster}{rest}")
+            out.append(f"DROP TABLE IF EXISTS {db}.{table} ON CLUSTER {cluster}")
+            out.append(_distributed(db, table, cluster))
+            continue
         create = _CREATE.match(statement)
         if create is None:
             raise ValueError(f"cannot render for a cluster: {statement.splitlines()[0]}")
@@ -375,10 +398,14 @@ def clustered(statements: list[str], cluster: str) -> list[str]:
         body = _CREATE.sub(f"CREATE TABLE IF NOT EXISTS {local} ON CLUSTER {cluster}\n",
                            statement)
         out.append(_ENGINE.sub(f"ENGINE = Replicated{engine.group(1)}({args})", body))
-        out.append(f"CREATE TABLE IF NOT EXISTS {db}.{table} ON CLUSTER {cluster} AS {local}\n"
-                   f"ENGINE = Distributed({cluster}, {db}, {table}{LOCAL_SUFFIX}, "
-                   f"{SHARDING[table]})")
+        out.append(_distributed(db, table, cluster))
     return out
+
+
+def _distributed(db: str, table: str, cluster: str) -> str:
+    return (f"CREATE TABLE IF NOT EXISTS {db}.{table} ON CLUSTER {cluster} AS "
+            f"{db}.{table}{LOCAL_SUFFIX}\nENGINE = Distributed({cluster}, {db}, "
+            f"{table}{LOCAL_SUFFIX}, {SHARDING[table]})")
 
 
 def render_all(dialect: Dialect, db: str = "journey", cluster: str | None = None) -> str:

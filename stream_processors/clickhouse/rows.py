@@ -41,7 +41,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "reason", "is_deleted", "row_version"),
     "cx_metrics": (
         "metric", "dimension", "window", "window_start", "window_end", "value", "numerator",
-        "denominator", "samples", "final", "version", "updated_at"),
+        "denominator", "samples", "final", "revision", "late_samples", "version",
+        "updated_at"),
     "journey_alerts": (
         "alert_id", "kind", "journey_key", "customer_id", "reason", "touchpoints", "at",
         "raised_at"),
@@ -113,9 +114,10 @@ def ticket_rows(j: Journey, row_version: int) -> list[tuple]:
 
 def metric_row(metric: str, dimension: str, window: str, start: datetime, end: datetime,
                value: float | None, numerator: float, denominator: float, samples: int,
-               final: bool, version: int, now: datetime) -> tuple:
+               final: bool, version: int, now: datetime, revision: int = 0,
+               late_samples: int = 0) -> tuple:
     return (metric, dimension, window, start, end, value, numerator, denominator, samples,
-            int(final), version + FINAL_VERSION * final, now)
+            int(final), revision, late_samples, version + FINAL_VERSION * final, now)
 
 
 def alert_row(alert: Alert, now: datetime) -> tuple:

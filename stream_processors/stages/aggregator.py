@@ -32,11 +32,24 @@ from stream_processors.stages.partials import clock_key
 from stream_processors.stages.per_partition import PerPartition, Unpublished
 from stream_processors.windows import WINDOWS, LowWatermark, spec_named
 
-__all__ = ["SHARD_SECONDS", "Aggregator", "AggregatorState", "shard"]
+__all__ = ["SHARD_SECONDS", "Aggregator", "AggregatorState", "Window", "shard"]
 
-#: An entry's windows: window (`<name>|<start>`) → the latest part of each journey
-#: partition.
-AggregatorState = dict[str, dict[int, Partial]]
+class Window(msgspec.Struct, array_like=True):
+    """One window: the latest part of each journey partition, and how far it got."""
+
+    parts: dict[int, Partial] = {}
+    #: -1 while open; then how many rows it had since its final row (0: just that one).
+    revision: int = -1
+    #: Samples in its first final row: later rows say how many came since.
+    final_samples: int = 0
+
+    @property
+    def closed(self) -> bool:
+        return self.revision >= 0
+
+
+#: An entry's windows: window (`<name>|<start>`) → its state.
+AggregatorState = dict[str, Window]
 #: Windows of one spec whose starts fall in the same span share a table entry (a 6 h
 #: span holds 360 one-minute windows).
 SHARD_SECONDS = {spec.name: int(max(spec.size, timedelta(hours=6)).total_seconds())
@@ -55,8 +68,9 @@ class _Held:
     """What this process knows of one aggregator partition."""
 
     def __init__(self) -> None:
-        #: (window end, table key, window) of its open windows, soonest first; built
-        #: from the table when first needed.
+        #: (when, table key, window): when an open window closes, or a closed one leaves
+        #: the table (its end plus the revision horizon), soonest first; built from the
+        #: table when first needed.
         self.closing: list[tuple[float, bytes, str]] | None = None
         #: (table key, window) whose rows are to be written.
         self.unpublished = Unpublished()
@@ -64,11 +78,13 @@ class _Held:
 
 class Aggregator:
     def __init__(self, metrics: WorkerMetrics, partitions: int, update_seconds: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 revision: timedelta = timedelta(0)) -> None:
         self.metrics = metrics
         self.partitions = partitions
         self.update_seconds = update_seconds
         self.clock = clock
+        self.revision = revision
         self.held: PerPartition[_Held] = PerPartition(lambda _partition: _Held())
 
     def aggregate(self, batch: Sequence[Message], cx_windows: Store, now: datetime,
@@ -77,6 +93,7 @@ class Aggregator:
         out = Output(self.partitions)
         states: dict[bytes, AggregatorState] = {}
         clocks: dict[int, LowWatermark] = {}
+        revised: set[tuple[bytes, str]] = set()
         for message in batch:
             partition = message.partition
             clock = clocks.get(partition)
@@ -89,21 +106,33 @@ class Aggregator:
             metric, dimension, window = message.key.decode().split("|", 2)
             key = f"{partition}|{metric}|{dimension}|{shard(window)}".encode()
             window_end = _window_end(window)
-            if clock.value is not None and window_end <= clock.value:
-                self.metrics.cx_window_too_late.inc()  # a replay after a rebalance
+            closed = clock.value is not None and window_end <= clock.value
+            if closed and window_end + self.revision <= clock.value:  # type: ignore[operator]
+                self.metrics.cx_window_too_late.inc()  # past the revision horizon
                 continue
             state = states.get(key)
             if state is None:
                 state = states[key] = _load(cx_windows, key)
-            parts = state.get(window)
-            if parts is None:  # a new window: schedule its closing
-                parts = state[window] = {}
+            entry = state.get(window)
+            if entry is None:  # a new window: schedule its closing (or its leaving)
+                entry = state[window] = Window({}, 0 if closed else -1)
+                due = window_end + self.revision if closed else window_end
                 heapq.heappush(self._closing(cx_windows, partition),
-                               (window_end.timestamp(), key, window))
+                               (due.timestamp(), key, window))
             partial: Partial = message.value
-            parts[partial.partition] = partial
-            self.held[partition].unpublished.windows.add((key, window))
+            if entry.parts.get(partial.partition) == partial:
+                continue  # sent again (after a restart): nothing changes
+            entry.parts[partial.partition] = partial
+            if entry.closed:  # a late part: its row is revised in this batch
+                revised.add((key, window))
+            else:
+                self.held[partition].unpublished.windows.add((key, window))
         rows = out.rows["cx_metrics"]
+        for key, window in revised:
+            entry = states[key][window]
+            entry.revision += 1
+            rows.append(_metric_row(key, window, entry, version, now))
+            self.metrics.cx_window_revisions.inc()
         for partition, clock in clocks.items():
             cx_windows[clock_key(partition)] = msgspec.msgpack.encode(clock)
             horizon = clock.value
@@ -116,10 +145,18 @@ class Aggregator:
                 state = states.get(key)
                 if state is None:
                     state = states[key] = _load(cx_windows, key)
-                parts = state.pop(window, None)
-                if parts is not None:
-                    rows.append(_metric_row(key, window, parts, True, version, now))
+                entry = state.get(window)
+                if entry is None:
+                    continue
+                if entry.closed:  # past the revision horizon: it leaves
+                    del state[window]
+                    continue
+                entry.revision = 0
+                entry.final_samples = sum(p.samples for p in entry.parts.values())
+                rows.append(_metric_row(key, window, entry, version, now))
                 unpublished.windows.discard((key, window))
+                heapq.heappush(closing, ((_window_end(window) + self.revision).timestamp(),
+                                         key, window))
         read: dict[bytes, AggregatorState] = {}  # unchanged: not written back
         tick = self.clock()
         for partition in self.held:
@@ -130,23 +167,25 @@ class Aggregator:
                 state = states[key] if key in states else read.get(key)
                 if state is None:
                     state = read[key] = _load(cx_windows, key)
-                if window in state:
-                    rows.append(_metric_row(key, window, state[window], False, version, now))
+                entry = state.get(window)
+                if entry is not None and not entry.closed:
+                    rows.append(_metric_row(key, window, entry, version, now))
         for key, state in states.items():
             if state:
                 cx_windows[key] = msgspec.msgpack.encode(state)
             elif cx_windows.get(key) is not None:
                 del cx_windows[key]
-        out.save(cx_windows)  # a window leaves the table once its final row is in ClickHouse
+        out.save(cx_windows)  # a window's state is saved once its row is in ClickHouse
         return out
 
     def _closing(self, cx_windows: Store, partition: int) -> list[tuple[float, bytes, str]]:
         held = self.held[partition]
         if held.closing is None:
             prefix = clock_key(partition)
-            held.closing = [(_window_end(window).timestamp(), key, window)
-                            for key in keys_with(cx_windows, prefix) if key != prefix
-                            for window in _load(cx_windows, key)]
+            held.closing = [
+                ((_window_end(window) + self.revision * entry.closed).timestamp(), key, window)
+                for key in keys_with(cx_windows, prefix) if key != prefix
+                for window, entry in _load(cx_windows, key).items()]
             heapq.heapify(held.closing)
         return held.closing
 
@@ -163,17 +202,20 @@ def _load_clock(cx_windows: Store, partition: int, partitions: int) -> LowWaterm
     return msgspec.msgpack.decode(stored, type=LowWatermark)
 
 
-def _metric_row(key: bytes, window: str, parts: dict[int, Partial], final: bool,
-                version: int, now: datetime) -> tuple:
+def _metric_row(key: bytes, window: str, entry: Window, version: int, now: datetime,
+                ) -> tuple:
     _partition, metric, dimension, _span = key.decode().split("|")
     name, start_s = window.split("|")
     start = datetime.fromtimestamp(int(start_s), UTC)
-    numerator = sum(p.numerator for p in parts.values())
-    denominator = sum(p.denominator for p in parts.values())
+    parts = entry.parts.values()
+    numerator = sum(p.numerator for p in parts)
+    denominator = sum(p.denominator for p in parts)
+    samples = sum(p.samples for p in parts)
     return metric_row(
         metric, dimension, name, start, start + spec_named(name).size,
         SCALES[metric] * numerator / denominator if denominator else None, numerator,
-        denominator, sum(p.samples for p in parts.values()), final, version, now)
+        denominator, samples, entry.closed, version, now, revision=max(entry.revision, 0),
+        late_samples=samples - entry.final_samples if entry.closed else 0)
 
 
 @functools.lru_cache(maxsize=65536)

@@ -70,10 +70,12 @@ class _Held:
 
 class PartitionWindows:
     def __init__(self, metrics: WorkerMetrics, partitions: int, lateness: timedelta,
-                 update_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+                 update_seconds: float, clock: Callable[[], float] = time.monotonic,
+                 revision: timedelta = timedelta(0)) -> None:
         self.metrics = metrics
         self.partitions = partitions
         self.lateness = lateness
+        self.revision = revision
         self.update_seconds = update_seconds
         self.clock = clock
         self.held: PerPartition[_Held] = PerPartition(lambda _partition: _Held())
@@ -116,15 +118,23 @@ class PartitionWindows:
         for offset, c in contributions:
             by_key[(c.metric, c.dimension)].append((offset, c))
         changed: dict[bytes, OpenWindows] = {}
+        revised: set[tuple[bytes, WindowKey]] = set()
         for (metric, dimension), items in by_key.items():
             table_key = f"{partition}|{metric}|{dimension}".encode()
             windows = changed[table_key] = _load_windows(store, table_key)
             done = windows.applied_through
             new = [c for offset, c in items if done is None or offset > done]
             windows.applied_through = max(offset for offset, _ in items)
-            touched, too_late = windows.add(new, clock.horizon)
-            self.metrics.cx_window_too_late.inc(too_late)
-            unpublished.windows.update((table_key, window) for window in touched)
+            added = windows.add(new, clock.horizon, self.revision)
+            self.metrics.cx_window_too_late.inc(added.missed)
+            self.metrics.cx_late_contributions.inc(added.late)
+            unpublished.windows.update((table_key, window) for window in added.touched)
+            revised.update((table_key, window) for window in added.revised)
+        # A revised closed window's part goes in this batch, not when due: the batch's
+        # state is saved after its messages, so a crash before that sends it again.
+        for table_key, window in revised:
+            parts[(_window_key(table_key, window), partition)] = _partial(
+                partition, changed[table_key].get(window))
         prefix = clock_key(partition)
         horizon = clock.advance(self.lateness)
         now = self.clock()
@@ -149,7 +159,7 @@ class PartitionWindows:
                                                for window in windows.open_windows())
                 if horizon is None:
                     continue
-                closed = windows.close(horizon)
+                closed = windows.close(horizon, self.revision)
                 if closed:
                     changed[table_key] = windows
                 for window, state in closed.items():
@@ -169,6 +179,11 @@ class PartitionWindows:
             self.metrics.cx_watermark_seconds.labels(str(partition)).set(
                 clock.value.timestamp())
         for table_key, windows in changed.items():
+            if windows.empty:  # every pane past the revision horizon
+                if store.get(table_key) is not None:
+                    del store[table_key]
+                held.next_end.pop(table_key, None)
+                continue
             store[table_key] = msgspec.msgpack.encode(windows)
             held.next_end[table_key] = windows.next_end
         store[prefix] = msgspec.msgpack.encode(clock)

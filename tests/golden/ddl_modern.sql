@@ -186,3 +186,7 @@ CREATE TABLE IF NOT EXISTS journey.privacy_audit
 )
 ENGINE = MergeTree()
 ORDER BY (requested_at, request);
+
+ALTER TABLE journey.cx_metrics ADD COLUMN revision UInt32 DEFAULT 0 AFTER final;
+
+ALTER TABLE journey.cx_metrics ADD COLUMN late_samples UInt64 DEFAULT 0 AFTER revision;

@@ -18,7 +18,7 @@ from deploy.queries import load_queries
 from producers.simulator import simulate
 from schemas import utcnow
 from stream_processors.clickhouse.client import connect, migrate
-from stream_processors.clickhouse.ddl import MIGRATIONS, MODERN, render_all
+from stream_processors.clickhouse.ddl import LEGACY, MIGRATIONS, MODERN, render_all
 from stream_processors.clickhouse.rows import COLUMNS
 from tests.truth import true_rows
 
@@ -38,10 +38,39 @@ def test_migrating_twice_changes_nothing(settings) -> None:
         assert _tables(client, db) == before
         assert client.execute(f"SELECT count() FROM {db}.schema_migrations")[0][0] \
             == len(MIGRATIONS)
-        assert set(before) == {"schema_migrations", *(m.name for m in MIGRATIONS)}
+        assert set(before) == {"schema_migrations", *(
+            m.name for m in MIGRATIONS if m.statements(MODERN, db)[0].startswith("CREATE"))}
         for table, columns in COLUMNS.items():
             live = tuple(r[0] for r in client.execute(f"DESCRIBE TABLE {db}.{table}"))
             assert live == columns
+    finally:
+        client.execute(f"DROP DATABASE IF EXISTS {db}")
+        client.disconnect()
+
+
+def test_an_older_schema_gets_the_revision_columns_and_keeps_its_rows(settings) -> None:
+    """A database migrated before cx_revisions existed: its rows read as revision 0."""
+    db = settings.clickhouse_database
+    client = connect(settings.clickhouse_url)
+    older = [m for m in MIGRATIONS if m.name != "cx_revisions"]
+    try:
+        client.execute(f"CREATE DATABASE {db}")
+        client.execute(f"CREATE TABLE {db}.schema_migrations (id UInt32, name String, "
+                       "applied_at DateTime('UTC')) ENGINE = ReplacingMergeTree() ORDER BY id")
+        for m in older:
+            for statement in m.statements(LEGACY, db):
+                client.execute(statement)
+        client.execute(f"INSERT INTO {db}.schema_migrations VALUES",
+                       [(m.id, m.name, utcnow().replace(microsecond=0)) for m in older])
+        start = datetime(2026, 5, 1, tzinfo=UTC)
+        client.execute(f"INSERT INTO {db}.cx_metrics VALUES", [(
+            "nps", "all", "1h", start, start + timedelta(hours=1), 50.0, 1.0, 2.0, 2, 1, 7,
+            start)])
+        assert migrate(client, db) == ["cx_revisions"]
+        assert client.execute(f"SELECT samples, final, revision, late_samples FROM {db}."
+                              "cx_metrics") == [(2, 1, 0, 0)]
+        live = tuple(r[0] for r in client.execute(f"DESCRIBE TABLE {db}.cx_metrics"))
+        assert live == COLUMNS["cx_metrics"]
     finally:
         client.execute(f"DROP DATABASE IF EXISTS {db}")
         client.disconnect()

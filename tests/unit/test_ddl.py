@@ -50,12 +50,25 @@ def test_dialect_follows_server_version(version: str, expected: Dialect) -> None
     assert dialect_for_version(version) == expected
 
 
-@pytest.mark.parametrize("migration", MIGRATIONS, ids=lambda m: m.name)
-def test_insert_columns_match_the_table(migration) -> None:
-    (ddl,) = migration.statements(MODERN, "db")
-    body = ddl.split("(", 1)[1].split("\n)\n", 1)[0]
-    columns = tuple(re.findall(r"^\s{4}(\w+) ", body, flags=re.M))
-    assert columns == COLUMNS[migration.name]
+def _columns_after_every_migration() -> dict[str, list[str]]:
+    """Each table's columns, in order, once every CREATE and ADD COLUMN ran."""
+    tables: dict[str, list[str]] = {}
+    for migration in MIGRATIONS:
+        for ddl in migration.statements(MODERN, "db"):
+            if ddl.startswith("CREATE TABLE"):
+                body = ddl.split("(", 1)[1].split("\n)\n", 1)[0]
+                tables[migration.name] = re.findall(r"^\s{4}(\w+) ", body, flags=re.M)
+                continue
+            table, column, after = re.match(
+                r"ALTER TABLE db\.(\w+) ADD COLUMN (\w+) .* AFTER (\w+)$", ddl).groups()
+            columns = tables[table]
+            columns.insert(columns.index(after) + 1, column)
+    return tables
+
+
+@pytest.mark.parametrize("table", list(COLUMNS))
+def test_insert_columns_match_the_table(table: str) -> None:
+    assert tuple(_columns_after_every_migration()[table]) == COLUMNS[table]
 
 
 def test_migration_ids_are_unique_and_ordered() -> None:
@@ -69,7 +82,8 @@ def test_cluster_rendering_replicates_every_table_behind_a_distributed_one() -> 
     for dialect in (LEGACY, MODERN):
         script = render_all(dialect, "shop", cluster="main")
         statements = script.rstrip(";\n").split(";\n\n")
-        tables = ["schema_migrations", *(m.name for m in MIGRATIONS)]
+        tables = ["schema_migrations", *(m.name for m in MIGRATIONS
+                                         if m.statements(dialect, "x")[0].startswith("CREATE"))]
         assert set(SHARDING) == set(tables)
         assert statements[0] == "CREATE DATABASE IF NOT EXISTS shop ON CLUSTER main"
         for table in tables:
@@ -84,7 +98,14 @@ def test_cluster_rendering_replicates_every_table_behind_a_distributed_one() -> 
                     f"{SHARDING[table]})") in statements
         # The same columns, order and TTL as on one server: only names and engines differ.
         single = render_all(dialect, "shop").split(";\n\n")
-        assert len(statements) == 2 * len(single) - 1
+        added = sum(1 for s in single if s.startswith("ALTER TABLE"))
+        assert len(statements) == 2 * len(single) - 1 + added
+        # A column is added to the replicated tables, and the Distributed one made again.
+        at = statements.index("ALTER TABLE shop.cx_metrics_local ON CLUSTER main ADD COLUMN "
+                              "revision UInt32 DEFAULT 0 AFTER final")
+        assert statements[at + 1] == "DROP TABLE IF EXISTS shop.cx_metrics ON CLUSTER main"
+        assert statements[at + 2].startswith("CREATE TABLE IF NOT EXISTS shop.cx_metrics ON "
+                                             "CLUSTER main AS shop.cx_metrics_local\n")
     assert "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/shop/cx_metrics', " \
            "'{replica}', version)" in render_all(LEGACY, "shop", cluster="main")
     with pytest.raises(ValueError):

@@ -51,7 +51,7 @@ from stream_processors.stages import (
 )
 from stream_processors.stages.identity import decode_link
 from stream_processors.stages.journeys import past_retention
-from stream_processors.windows import Contribution, OpenWindows
+from stream_processors.windows import Contribution, OpenWindows, spec_named
 
 P = 4
 T0 = datetime(2026, 5, 1, 9, 0, tzinfo=UTC)
@@ -451,6 +451,35 @@ def test_a_closing_window_sends_its_final_part_then_the_horizon() -> None:
     assert keys.index(WATERMARK_KEY) > keys.index(first_minute)  # after the parts it closes
 
 
+def test_a_late_contribution_sends_the_revised_part_of_a_closed_window_at_once() -> None:
+    metrics = new_metrics()
+    clock = Clock()
+    windows = PartitionWindows(metrics, P, timedelta(hours=1), 5.0, clock,
+                               revision=timedelta(days=2))
+    store: dict[bytes, bytes] = {}
+    first_minute = b"on_time_rate|all|1m|" + str(int(T0.timestamp())).encode()
+    windows.process(Output(P), store, [], {1: [(3, Contribution("on_time_rate", "all", T0,
+                                                                1.0))]})
+    windows.process(Output(P), store, all_inputs_at(1, T0 + timedelta(hours=3)), {})
+    clock.t += 1  # not yet due for an open window's refresh
+    out = Output(P)
+    windows.process(out, store, [], {1: [(4, Contribution("on_time_rate", "all", T0, 0.0))]})
+    parts = {key: decode_partial(v) for _, _, key, v in out.sent(CX_PARTIALS)}
+    assert parts[first_minute] == Partial(1, 1.0, 2.0, 2)  # its whole part, revised
+    assert all(int(key.rsplit(b"|", 1)[1]) + spec_named(key.split(b"|")[2].decode())
+               .size.total_seconds() <= (T0 + timedelta(hours=2)).timestamp()
+               for key in parts)  # closed windows only: the open ones wait their turn
+    assert metrics.cx_late_contributions._value.get() == 1
+    # Past the horizon: counted as missed, nothing sent for the short windows.
+    windows.process(Output(P), store, all_inputs_at(1, T0 + timedelta(days=3)), {})
+    out = Output(P)
+    windows.process(out, store, [], {1: [(5, Contribution("on_time_rate", "all", T0, 1.0))]})
+    assert first_minute not in {key for _, _, key, _ in out.sent(CX_PARTIALS)}
+    assert metrics.cx_window_too_late._value.get() == 1
+    windows.process(Output(P), store, all_inputs_at(1, T0 + timedelta(days=40)), {})
+    assert list(store) == [b"1|"]  # every pane past the horizon: the entry has gone
+
+
 # ── aggregator ────────────────────────────────────────────────────────────────
 def horizons(partition: int, at: datetime, offset: int = 100) -> list[Message]:
     return [Message(partition, offset + j, WATERMARK_KEY, Watermark(f"j{j}", at))
@@ -471,6 +500,53 @@ def test_the_aggregator_sums_the_partitions_parts_and_finalises_once_all_passed(
     assert (row["final"], row["numerator"], row["denominator"], row["value"]) == (
         1, 2.0, 4.0, 50.0)
     assert list(store) == [b"2|"]  # only the clock is left: the window is gone
+
+
+def test_a_late_part_revises_a_final_window_until_the_horizon_passes() -> None:
+    metrics = new_metrics()
+    aggregator = Aggregator(metrics, P, 5.0, Clock(), revision=timedelta(days=1))
+    store: dict[bytes, bytes] = {}
+    window = b"nps|all|1h|" + str(int(T0.timestamp())).encode()
+    aggregator.aggregate([Message(2, 1, window, Partial(0, 1.0, 2.0, 2))], store, NOW, 1)
+    out = aggregator.aggregate(horizons(2, T0 + timedelta(hours=2)), store, NOW, 2)
+    [final] = as_dicts(out.rows["cx_metrics"], "cx_metrics")
+    assert (final["final"], final["revision"], final["late_samples"], final["value"]) == (
+        1, 0, 0, 50.0)
+    # Partition 3 had a late answer: the row is revised in the same batch, above the final.
+    out = aggregator.aggregate([Message(2, 20, window, Partial(3, -1.0, 1.0, 1))], store,
+                               NOW, 3)
+    [revised] = as_dicts(out.rows["cx_metrics"], "cx_metrics")
+    assert (revised["final"], revised["revision"], revised["late_samples"],
+            revised["samples"], revised["value"]) == (1, 1, 1, 3, 0.0)
+    assert revised["version"] > final["version"]
+    # The same part again (a restart's resend): nothing to revise.
+    out = aggregator.aggregate([Message(2, 21, window, Partial(3, -1.0, 1.0, 1))], store,
+                               NOW, 4)
+    assert out.rows["cx_metrics"] == []
+    # Once the horizon passed its end by a day, the window leaves; later parts are missed.
+    aggregator.aggregate(horizons(2, T0 + timedelta(days=1, hours=1, minutes=1), 200), store,
+                         NOW, 5)
+    assert list(store) == [b"2|"]
+    out = aggregator.aggregate([Message(2, 300, window, Partial(1, 1.0, 1.0, 1))], store,
+                               NOW, 6)
+    assert out.rows["cx_metrics"] == [] and list(store) == [b"2|"]
+    assert metrics.cx_window_too_late._value.get() == 1
+    assert metrics.cx_window_revisions._value.get() == 1
+
+
+def test_a_window_empty_when_it_closed_gets_its_first_row_from_late_data() -> None:
+    aggregator = Aggregator(new_metrics(), P, 5.0, Clock(), revision=timedelta(days=1))
+    store: dict[bytes, bytes] = {}
+    aggregator.aggregate(horizons(2, T0 + timedelta(hours=2)), store, NOW, 1)
+    window = b"csat|all|1m|" + str(int(T0.timestamp())).encode()
+    out = aggregator.aggregate([Message(2, 9, window, Partial(1, 1.0, 1.0, 1))], store, NOW, 2)
+    [row] = as_dicts(out.rows["cx_metrics"], "cx_metrics")
+    assert (row["final"], row["revision"], row["late_samples"], row["value"]) == (
+        1, 1, 1, 100.0)
+    aggregator.held.revoke([2])  # what leaves when is rebuilt from the table
+    aggregator.held.assign([2])
+    aggregator.aggregate(horizons(2, T0 + timedelta(days=1, hours=1), 50), store, NOW, 3)
+    assert list(store) == [b"2|"]
 
 
 def test_a_partition_taken_back_rebuilds_what_it_knew_from_its_table() -> None:

@@ -45,21 +45,22 @@ def test_late_events_within_the_bound_update_and_closed_windows_refuse_the_rest(
     windows.add([nps_contribution(10, T), nps_contribution(0, T + timedelta(seconds=5))],
                 horizon=None, specs=(MINUTE,))
     # Late against the 10:12 events seen since, but the horizon has not passed 10:08.
-    touched, late = windows.add([nps_contribution(0, T + timedelta(seconds=9))],
-                                horizon=T.replace(minute=2), specs=(MINUTE,))
+    touched, _, _, late = windows.add([nps_contribution(0, T + timedelta(seconds=9))],
+                                      horizon=T.replace(minute=2), specs=(MINUTE,))
     assert (touched, late) == ({minute}, 0)
     assert windows.get(minute).ratio() == -100 / 3
     closed = windows.close(T.replace(second=0, minute=8))  # the end itself closes it
     assert list(closed) == [minute] and closed[minute].samples == 3
     assert windows.panes == {}
-    touched, late = windows.add([nps_contribution(9, T)], horizon=T.replace(minute=8),
-                                specs=(MINUTE,))
+    touched, _, _, late = windows.add([nps_contribution(9, T)], horizon=T.replace(minute=8),
+                                      specs=(MINUTE,))
     assert (touched, late, windows.panes) == (set(), 1, {})
 
 
 def test_a_contribution_too_late_for_a_short_window_still_counts_in_longer_ones() -> None:
     windows = OpenWindows()
-    touched, late = windows.add([nps_contribution(10, T)], horizon=T + timedelta(minutes=5))
+    touched, _, _, late = windows.add([nps_contribution(10, T)],
+                                      horizon=T + timedelta(minutes=5))
     assert late == 1
     assert {name for name, _ in touched} == {"1h", "24h", "7d", "30d"}
 
@@ -125,7 +126,7 @@ def test_a_closed_window_never_changes_and_panes_leave_once_no_window_needs_them
     hour_later = T + timedelta(hours=1)
     first = windows.close(hour_later)
     assert first and all(start + spec_named(name).size <= hour_later for name, start in first)
-    touched, late = windows.add([nps_contribution(0, T)], horizon=hour_later)
+    touched, _, _, late = windows.add([nps_contribution(0, T)], horizon=hour_later)
     assert late == 1 and all(start + spec_named(name).size > hour_later
                              for name, start in touched)
     rest = windows.close(T + timedelta(days=60))
@@ -145,3 +146,60 @@ def test_a_contribution_taken_back_leaves_the_window_as_before() -> None:
     state.add(Contribution("on_time_rate", "all", at, 0.0))
     state.add(Contribution("on_time_rate", "all", at, -1.0, -1.0, -1))
     assert (state.numerator, state.denominator, state.samples) == (0.0, 1.0, 1)
+
+
+def test_a_late_contribution_revises_closed_windows_within_the_horizon_only() -> None:
+    """With a revision horizon, a closed window keeps its panes (settled) and a late
+    contribution changes its value; past the horizon it misses, and the panes go."""
+    revision = timedelta(days=2)
+    windows = OpenWindows()
+    windows.add([nps_contribution(10, T)], horizon=None, revision=revision)
+    day_later = T + timedelta(days=1, hours=2)
+    first = windows.close(day_later, revision)
+    hour = ("1h", T.replace(minute=0, second=0))
+    assert first[hour].samples == 1
+    late_at = T + timedelta(minutes=1)
+    added = windows.add([nps_contribution(0, late_at)], horizon=day_later, revision=revision)
+    # Every window holding 10:01:30 that ended by the horizon is revised, the rest are open.
+    holding = {(spec.name, start): end for spec in WINDOWS
+               for start, end in spec.windows_for(late_at)}
+    assert (added.late, added.missed) == (1, 0)
+    assert added.revised == {key for key, end in holding.items() if end <= day_later}
+    assert added.touched == {key for key, end in holding.items() if end > day_later}
+    assert {name for name, _ in added.revised} == {spec.name for spec in WINDOWS}
+    assert windows.get(hour).samples == 2 and windows.get(hour).ratio() == 0.0
+    # Close on past the horizon of the short windows: they miss, the panes have gone.
+    much_later = T + timedelta(days=3, hours=1)
+    windows.close(much_later, revision)
+    added = windows.add([nps_contribution(0, T + timedelta(minutes=2))], horizon=much_later,
+                        revision=revision)
+    assert (added.late, added.missed) == (0, 1)
+    assert 60 not in windows.settled and 300 not in windows.settled
+    late_at = T + timedelta(minutes=2)
+    holding = {(spec.name, start): end for spec in WINDOWS
+               for start, end in spec.windows_for(late_at)}
+    assert added.touched == {key for key, end in holding.items() if end > much_later}
+    assert added.revised == {key for key, end in holding.items()
+                             if much_later - revision < end <= much_later}
+    windows.close(T + timedelta(days=31), revision)
+    windows.close(T + timedelta(days=20), revision)  # never backwards
+    assert windows.closed_through == int((T + timedelta(days=31)).timestamp())
+    assert set(windows.settled) == {86400}  # the last monthly window: revisable a day more
+    windows.close(T + timedelta(days=32, hours=1), revision)
+    assert windows.empty and windows.expiry == []
+
+
+def test_settled_and_live_copies_of_a_pane_merge() -> None:
+    """A late contribution can reach a pane whose live copy has not been settled yet
+    (the horizon moved in ``add`` before ``close`` ran): both count."""
+    revision = timedelta(days=1)
+    windows = OpenWindows()
+    windows.add([nps_contribution(10, T)], horizon=None, specs=(MINUTE,), revision=revision)
+    later = T + timedelta(minutes=10)
+    added = windows.add([nps_contribution(0, T)], horizon=later, specs=(MINUTE,),
+                        revision=revision)
+    assert added.late == 1
+    minute = ("1m", T.replace(second=0))
+    assert windows.get(minute).samples == 2
+    windows.close(later, revision, specs=(MINUTE,))
+    assert windows.get(minute).samples == 2 and windows.panes == {}
