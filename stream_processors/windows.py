@@ -25,8 +25,8 @@ import heapq
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import msgspec
 

@@ -16,9 +16,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["ADD_COLUMN", "LEGACY", "LOCAL_SUFFIX", "MIGRATIONS", "MODERN", "RETENTION_COLUMNS", "SHARDING",
-           "Dialect", "Migration", "clustered", "deletion", "dialect_for_version", "local_table",
-           "render_all", "retention"]
+__all__ = ["ADD_COLUMN", "LEGACY", "LOCAL_SUFFIX", "MIGRATIONS", "MODERN", "RETENTION_COLUMNS",
+           "SHARDING", "Dialect", "Migration", "clustered", "deletion", "dialect_for_version",
+           "local_table", "render_all", "retention"]
 
 
 @dataclass(frozen=True)
