@@ -129,6 +129,10 @@ class Added(NamedTuple):
     late: int
     #: Contributions that missed a window past the revision horizon.
     missed: int
+    #: Where they are in the input, and the end of the last window each misses (every
+    #: window holding it that ends at or before then lacks it).
+    lacking: list[int] = []
+    lacking_through: datetime | None = None
 
 
 class OpenWindows(msgspec.Struct):
@@ -178,7 +182,8 @@ class OpenWindows(msgspec.Struct):
         live_panes: set[tuple[int, int]] = set()
         settled_panes: set[tuple[int, int]] = set()
         late = missed = 0
-        for c in contributions:
+        lacking: list[int] = []
+        for n, c in enumerate(contributions):
             at = c.at.timestamp()
             was_late = was_missed = False
             for hop, (keep, _specs) in hops.items():
@@ -206,6 +211,8 @@ class OpenWindows(msgspec.Struct):
                 (settled_panes if target is self.settled else live_panes).add((hop, start))
             late += was_late and not was_missed
             missed += was_missed
+            if was_missed:
+                lacking.append(n)
         touched: set[WindowKey] = set()
         revised: set[WindowKey] = set()
         for hop, start in live_panes | settled_panes:
@@ -213,7 +220,8 @@ class OpenWindows(msgspec.Struct):
                 for key in _windows_holding(spec, hop, start, h, keep_closed):
                     end = int(key[1].timestamp()) + int(spec.size.total_seconds())
                     (revised if h is not None and end <= h else touched).add(key)
-        return Added(touched, revised, late, missed)
+        return Added(touched, revised, late, missed, lacking,
+                     None if h is None else _at(h - keep_closed))
 
     def get(self, key: WindowKey) -> WindowState:
         """A window's state: the sum of its panes, live and settled."""

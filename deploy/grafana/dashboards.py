@@ -127,6 +127,15 @@ def pipeline_health() -> Dashboard:
                   decimals=0),
             _stat("Workers up", [_prom('sum(up{job="journey-worker"})')], (18, 32),
                   decimals=0),
+            _series("Late data: CX windows revised, and contributions past the horizon", [
+                _prom("sum(rate(journey_cx_late_contributions_total[5m]))",
+                      "late contributions (revised a closed window)", "A"),
+                _prom("sum(rate(journey_cx_window_revisions_total[5m]))", "revision rows",
+                      "B"),
+                _prom("sum(rate(journey_cx_window_too_late_total[5m]))",
+                      "past the revision horizon (in cx_missed)", "C")], (0, 37), unit="ops",
+                w=24, description="Data that came after its CX window closed. Within "
+                "JOURNEY_CX_REVISION_DAYS it revises the window; later, the window lacks it."),
         ],
     ).auto_panel_ids()
 

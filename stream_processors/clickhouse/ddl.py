@@ -267,6 +267,29 @@ def _cx_revisions(d: Dialect, db: str) -> list[str]:
             "AFTER revision"]
 
 
+def _cx_missed(d: Dialect, db: str) -> list[str]:
+    # Contributions that came later than the revision horizon for some of their windows:
+    # what each would have added, and through which window end the windows lack it
+    # (deploy/clickhouse/queries/cx_windows_latest.sql adds them up per window). One row
+    # per input message, metric, dimension and time: a replay rewrites it.
+    return [f"""CREATE TABLE IF NOT EXISTS {db}.cx_missed
+(
+    metric {d.lc()},
+    dimension {d.lc()},
+    occurred_at {d.time},
+    numerator Float64,
+    denominator Float64,
+    samples Int64,
+    lacking_through DateTime('UTC'),
+    partition UInt16,
+    offset UInt64,
+    recorded_at {d.time}
+)
+ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(occurred_at)
+ORDER BY (metric, dimension, partition, offset, occurred_at)"""]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "touchpoints", _touchpoints),
     Migration(2, "customer_journeys", _customer_journeys),
@@ -278,6 +301,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "privacy_acks", _privacy_acks),
     Migration(9, "privacy_audit", _privacy_audit),
     Migration(10, "cx_revisions", _cx_revisions),
+    Migration(11, "cx_missed", _cx_missed),
 )
 
 #: Tables with a retention, and the column their age is read from.
@@ -352,6 +376,7 @@ SHARDING = {
     "cx_metrics": "cityHash64(metric, dimension, window, window_start)",
     "privacy_acks": "cityHash64(request, stage, partition)",
     "privacy_audit": "cityHash64(request)",
+    "cx_missed": "cityHash64(partition, offset)",
 }
 _CREATE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)\.(\w+)\n")
 #: A column a migration adds: (database, table, column).

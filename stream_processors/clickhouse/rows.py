@@ -14,7 +14,7 @@ from schemas import Touchpoint
 from stream_processors.journey import STAGES, Alert, Journey
 
 __all__ = ["COLUMNS", "FINAL_VERSION", "alert_row", "changed_rows", "dead_letter_row",
-           "journey_row", "merged_row", "metric_row", "ticket_rows", "touchpoint_row",
+           "journey_row", "merged_row", "metric_row", "missed_row", "ticket_rows", "touchpoint_row",
            "transition_rows"]
 
 #: Added to a final metric row's version: it outranks every open row of its window.
@@ -43,6 +43,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "metric", "dimension", "window", "window_start", "window_end", "value", "numerator",
         "denominator", "samples", "final", "revision", "late_samples", "version",
         "updated_at"),
+    "cx_missed": (
+        "metric", "dimension", "occurred_at", "numerator", "denominator", "samples",
+        "lacking_through", "partition", "offset", "recorded_at"),
     "journey_alerts": (
         "alert_id", "kind", "journey_key", "customer_id", "reason", "touchpoints", "at",
         "raised_at"),
@@ -118,6 +121,13 @@ def metric_row(metric: str, dimension: str, window: str, start: datetime, end: d
                late_samples: int = 0) -> tuple:
     return (metric, dimension, window, start, end, value, numerator, denominator, samples,
             int(final), revision, late_samples, version + FINAL_VERSION * final, now)
+
+
+def missed_row(metric: str, dimension: str, occurred_at: datetime, numerator: float,
+               denominator: float, samples: int, lacking_through: datetime, partition: int,
+               offset: int, now: datetime) -> tuple:
+    return (metric, dimension, occurred_at, numerator, denominator, samples, lacking_through,
+            partition, offset, now)
 
 
 def alert_row(alert: Alert, now: datetime) -> tuple:

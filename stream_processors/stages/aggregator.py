@@ -3,8 +3,10 @@
 Each journey partition sends its part of a window (its whole part so far) and its
 horizon; the aggregator keeps the latest part of each partition and writes the window's
 row to ``cx_metrics``: while open, at most every JOURNEY_CX_UPDATE_SECONDS however many
-parts changed it; once every partition's horizon passed its end, a final row, and the
-window leaves the table (only after that row is in ClickHouse).
+parts changed it; once every partition's horizon passed its end, a final row. A closed
+window stays for the revision horizon: a part that changes it then (late data) writes a
+revision row in the same batch (``revision`` + 1, ``late_samples``); after that it
+leaves the table, and later parts for it are counted as too late.
 
 Table ``cx-windows``, per aggregator partition: ``<p>|<metric>|<dimension>|<shard>`` →
 the windows of one spec whose starts fall in one span (:func:`shard`), so a batch costs a

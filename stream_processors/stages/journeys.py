@@ -176,7 +176,7 @@ class JourneyUpdater:
                 self._emit(b, out, key, journey_log, now, version, contributions[partition],
                            offset)
             journeys[key] = encode_log(journey_log)
-        self.windows.process(out, cx_partials, marks, contributions)
+        self.windows.process(out, cx_partials, marks, contributions, now)
         out.save(cx_partials)
         out.save(b.suppressed, journeys)
         return out

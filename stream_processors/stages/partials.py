@@ -17,7 +17,10 @@ What is sent when:
 - a closing window's last part at once, then the partition's new horizon, after it:
   the aggregator finalises a window once every partition's horizon passed its end;
 - after a restart or a rebalance, every open window once more (what was sent before is
-  not known; repeats are harmless).
+  not known; repeats are harmless);
+- a closed window's part again, in the batch a late contribution changed it, while the
+  window ended less than the revision horizon ago (the aggregator writes a revision).
+  Later contributions miss it: they become ``cx_missed`` rows instead.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from datetime import datetime, timedelta
 
 import msgspec
 
+from schemas import utcnow
+from stream_processors.clickhouse.rows import missed_row
 from stream_processors.commands import (
     Partial,
     Watermark,
@@ -81,7 +86,8 @@ class PartitionWindows:
         self.held: PerPartition[_Held] = PerPartition(lambda _partition: _Held())
 
     def process(self, out: Output, store: Store, marks: Sequence[tuple[int, Watermark]],
-                contributions: Mapping[int, list[Numbered]]) -> None:
+                contributions: Mapping[int, list[Numbered]],
+                now: datetime | None = None) -> None:
         """Take in a batch's watermarks and contributions; queue the parts and horizons
         to send in ``out`` and stage the windows in ``store``.
 
@@ -98,7 +104,7 @@ class PartitionWindows:
         for partition in sorted(set(clocks) | {p for p, cs in contributions.items() if cs}):
             clock = clocks.get(partition) or _load_clock(store, partition, self.partitions)
             horizon = self._advance(store, partition, clock, contributions.get(partition, []),
-                                    parts)
+                                    parts, out.rows["cx_missed"], now or utcnow())
             if horizon is not None:
                 horizons.append((partition, horizon))
         for (key, _), partial in parts.items():  # a metric and dimension's to one place
@@ -109,7 +115,7 @@ class PartitionWindows:
 
     def _advance(self, store: Store, partition: int, clock: LowWatermark,
                  contributions: list[Numbered], parts: dict[tuple[bytes, int], Partial],
-                 ) -> datetime | None:
+                 missed_rows: list[tuple], now: datetime) -> datetime | None:
         """One partition: apply its contributions, close what its horizon passed, and
         collect the parts due; returns its new horizon, if it moved."""
         held = self.held[partition]
@@ -123,10 +129,13 @@ class PartitionWindows:
             table_key = f"{partition}|{metric}|{dimension}".encode()
             windows = changed[table_key] = _load_windows(store, table_key)
             done = windows.applied_through
-            new = [c for offset, c in items if done is None or offset > done]
+            new = [(offset, c) for offset, c in items if done is None or offset > done]
             windows.applied_through = max(offset for offset, _ in items)
-            added = windows.add(new, clock.horizon, self.revision)
+            added = windows.add([c for _, c in new], clock.horizon, self.revision)
             self.metrics.cx_window_too_late.inc(added.missed)
+            if added.lacking:
+                missed_rows += _missed_rows(partition, [new[n] for n in added.lacking],
+                                            added.lacking_through, now)
             self.metrics.cx_late_contributions.inc(added.late)
             unpublished.windows.update((table_key, window) for window in added.touched)
             revised.update((table_key, window) for window in added.revised)
@@ -188,6 +197,22 @@ class PartitionWindows:
             held.next_end[table_key] = windows.next_end
         store[prefix] = msgspec.msgpack.encode(clock)
         return horizon
+
+
+def _missed_rows(partition: int, missed: list[Numbered], lacking_through: datetime | None,
+                 now: datetime) -> list[tuple]:
+    """``cx_missed`` rows: per input message, what it would have added at each time, and
+    which windows lack it (those ending by ``lacking_through``). A replayed message
+    rewrites its own rows (the row's key holds the partition and offset)."""
+    summed: dict[tuple[int, str, str, datetime], WindowState] = {}
+    for offset, c in missed:
+        state = summed.get((offset, c.metric, c.dimension, c.at))
+        if state is None:
+            state = summed[(offset, c.metric, c.dimension, c.at)] = WindowState()
+        state.add(c)
+    return [missed_row(metric, dimension, at, state.numerator, state.denominator,
+                       state.samples, lacking_through or at, partition, offset, now)
+            for (offset, metric, dimension, at), state in summed.items()]
 
 
 @functools.lru_cache(maxsize=65536)

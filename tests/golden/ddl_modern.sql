@@ -190,3 +190,20 @@ ORDER BY (requested_at, request);
 ALTER TABLE journey.cx_metrics ADD COLUMN revision UInt32 DEFAULT 0 AFTER final;
 
 ALTER TABLE journey.cx_metrics ADD COLUMN late_samples UInt64 DEFAULT 0 AFTER revision;
+
+CREATE TABLE IF NOT EXISTS journey.cx_missed
+(
+    metric LowCardinality(String),
+    dimension LowCardinality(String),
+    occurred_at DateTime64(3, 'UTC'),
+    numerator Float64,
+    denominator Float64,
+    samples Int64,
+    lacking_through DateTime('UTC'),
+    partition UInt16,
+    offset UInt64,
+    recorded_at DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(occurred_at)
+ORDER BY (metric, dimension, partition, offset, occurred_at);

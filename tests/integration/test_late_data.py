@@ -22,11 +22,14 @@ from datetime import datetime, timedelta
 import msgspec
 import pytest
 
+from deploy.queries import load_queries
 from producers import JourneyClient
 from producers.simulator import simulate
 from schemas import Touchpoint, encode_touchpoint
+from stream_processors.windows import WINDOWS, spec_named
 from tests.conftest import wait_for
 from tests.integration.test_import import journey_import, summary
+from tests.integration.test_readme_examples import code_blocks
 from tests.reference import WindowKey, closed_windows, same
 
 LATENESS = timedelta(hours=1)
@@ -120,6 +123,11 @@ def test_windows_revised_by_data_days_late_equal_the_truth(settings, clickhouse,
     assert all(late == 0 for _v, _s, revision, late in got.values() if revision == 0)
     assert counter(started, "journey_cx_late_contributions_total") > 0
     assert counter(started, "journey_cx_window_too_late_total") == 0
+    # The README's query for analysts reads the latest revision, as written.
+    [readme_sql] = code_blocks("sql")
+    daily = {start: value for start, value, *_ in clickhouse.execute(readme_sql)}
+    truth = {k[3]: v for k, v in expected.items() if k[:3] == ("nps", "all", "24h")}
+    assert daily.keys() == truth.keys() and all(same(daily[k], v) for k, v in truth.items())
 
 
 def test_a_30_day_import_revises_history_and_what_is_older_than_the_horizon_is_counted(
@@ -184,6 +192,21 @@ def test_a_30_day_import_revises_history_and_what_is_older_than_the_horizon_is_c
     # Each ancient answer counts under three dimensions (all, channel, rated=none), and
     # each of those contributions missed the short windows: counted, once.
     assert counter([worker], "journey_cx_window_too_late_total") == 3 * len(ancient)
+    # The analyst's view of the windows says which lack samples, and how many.
+    lacks: dict[WindowKey, int] = {}
+    for e in ancient:
+        for dimension in ("all", f"channel={e.channel}", "rated=none"):
+            for spec in WINDOWS:
+                for start, end in spec.windows_for(e.occurred_at):
+                    if end <= cutoff:
+                        key = ("nps", dimension, spec.name, start)
+                        lacks[key] = lacks.get(key, 0) + 1
+    _title, sql = load_queries()["cx_windows_latest"]
+    view = {(m, d, w, s): (v, samples, missing) for m, d, w, s, _end, v, samples, _r, _l, missing
+            in clickhouse.execute(sql)}
+    assert {k: row[2] for k, row in view.items() if row[2]} == lacks
+    assert all(view[k][1] == 0 and view[k][0] is None for k in lacking)  # nothing else
+    assert all(same(view[k][0], v) for k, v in expected.items())
     # Importing it again changes nothing.
     again = journey_import(settings, str(export))
     assert again.returncode == 0 and summary(again)[2] == len(history) + len(ancient)
@@ -191,6 +214,4 @@ def test_a_30_day_import_revises_history_and_what_is_older_than_the_horizon_is_c
 
 
 def _size(name: str) -> timedelta:
-    from stream_processors.windows import spec_named
-
     return spec_named(name).size

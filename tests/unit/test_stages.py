@@ -476,6 +476,11 @@ def test_a_late_contribution_sends_the_revised_part_of_a_closed_window_at_once()
     windows.process(out, store, [], {1: [(5, Contribution("on_time_rate", "all", T0, 1.0))]})
     assert first_minute not in {key for _, _, key, _ in out.sent(CX_PARTIALS)}
     assert metrics.cx_window_too_late._value.get() == 1
+    # ... and recorded, with the end of the last window that lacks it (horizon - 2 days).
+    [missed] = as_dicts(out.rows["cx_missed"], "cx_missed")
+    assert (missed["metric"], missed["occurred_at"], missed["samples"], missed["partition"],
+            missed["offset"], missed["lacking_through"]) == (
+        "on_time_rate", T0, 1, 1, 5, T0 + timedelta(days=1, hours=-1))
     windows.process(Output(P), store, all_inputs_at(1, T0 + timedelta(days=40)), {})
     assert list(store) == [b"1|"]  # every pane past the horizon: the entry has gone
 

@@ -45,21 +45,21 @@ def test_late_events_within_the_bound_update_and_closed_windows_refuse_the_rest(
     windows.add([nps_contribution(10, T), nps_contribution(0, T + timedelta(seconds=5))],
                 horizon=None, specs=(MINUTE,))
     # Late against the 10:12 events seen since, but the horizon has not passed 10:08.
-    touched, _, _, late = windows.add([nps_contribution(0, T + timedelta(seconds=9))],
+    touched, _, _, late, *_ = windows.add([nps_contribution(0, T + timedelta(seconds=9))],
                                       horizon=T.replace(minute=2), specs=(MINUTE,))
     assert (touched, late) == ({minute}, 0)
     assert windows.get(minute).ratio() == -100 / 3
     closed = windows.close(T.replace(second=0, minute=8))  # the end itself closes it
     assert list(closed) == [minute] and closed[minute].samples == 3
     assert windows.panes == {}
-    touched, _, _, late = windows.add([nps_contribution(9, T)], horizon=T.replace(minute=8),
+    touched, _, _, late, *_ = windows.add([nps_contribution(9, T)], horizon=T.replace(minute=8),
                                       specs=(MINUTE,))
     assert (touched, late, windows.panes) == (set(), 1, {})
 
 
 def test_a_contribution_too_late_for_a_short_window_still_counts_in_longer_ones() -> None:
     windows = OpenWindows()
-    touched, _, _, late = windows.add([nps_contribution(10, T)],
+    touched, _, _, late, *_ = windows.add([nps_contribution(10, T)],
                                       horizon=T + timedelta(minutes=5))
     assert late == 1
     assert {name for name, _ in touched} == {"1h", "24h", "7d", "30d"}
@@ -126,7 +126,7 @@ def test_a_closed_window_never_changes_and_panes_leave_once_no_window_needs_them
     hour_later = T + timedelta(hours=1)
     first = windows.close(hour_later)
     assert first and all(start + spec_named(name).size <= hour_later for name, start in first)
-    touched, _, _, late = windows.add([nps_contribution(0, T)], horizon=hour_later)
+    touched, _, _, late, *_ = windows.add([nps_contribution(0, T)], horizon=hour_later)
     assert late == 1 and all(start + spec_named(name).size > hour_later
                              for name, start in touched)
     rest = windows.close(T + timedelta(days=60))
