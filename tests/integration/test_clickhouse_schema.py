@@ -132,8 +132,24 @@ def _normalise(text: str) -> list[list[str]]:
     return rows
 
 
+def _window_rows() -> dict[str, list[tuple]]:
+    """A revised window, a window lacking a sample, and one only missed data would make."""
+    start = datetime(2025, 12, 1, tzinfo=UTC)
+    t = start + timedelta(minutes=30, seconds=5)
+    day = timedelta(days=1)
+    return {
+        "cx_metrics": [
+            ("nps", "all", "24h", start, start + day, 50.0, 1.0, 2.0, 2, 1, 0, 0, 7, t),
+            ("nps", "all", "24h", start, start + day, 0.0, 0.0, 3.0, 3, 1, 1, 1, 9, t),
+            ("nps", "all", "24h", start + day, start + 2 * day, -100.0, -1.0, 1.0, 1, 1, 0, 0,
+             8, t)],
+        "cx_missed": [("nps", "all", t + day, 1.0, 1.0, 1, start + 2 * day, 3, 17, t),
+                      ("nps", "all", t + day, 1.0, 1.0, 1, start + 2 * day, 3, 17, t)],
+    }
+
+
 def test_analyst_queries_agree_on_18_16_and_current(settings, clickhouse) -> None:
-    rows = _simulated_rows()
+    rows = {**_simulated_rows(), **_window_rows()}
     db = settings.clickhouse_database
     sess = _chdb()
     _run_script(sess, render_all(MODERN, db))
@@ -153,6 +169,18 @@ def test_analyst_queries_agree_on_18_16_and_current(settings, clickhouse) -> Non
         assert _normalise(legacy) == _normalise(modern), name
         cells = [c for row in _normalise(legacy) for c in row]
         assert any(c not in ("0.00", "") for c in cells), f"{name} returned nothing to compare"
+    # The windows' view: the latest revision, and the one sample (sent twice) each
+    # window ending by 2 December lacks.
+    start = datetime(2025, 12, 1, tzinfo=UTC)
+    latest = {(w, s.replace(tzinfo=UTC)): (v, n, r, late, missing)
+              for _m, _d, w, s, _e, v, n, r, late, missing
+              in clickhouse.execute(queries["cx_windows_latest"][1])}
+    assert latest[("24h", start)] == (0.0, 3, 1, 1, 0)
+    assert latest[("24h", start + timedelta(days=1))] == (-100.0, 1, 0, 0, 1)
+    assert latest[("1m", start + timedelta(days=1, minutes=30))] == (None, 0, 0, 0, 1)
+    # Windows holding 2 Dec 00:30:05 that end by 3 Dec 00:00: a minute, twelve hours
+    # (every 5 min), 24 days (every hour), and one week and one month (ending 3 Dec).
+    assert sum(row[4] for row in latest.values()) == 1 + 12 + 24 + 1 + 1
 
 
 def _http_query(settings, sql: str) -> str:
