@@ -260,10 +260,11 @@ ORDER BY (requested_at, request)"""]
 
 def _cx_revisions(d: Dialect, db: str) -> list[str]:
     # A closed window revised by late contributions: its rows after the first final one
-    # count up `revision`, and `late_samples` says how many samples came after that one.
+    # count up `revision`, and `late_samples` says how many samples came after that one
+    # (less those late data took back: an earlier copy of an order takes a later one's).
     # 18.16 has no ADD COLUMN IF NOT EXISTS: the runner skips a column already there.
     return [f"ALTER TABLE {db}.cx_metrics ADD COLUMN revision UInt32 DEFAULT 0 AFTER final",
-            f"ALTER TABLE {db}.cx_metrics ADD COLUMN late_samples UInt64 DEFAULT 0 "
+            f"ALTER TABLE {db}.cx_metrics ADD COLUMN late_samples Int64 DEFAULT 0 "
             "AFTER revision"]
 
 

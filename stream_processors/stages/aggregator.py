@@ -132,6 +132,11 @@ class Aggregator:
         rows = out.rows["cx_metrics"]
         for key, window in revised:
             entry = states[key][window]
+            if _samples(entry) < 0:
+                # One partition's part took back what another's, not here yet, adds
+                # (a journey that moved partitions when a device was identified): a
+                # moment's state, not a value. The next part writes the revision.
+                continue
             entry.revision += 1
             rows.append(_metric_row(key, window, entry, version, now))
             self.metrics.cx_window_revisions.inc()
@@ -170,7 +175,7 @@ class Aggregator:
                 if state is None:
                     state = read[key] = _load(cx_windows, key)
                 entry = state.get(window)
-                if entry is not None and not entry.closed:
+                if entry is not None and not entry.closed and _samples(entry) >= 0:
                     rows.append(_metric_row(key, window, entry, version, now))
         for key, state in states.items():
             if state:
@@ -202,6 +207,10 @@ def _load_clock(cx_windows: Store, partition: int, partitions: int) -> LowWaterm
     if stored is None:  # inputs: the horizon of every journey partition
         return LowWatermark(channels=partitions)
     return msgspec.msgpack.decode(stored, type=LowWatermark)
+
+
+def _samples(entry: Window) -> int:
+    return sum(p.samples for p in entry.parts.values())
 
 
 def _metric_row(key: bytes, window: str, entry: Window, version: int, now: datetime,

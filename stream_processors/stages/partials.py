@@ -8,8 +8,10 @@ aggregator, keyed by metric and dimension so that one aggregator partition sums 
 parts of a window.
 
 Table ``cx-partials``, per journey partition: ``<p>|<metric>|<dimension>`` → its open
-windows; ``<p>|`` → its watermark (the low watermark over every touchpoint and
-by-device partition, and the horizon windows were closed at).
+windows; ``<p>|#<metric>|<dimension>|<hop>|<span>`` → panes of closed windows kept for
+revisions (:class:`SettledPanes`); ``<p>|`` → its watermark (the low watermark over
+every touchpoint and by-device partition, and the horizon windows were closed at).
+Every key starts with its partition: the worker stages a write by it.
 
 What is sent when:
 - an open window's part at most every JOURNEY_CX_UPDATE_SECONDS, however many batches
@@ -26,6 +28,7 @@ What is sent when:
 from __future__ import annotations
 
 import functools
+import heapq
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -47,8 +50,12 @@ from stream_processors.windows import (
     Contribution,
     LowWatermark,
     OpenWindows,
+    SettledPanes,
     WindowKey,
     WindowState,
+    settled_expiry,
+    settled_span,
+    spec_named,
 )
 
 __all__ = ["PartitionWindows", "clock_key"]
@@ -71,6 +78,13 @@ class _Held:
         #: When the soonest open window of each table key ends (None: none open), so a
         #: key with nothing to close is not decoded; learnt as keys are written.
         self.next_end: dict[bytes, int | None] = {}
+        #: The keys of its open windows (``<p>|<metric>|<dimension>``); read from the
+        #: table when first needed, then kept as batches write them.
+        self.keys: set[bytes] | None = None
+        #: (when, key) each settled span's key leaves the table (past the revision
+        #: horizon), soonest first, and the keys; built from the table when first needed.
+        self.settled_expiry: list[tuple[int, bytes]] | None = None
+        self.settled_keys: set[bytes] = set()
 
 
 class PartitionWindows:
@@ -113,6 +127,29 @@ class PartitionWindows:
         for partition, horizon in horizons:  # after the parts they close
             out.mark(CX_PARTIALS, Watermark(f"j{partition}", horizon))
 
+    def _save_settled(self, store: Store, partition: int, settled: _Settled,
+                      horizon: datetime | None) -> None:
+        """Write the spans this batch changed; drop those past the revision horizon."""
+        held = self.held[partition]
+        if held.settled_expiry is None:
+            held.settled_keys = keys_with(store, settled_prefix(partition))
+            held.settled_expiry = [(_settled_expiry(key, self.revision), key)
+                                   for key in held.settled_keys]
+            heapq.heapify(held.settled_expiry)
+        for key in settled.changed:
+            store[key] = msgspec.msgpack.encode(settled.spans[key])
+            if key not in held.settled_keys:
+                held.settled_keys.add(key)
+                heapq.heappush(held.settled_expiry, (_settled_expiry(key, self.revision), key))
+        expiry = held.settled_expiry
+        if horizon is not None:
+            h = horizon.timestamp()
+            while expiry and expiry[0][0] <= h:
+                _, key = heapq.heappop(expiry)
+                held.settled_keys.discard(key)
+                if store.get(key) is not None:
+                    del store[key]
+
     def _advance(self, store: Store, partition: int, clock: LowWatermark,
                  contributions: list[Numbered], parts: dict[tuple[bytes, int], Partial],
                  missed_rows: list[tuple], now: datetime) -> datetime | None:
@@ -125,6 +162,7 @@ class PartitionWindows:
             by_key[(c.metric, c.dimension)].append((offset, c))
         changed: dict[bytes, OpenWindows] = {}
         revised: set[tuple[bytes, WindowKey]] = set()
+        settled = _Settled(store)
         for (metric, dimension), items in by_key.items():
             table_key = f"{partition}|{metric}|{dimension}".encode()
             windows = changed[table_key] = _load_windows(store, table_key)
@@ -132,6 +170,9 @@ class PartitionWindows:
             new = [(offset, c) for offset, c in items if done is None or offset > done]
             windows.applied_through = max(offset for offset, _ in items)
             added = windows.add([c for _, c in new], clock.horizon, self.revision)
+            for n, hop, start in added.to_settled:
+                offset, c = new[n]
+                settled.late(table_key, hop, start, offset, c)
             self.metrics.cx_window_too_late.inc(added.missed)
             if added.lacking:
                 missed_rows += _missed_rows(partition, [new[n] for n in added.lacking],
@@ -142,8 +183,9 @@ class PartitionWindows:
         # A revised closed window's part goes in this batch, not when due: the batch's
         # state is saved after its messages, so a crash before that sends it again.
         for table_key, window in revised:
-            parts[(_window_key(table_key, window), partition)] = _partial(
-                partition, changed[table_key].get(window))
+            state = changed[table_key].get(window)
+            state.merge(settled.window(table_key, window))
+            parts[(_window_key(table_key, window), partition)] = _partial(partition, state)
         prefix = clock_key(partition)
         horizon = clock.advance(self.lateness)
         now = self.clock()
@@ -153,9 +195,10 @@ class PartitionWindows:
             # The entries this batch created too: left for the next batch, their windows
             # would close after this horizon told the aggregator they had (measured: their
             # final parts arrived too late, and hundreds of windows never got a final row).
-            for table_key in keys_with(store, prefix) | changed.keys():
-                if table_key == prefix:
-                    continue
+            if held.keys is None:
+                held.keys = keys_with(store, prefix) - {prefix} - keys_with(
+                    store, settled_prefix(partition))
+            for table_key in held.keys | changed.keys():
                 windows = changed.get(table_key)
                 if windows is None:
                     next_end = held.next_end.get(table_key, 0)  # 0: not known here yet
@@ -168,8 +211,10 @@ class PartitionWindows:
                                                for window in windows.open_windows())
                 if horizon is None:
                     continue
-                closed = windows.close(horizon, self.revision)
-                if closed:
+                left = len(windows.expiry)
+                closed = windows.close(horizon, settle=functools.partial(
+                    settled.settle, table_key) if self.revision else None)
+                if closed or len(windows.expiry) != left:
                     changed[table_key] = windows
                 for window, state in closed.items():
                     if (table_key, window) in unpublished.windows:
@@ -188,15 +233,87 @@ class PartitionWindows:
             self.metrics.cx_watermark_seconds.labels(str(partition)).set(
                 clock.value.timestamp())
         for table_key, windows in changed.items():
-            if windows.empty:  # every pane past the revision horizon
+            if not windows.panes:  # every window closed (settled panes are kept apart)
                 if store.get(table_key) is not None:
                     del store[table_key]
                 held.next_end.pop(table_key, None)
+                if held.keys is not None:
+                    held.keys.discard(table_key)
                 continue
             store[table_key] = msgspec.msgpack.encode(windows)
             held.next_end[table_key] = windows.next_end
+            if held.keys is not None:
+                held.keys.add(table_key)
+        self._save_settled(store, partition, settled, horizon)
         store[prefix] = msgspec.msgpack.encode(clock)
         return horizon
+
+
+class _Settled:
+    """One batch's view of the settled panes of a partition (:class:`SettledPanes`,
+    key ``<p>|#<metric>|<dimension>|<hop>|<span>``, apart from the open windows'
+    ``<p>|<metric>|<dimension>``): read once, written back if changed."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.spans: dict[bytes, SettledPanes] = {}
+        self.done: dict[bytes, int | None] = {}  # applied_through when read
+        self.changed: set[bytes] = set()
+
+    def span(self, table_key: bytes, hop: int, start: int) -> tuple[bytes, SettledPanes]:
+        key = settled_key(table_key, hop, settled_span(hop, start))
+        panes = self.spans.get(key)
+        if panes is None:
+            stored = self.store.get(key)
+            panes = self.spans[key] = (msgspec.msgpack.decode(stored, type=SettledPanes)
+                                       if stored else SettledPanes())
+            self.done[key] = panes.applied_through
+        return key, panes
+
+    def settle(self, table_key: bytes, hop: int, start: int, state: WindowState) -> None:
+        key, panes = self.span(table_key, hop, start)
+        panes.settled[start] = state
+        self.changed.add(key)
+
+    def late(self, table_key: bytes, hop: int, start: int, offset: int,
+             c: Contribution) -> None:
+        key, panes = self.span(table_key, hop, start)
+        done = self.done[key]
+        if done is not None and offset <= done:
+            return  # in it already: a replay
+        pane = panes.late.get(start)
+        if pane is None:
+            pane = panes.late[start] = WindowState()
+        pane.add(c)
+        panes.applied_through = max(offset, panes.applied_through or offset)
+        self.changed.add(key)
+
+    def window(self, table_key: bytes, window: WindowKey) -> WindowState:
+        """What the settled panes hold of a window."""
+        spec = spec_named(window[0])
+        hop, size = int(spec.hop.total_seconds()), int(spec.size.total_seconds())
+        first = int(window[1].timestamp())
+        total = WindowState()
+        for start in range(first, first + size, hop):
+            state = self.span(table_key, hop, start)[1].pane(start)
+            if state is not None:
+                total.merge(state)
+        return total
+
+
+def _settled_expiry(key: bytes, revision: timedelta) -> int:
+    hop, span = key.rsplit(b"|", 2)[1:]
+    return settled_expiry(int(hop), int(span), revision)
+
+
+def settled_prefix(partition: int) -> bytes:
+    """Where a partition's settled spans start: its own keys (``<p>|``), marked apart."""
+    return f"{partition}|#".encode()
+
+
+def settled_key(table_key: bytes, hop: int, span: int) -> bytes:
+    partition, _, rest = table_key.partition(b"|")
+    return partition + b"|#" + rest + f"|{hop}|{span}".encode()
 
 
 def _missed_rows(partition: int, missed: list[Numbered], lacking_through: datetime | None,

@@ -187,7 +187,7 @@ ORDER BY (requested_at, request);
 
 ALTER TABLE journey.cx_metrics ADD COLUMN revision UInt32 DEFAULT 0 AFTER final;
 
-ALTER TABLE journey.cx_metrics ADD COLUMN late_samples UInt64 DEFAULT 0 AFTER revision;
+ALTER TABLE journey.cx_metrics ADD COLUMN late_samples Int64 DEFAULT 0 AFTER revision;
 
 CREATE TABLE IF NOT EXISTS journey.cx_missed
 (

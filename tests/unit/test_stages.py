@@ -470,6 +470,8 @@ def test_a_late_contribution_sends_the_revised_part_of_a_closed_window_at_once()
                .size.total_seconds() <= (T0 + timedelta(hours=2)).timestamp()
                for key in parts)  # closed windows only: the open ones wait their turn
     assert metrics.cx_late_contributions._value.get() == 1
+    assert any(b"|#" in key for key in store)  # settled panes, apart from the open ones
+    assert all(key.startswith(b"1|") for key in store)  # the worker reads the partition
     # Past the horizon: counted as missed, nothing sent for the short windows.
     windows.process(Output(P), store, all_inputs_at(1, T0 + timedelta(days=3)), {})
     out = Output(P)

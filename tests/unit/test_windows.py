@@ -149,57 +149,55 @@ def test_a_contribution_taken_back_leaves_the_window_as_before() -> None:
 
 
 def test_a_late_contribution_revises_closed_windows_within_the_horizon_only() -> None:
-    """With a revision horizon, a closed window keeps its panes (settled) and a late
-    contribution changes its value; past the horizon it misses, and the panes go."""
+    """With a revision horizon, a closed window's panes are settled (handed over as they
+    leave) and a late contribution to them is handed back with the windows it revises;
+    past the horizon it misses them."""
     revision = timedelta(days=2)
     windows = OpenWindows()
     windows.add([nps_contribution(10, T)], horizon=None, revision=revision)
     day_later = T + timedelta(days=1, hours=2)
-    first = windows.close(day_later, revision)
+    settled: dict[tuple[int, int], float] = {}
+    first = windows.close(day_later, settle=lambda hop, start, state: settled.__setitem__(
+        (hop, start), state.samples))
     hour = ("1h", T.replace(minute=0, second=0))
     assert first[hour].samples == 1
+    pane = int(T.timestamp())
+    assert settled == {(60, pane // 60 * 60): 1, (300, pane // 300 * 300): 1,
+                       (3600, pane // 3600 * 3600): 1}  # the day's pane is still live
     late_at = T + timedelta(minutes=1)
     added = windows.add([nps_contribution(0, late_at)], horizon=day_later, revision=revision)
     # Every window holding 10:01:30 that ended by the horizon is revised, the rest are open.
     holding = {(spec.name, start): end for spec in WINDOWS
                for start, end in spec.windows_for(late_at)}
-    assert (added.late, added.missed) == (1, 0)
+    assert (added.late, added.missed, added.lacking) == (1, 0, [])
     assert added.revised == {key for key, end in holding.items() if end <= day_later}
     assert added.touched == {key for key, end in holding.items() if end > day_later}
-    assert {name for name, _ in added.revised} == {spec.name for spec in WINDOWS}
-    assert windows.get(hour).samples == 2 and windows.get(hour).ratio() == 0.0
-    # Close on past the horizon of the short windows: they miss, the panes have gone.
+    late = int(late_at.timestamp())
+    assert sorted(added.to_settled) == [(0, 60, late // 60 * 60), (0, 300, late // 300 * 300),
+                                        (0, 3600, late // 3600 * 3600)]
+    # Past the horizon of the short windows: missed there, and said through when.
     much_later = T + timedelta(days=3, hours=1)
-    windows.close(much_later, revision)
+    windows.close(much_later)
     added = windows.add([nps_contribution(0, T + timedelta(minutes=2))], horizon=much_later,
                         revision=revision)
-    assert (added.late, added.missed) == (0, 1)
-    assert 60 not in windows.settled and 300 not in windows.settled
+    assert (added.late, added.missed, added.lacking) == (0, 1, [0])
+    assert added.lacking_through == much_later - revision
     late_at = T + timedelta(minutes=2)
     holding = {(spec.name, start): end for spec in WINDOWS
                for start, end in spec.windows_for(late_at)}
     assert added.touched == {key for key, end in holding.items() if end > much_later}
     assert added.revised == {key for key, end in holding.items()
                              if much_later - revision < end <= much_later}
-    windows.close(T + timedelta(days=31), revision)
-    windows.close(T + timedelta(days=20), revision)  # never backwards
-    assert windows.closed_through == int((T + timedelta(days=31)).timestamp())
-    assert set(windows.settled) == {86400}  # the last monthly window: revisable a day more
-    windows.close(T + timedelta(days=32, hours=1), revision)
-    assert windows.empty and windows.expiry == []
+    # The minute, 5-minute and hour panes are past it; the day's pane is still live
+    # (30-day windows are open), so nothing is handed over.
+    assert added.to_settled == []
 
 
-def test_settled_and_live_copies_of_a_pane_merge() -> None:
-    """A late contribution can reach a pane whose live copy has not been settled yet
-    (the horizon moved in ``add`` before ``close`` ran): both count."""
-    revision = timedelta(days=1)
-    windows = OpenWindows()
-    windows.add([nps_contribution(10, T)], horizon=None, specs=(MINUTE,), revision=revision)
-    later = T + timedelta(minutes=10)
-    added = windows.add([nps_contribution(0, T)], horizon=later, specs=(MINUTE,),
-                        revision=revision)
-    assert added.late == 1
-    minute = ("1m", T.replace(second=0))
-    assert windows.get(minute).samples == 2
-    windows.close(later, revision, specs=(MINUTE,))
-    assert windows.get(minute).samples == 2 and windows.panes == {}
+def test_settled_spans_hold_60_panes_and_leave_past_the_horizon() -> None:
+    from stream_processors.windows import SETTLED_SPAN, settled_expiry, settled_span
+
+    assert SETTLED_SPAN[60] == 3600 and settled_span(60, 7200 + 59 * 60) == 2
+    # The last pane of span 2 (minutes) is in a 1 m window ending at 3 h: revisable a day.
+    assert settled_expiry(60, 2, timedelta(days=1)) == 3 * 3600 + 86400
+    # A day's pane is held by 30-day windows: its span leaves 30 days after its last.
+    assert settled_expiry(86400, 0, timedelta(0)) == 60 * 86400 - 86400 + 30 * 86400
