@@ -122,8 +122,8 @@ class Aggregator:
                 heapq.heappush(self._closing(cx_windows, partition),
                                (due.timestamp(), key, window))
             partial: Partial = message.value
-            if entry.parts.get(partial.partition) == partial:
-                continue  # sent again (after a restart): nothing changes
+            if entry.closed and entry.parts.get(partial.partition) == partial:
+                continue  # sent again (a replay): its row is written already
             entry.parts[partial.partition] = partial
             if entry.closed:  # a late part: its row is revised in this batch
                 revised.add((key, window))

@@ -188,8 +188,8 @@ class PartitionWindows:
             parts[(_window_key(table_key, window), partition)] = _partial(partition, state)
         prefix = clock_key(partition)
         horizon = clock.advance(self.lateness)
-        now = self.clock()
-        refresh = unpublished.due(now, self.update_seconds)
+        tick = self.clock()
+        refresh = unpublished.due(tick, self.update_seconds)
         if horizon is not None or refresh:
             first = unpublished.never_published
             # The entries this batch created too: left for the next batch, their windows
@@ -223,7 +223,7 @@ class PartitionWindows:
                             partition, state)
         if refresh:
             read: dict[bytes, OpenWindows] = {}  # unchanged: not written back
-            for table_key, window in unpublished.take(now):
+            for table_key, window in unpublished.take(tick):
                 windows = changed.get(table_key) or read.get(table_key)
                 if windows is None:
                     windows = read[table_key] = _load_windows(store, table_key)

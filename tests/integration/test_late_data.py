@@ -135,14 +135,22 @@ def test_a_30_day_import_revises_history_and_what_is_older_than_the_horizon_is_c
     people = simulate(120, seed=48, prefix="hist-", spread=timedelta(days=10))
     events = [e for p in people for e in p.events]
     newest = max(e.occurred_at for e in events)
+    template = next(e for e in events if e.type == "survey_response"
+                    and e.properties["survey"] == "nps")
+    # The simulator has no CES: a survey export's answers, one every 31 hours or so.
+    rng = random.Random(3)
+    events += [msgspec.structs.replace(
+        template, event_id=f"hist-ces-{n}", customer_id=f"hist-ces-{n % 7}",
+        anonymous_id=f"hist-ces-device-{n % 7}", session_id=f"hist-ces-s{n}",
+        occurred_at=newest - timedelta(hours=31 * n + rng.uniform(0, 30)),
+        channel=rng.choice(["email", "web"]),
+        properties={"survey": "ces", "score": rng.randint(1, 7)}) for n in range(24)]
     live = [e for e in events if e.occurred_at >= newest - timedelta(days=2)]
     history = [e for e in events if e.occurred_at < newest - timedelta(days=2)]
     assert newest - min(e.occurred_at for e in history) < REVISION - LATENESS  # all revisable
     assert min(e.occurred_at for e in history) < newest - timedelta(days=30)
     # Three NPS answers 40 days before the newest event: past the revision horizon for
     # the windows that closed more than 35 days before, within it for the longer ones.
-    template = next(e for e in events if e.type == "survey_response"
-                    and e.properties["survey"] == "nps")
     ancient = [msgspec.structs.replace(
         template, event_id=f"hist-ancient-{n}", customer_id="hist-ancient",
         anonymous_id="hist-ancient-device", session_id="hist-ancient-s",
@@ -185,6 +193,7 @@ def test_a_30_day_import_revises_history_and_what_is_older_than_the_horizon_is_c
     assert lacking and revisable  # the ancient answers fall on both sides of the horizon
     got = wait_until_equal(clickhouse, expected, [worker])
     revised = [k for k, row in got.items() if row[2] > 0]
+    assert sum(1 for k in got if k[0] == "ces") > 24 * 5  # the CES answers' windows too
     print(f"{len(got)} windows equal the truth, {len(revised)} revised by the import; "
           f"{len(lacking)} windows past the horizon lack the ancient answers, "
           f"{len(revisable)} longer ones took them")
