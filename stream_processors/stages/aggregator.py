@@ -9,9 +9,11 @@ revision row in the same batch (``revision`` + 1, ``late_samples``); after that 
 leaves the table, and later parts for it are counted as too late.
 
 Table ``cx-windows``, per aggregator partition: ``<p>|<metric>|<dimension>|<shard>`` →
-the windows of one spec whose starts fall in one span (:func:`shard`), so a batch costs a
-few changelog records per metric and dimension it touched, not one per window, and an
-entry stays far below Kafka's 1 MB message limit however far the watermark lags;
+the open windows of one spec whose starts fall in one span (:func:`shard`), and
+``<p>|#<metric>|<dimension>|<shard>`` → its closed ones, while they can be revised; so
+a batch costs a few changelog records per metric and dimension it touched, not one per
+window, and an entry stays far below Kafka's 1 MB message limit however far the
+watermark lags;
 ``<p>|`` → the partition's low watermark over every journey partition's horizon.
 """
 
@@ -112,10 +114,12 @@ class Aggregator:
             if closed and window_end + self.revision <= clock.value:  # type: ignore[operator]
                 self.metrics.cx_window_too_late.inc()  # past the revision horizon
                 continue
-            state = states.get(key)
-            if state is None:
-                state = states[key] = _load(cx_windows, key)
+            state = _cached(states, cx_windows, key)
             entry = state.get(window)
+            if entry is None and closed:  # closed already, or closing in this batch
+                key = closed_key(key)
+                state = _cached(states, cx_windows, key)
+                entry = state.get(window)
             if entry is None:  # a new window: schedule its closing (or its leaving)
                 entry = state[window] = Window({}, 0 if closed else -1)
                 due = window_end + self.revision if closed else window_end
@@ -149,19 +153,21 @@ class Aggregator:
             unpublished = self.held[partition].unpublished
             while closing and closing[0][0] <= horizon.timestamp():
                 _, key, window = heapq.heappop(closing)
-                state = states.get(key)
-                if state is None:
-                    state = states[key] = _load(cx_windows, key)
+                state = _cached(states, cx_windows, key)
                 entry = state.get(window)
                 if entry is None:
                     continue
+                del state[window]
                 if entry.closed:  # past the revision horizon: it leaves
-                    del state[window]
                     continue
                 entry.revision = 0
-                entry.final_samples = sum(p.samples for p in entry.parts.values())
+                entry.final_samples = _samples(entry)
                 rows.append(_metric_row(key, window, entry, version, now))
                 unpublished.windows.discard((key, window))
+                # Kept apart from the open windows for the revision horizon, so the
+                # batches that update open windows do not decode a month of closed ones.
+                key = closed_key(key)
+                _cached(states, cx_windows, key)[window] = entry
                 heapq.heappush(closing, ((_window_end(window) + self.revision).timestamp(),
                                          key, window))
         read: dict[bytes, AggregatorState] = {}  # unchanged: not written back
@@ -197,6 +203,20 @@ class Aggregator:
         return held.closing
 
 
+def closed_key(key: bytes) -> bytes:
+    """Where the closed windows of an entry's span are kept: ``<p>|#...``."""
+    partition, _, rest = key.partition(b"|")
+    return partition + b"|#" + rest
+
+
+def _cached(states: dict[bytes, AggregatorState], cx_windows: Store, key: bytes,
+            ) -> AggregatorState:
+    state = states.get(key)
+    if state is None:
+        state = states[key] = _load(cx_windows, key)
+    return state
+
+
 def _load(cx_windows: Store, key: bytes) -> AggregatorState:
     stored = cx_windows.get(key)
     return _decoder.decode(stored) if stored is not None else {}
@@ -216,6 +236,7 @@ def _samples(entry: Window) -> int:
 def _metric_row(key: bytes, window: str, entry: Window, version: int, now: datetime,
                 ) -> tuple:
     _partition, metric, dimension, _span = key.decode().split("|")
+    metric = metric.removeprefix("#")  # a closed window's key
     name, start_s = window.split("|")
     start = datetime.fromtimestamp(int(start_s), UTC)
     parts = entry.parts.values()

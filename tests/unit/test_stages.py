@@ -523,8 +523,12 @@ def test_a_late_part_revises_a_final_window_until_the_horizon_passes() -> None:
     out = aggregator.aggregate([Message(2, 20, window, Partial(3, -1.0, 1.0, 1))], store,
                                NOW, 3)
     [revised] = as_dicts(out.rows["cx_metrics"], "cx_metrics")
-    assert (revised["final"], revised["revision"], revised["late_samples"],
-            revised["samples"], revised["value"]) == (1, 1, 1, 3, 0.0)
+    assert (revised["metric"], revised["dimension"], revised["final"], revised["revision"],
+            revised["late_samples"], revised["samples"], revised["value"]) == (
+        "nps", "all", 1, 1, 1, 3, 0.0)
+    # Closed windows are kept apart from the open ones of their span.
+    assert [key for key in store if key != b"2|"] == [b"2|#nps|all|1h@" + str(
+        int(T0.timestamp()) // (6 * 3600)).encode()]
     assert revised["version"] > final["version"]
     # The same part again (a restart's resend): nothing to revise.
     out = aggregator.aggregate([Message(2, 21, window, Partial(3, -1.0, 1.0, 1))], store,
