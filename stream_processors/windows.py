@@ -239,12 +239,10 @@ class OpenWindows(msgspec.Struct):
 
     def get(self, key: WindowKey) -> WindowState:
         """A window's state: the sum of its live panes."""
-        spec = spec_named(key[0])
-        hop, size = int(spec.hop.total_seconds()), int(spec.size.total_seconds())
-        start = int(key[1].timestamp())
+        hop, starts = window_panes(key)
         panes = self.panes.get(hop, {})
         total = WindowState()
-        for pane in range(start, start + size, hop):
+        for pane in starts:
             state = panes.get(pane)
             if state is not None:
                 total.merge(state)
@@ -348,6 +346,14 @@ def settled_expiry(hop: int, span: int, revision: timedelta,
     """When every window holding a pane of the span is past the revision horizon."""
     keep = _by_hop(specs)[hop][0]
     return (span + 1) * SETTLED_SPAN[hop] - hop + keep + int(revision.total_seconds())
+
+
+def window_panes(key: WindowKey) -> tuple[int, range]:
+    """The hop of a window's panes, and their starts (Unix seconds)."""
+    spec = spec_named(key[0])
+    hop, size = int(spec.hop.total_seconds()), int(spec.size.total_seconds())
+    start = int(key[1].timestamp())
+    return hop, range(start, start + size, hop)
 
 
 def _windows_holding(spec: WindowSpec, hop: int, pane: int, closed_through: int | None,

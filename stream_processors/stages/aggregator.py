@@ -32,7 +32,7 @@ from stream_processors.commands import Partial, Watermark
 from stream_processors.contributions import SCALES
 from stream_processors.effects import Message, Output, Store, keys_with
 from stream_processors.metrics import WorkerMetrics
-from stream_processors.stages.partials import clock_key
+from stream_processors.stages.partials import clock_key, kept_apart
 from stream_processors.stages.per_partition import PerPartition, Unpublished
 from stream_processors.windows import WINDOWS, LowWatermark, spec_named
 
@@ -117,7 +117,7 @@ class Aggregator:
             state = _cached(states, cx_windows, key)
             entry = state.get(window)
             if entry is None and closed:  # closed already, or closing in this batch
-                key = closed_key(key)
+                key = kept_apart(key)
                 state = _cached(states, cx_windows, key)
                 entry = state.get(window)
             if entry is None:  # a new window: schedule its closing (or its leaving)
@@ -166,7 +166,7 @@ class Aggregator:
                 unpublished.windows.discard((key, window))
                 # Kept apart from the open windows for the revision horizon, so the
                 # batches that update open windows do not decode a month of closed ones.
-                key = closed_key(key)
+                key = kept_apart(key)
                 _cached(states, cx_windows, key)[window] = entry
                 heapq.heappush(closing, ((_window_end(window) + self.revision).timestamp(),
                                          key, window))
@@ -203,12 +203,6 @@ class Aggregator:
         return held.closing
 
 
-def closed_key(key: bytes) -> bytes:
-    """Where the closed windows of an entry's span are kept: ``<p>|#...``."""
-    partition, _, rest = key.partition(b"|")
-    return partition + b"|#" + rest
-
-
 def _cached(states: dict[bytes, AggregatorState], cx_windows: Store, key: bytes,
             ) -> AggregatorState:
     state = states.get(key)
@@ -242,7 +236,7 @@ def _metric_row(key: bytes, window: str, entry: Window, version: int, now: datet
     parts = entry.parts.values()
     numerator = sum(p.numerator for p in parts)
     denominator = sum(p.denominator for p in parts)
-    samples = sum(p.samples for p in parts)
+    samples = _samples(entry)
     return metric_row(
         metric, dimension, name, start, start + spec_named(name).size,
         SCALES[metric] * numerator / denominator if denominator else None, numerator,

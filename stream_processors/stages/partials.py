@@ -55,10 +55,10 @@ from stream_processors.windows import (
     WindowState,
     settled_expiry,
     settled_span,
-    spec_named,
+    window_panes,
 )
 
-__all__ = ["PartitionWindows", "clock_key"]
+__all__ = ["PartitionWindows", "clock_key", "kept_apart"]
 
 #: A contribution and the offset of the journey-events message that brought it.
 Numbered = tuple[int, Contribution]
@@ -67,6 +67,14 @@ Numbered = tuple[int, Contribution]
 def clock_key(partition: int) -> bytes:
     """The table key of a partition's watermark; its windows' keys extend it."""
     return f"{partition}|".encode()
+
+
+def kept_apart(key: bytes) -> bytes:
+    """The key under which closed windows of ``key`` (``<p>|...``) are kept apart from
+    its open ones: ``<p>|#...``, still starting with the partition the worker stages a
+    write by. (Settled panes here, closed windows at the aggregator.)"""
+    partition, _, rest = key.partition(b"|")
+    return partition + b"|#" + rest
 
 
 class _Held:
@@ -132,7 +140,7 @@ class PartitionWindows:
         """Write the spans this batch changed; drop those past the revision horizon."""
         held = self.held[partition]
         if held.settled_expiry is None:
-            held.settled_keys = keys_with(store, settled_prefix(partition))
+            held.settled_keys = keys_with(store, kept_apart(clock_key(partition)))
             held.settled_expiry = [(_settled_expiry(key, self.revision), key)
                                    for key in held.settled_keys]
             heapq.heapify(held.settled_expiry)
@@ -196,8 +204,9 @@ class PartitionWindows:
             # would close after this horizon told the aggregator they had (measured: their
             # final parts arrived too late, and hundreds of windows never got a final row).
             if held.keys is None:
-                held.keys = keys_with(store, prefix) - {prefix} - keys_with(
-                    store, settled_prefix(partition))
+                apart = kept_apart(prefix)
+                held.keys = {key for key in keys_with(store, prefix)
+                             if key != prefix and not key.startswith(apart)}
             for table_key in held.keys | changed.keys():
                 windows = changed.get(table_key)
                 if windows is None:
@@ -290,11 +299,9 @@ class _Settled:
 
     def window(self, table_key: bytes, window: WindowKey) -> WindowState:
         """What the settled panes hold of a window."""
-        spec = spec_named(window[0])
-        hop, size = int(spec.hop.total_seconds()), int(spec.size.total_seconds())
-        first = int(window[1].timestamp())
+        hop, starts = window_panes(window)
         total = WindowState()
-        for start in range(first, first + size, hop):
+        for start in starts:
             state = self.span(table_key, hop, start)[1].pane(start)
             if state is not None:
                 total.merge(state)
@@ -306,14 +313,8 @@ def _settled_expiry(key: bytes, revision: timedelta) -> int:
     return settled_expiry(int(hop), int(span), revision)
 
 
-def settled_prefix(partition: int) -> bytes:
-    """Where a partition's settled spans start: its own keys (``<p>|``), marked apart."""
-    return f"{partition}|#".encode()
-
-
 def settled_key(table_key: bytes, hop: int, span: int) -> bytes:
-    partition, _, rest = table_key.partition(b"|")
-    return partition + b"|#" + rest + f"|{hop}|{span}".encode()
+    return kept_apart(table_key) + f"|{hop}|{span}".encode()
 
 
 def _missed_rows(partition: int, missed: list[Numbered], lacking_through: datetime | None,
