@@ -91,7 +91,19 @@ class Settings:
         "low watermark is this far past its end; later touchpoints revise it, within "
         "JOURNEY_CX_REVISION_DAYS. Touchpoints this far behind their journey's "
         "latest count as late (journey_late_touchpoints_total), though journeys still "
-        "place them exactly: a journey keeps its touchpoints and refolds.")
+        "place them exactly within JOURNEY_TAIL_DAYS.")
+    tail_days: float = _setting(
+        35.0, "JOURNEY_TAIL_DAYS",
+        "A journey keeps its touchpoints of this long before its latest one (at most "
+        "JOURNEY_TAIL_TOUCHPOINTS of them) and folds older ones into a summary. A late "
+        "touchpoint within the tail takes its exact place in the journey; one behind it "
+        "is counted in the summary, with the stage history approximate "
+        "(journey_touchpoints_behind_summary_total). The default matches "
+        "JOURNEY_CX_REVISION_DAYS, so a month's export still lands exact.")
+    tail_touchpoints: int = _setting(
+        128, "JOURNEY_TAIL_TOUCHPOINTS",
+        "At most this many touchpoints kept per journey (see JOURNEY_TAIL_DAYS): a bot's "
+        "or a long customer's journey costs the same per event and stays under 64 KB.")
     cx_revision_days: float = _setting(
         35.0, "JOURNEY_CX_REVISION_DAYS",
         "Revision horizon. A CX window that closed less than this long ago is revised by "
@@ -350,6 +362,10 @@ class Settings:
     @property
     def lateness(self) -> timedelta:
         return timedelta(seconds=self.lateness_seconds)
+
+    @property
+    def tail(self) -> timedelta:
+        return timedelta(days=self.tail_days)
 
     @property
     def cx_revision(self) -> timedelta:

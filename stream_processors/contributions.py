@@ -77,13 +77,15 @@ def contributions_of_new(e: JourneyEvent, j: Journey, log: JourneyLog,
     key = natural_key(e)
     if key is None:
         return contributions_for(e, j, log), True
-    ids = j.natural[key]
+    ids = j.natural.get(key) or [e.event_id]
     if ids[0] != e.event_id:  # a repeat: its earliest copy counts
         return [], False
     counted = next((i for i in ids[1:] if i not in new), None)
     if counted is None:
         return contributions_for(e, j, log), True
-    later = next(x for x in log.events if x.event_id == counted)
+    later = next((x for x in log.events if x.event_id == counted), None)
+    if later is None:  # the counted copy left the tail: it keeps counting, this repeats
+        return [], False
     return [*(_taken_back(c) for c in contributions_for(later, j, log)),
             *contributions_for(e, j, log)], False
 
@@ -119,8 +121,7 @@ def rated_dimension(p: dict[str, Any], j: Journey, log: JourneyLog) -> str | Non
         ticket = j.tickets.get(str(ticket_id))
         return f"rated=ticket:{ticket.channel}" if ticket and ticket.channel else None
     if order_id := rates.get("order_id"):
-        channel = next((e.channel for e in log.events if e.type == "order_placed"
-                        and e.properties.get("order_id") == order_id), None)
+        channel = j.order_channels.get(str(order_id))
         return f"rated=order:{channel}" if channel else None
     if event_id := rates.get("event_id"):
         channel = next((e.channel for e in log.events if e.event_id == event_id), None)

@@ -12,25 +12,36 @@ guarantees the service promises without special cases:
 - **identity stitching**: merging a device's anonymous journey into the customer's is
   the union of two logs.
 
+**Bounded state.** A journey keeps a *summary* (the fold of its older touchpoints,
+:class:`FoldState`) and only the *tail*: the touchpoints within ``tail`` time of its
+latest one, at most ``tail_touchpoints`` of them (:func:`compact`). An out-of-order
+touchpoint within the tail takes its exact place (the tail is folded again from the
+summary); one behind it is folded into the summary where it arrives (counts exact,
+stage history approximate). The fold of summary plus tail is also kept (``state``), so a
+touchpoint in order costs one step of the fold however long the journey. Duplicate ids
+are recognised in the tail and among the last ``SEEN_IDS`` ids folded away (8-byte
+digests).
+
 No broker, table or database here; tests/unit/test_journey.py covers the rules.
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 import msgspec
 
-from schemas import Touchpoint
+from schemas import Touchpoint, decode_trusted
 from stream_processors.cx_metrics import nps_category
 
 __all__ = [
-    "ALERT_KINDS", "FUNNEL", "STAGES", "Alert", "Journey", "JourneyEvent", "JourneyLog",
-    "Ticket", "Transition",
-    "add_events", "alerts_for", "decode_log", "encode_log", "event_of", "fold", "merge_logs",
-    "natural_key",
+    "ALERT_KINDS", "FUNNEL", "STAGES", "Alert", "FoldState", "Journey", "JourneyEvent",
+    "JourneyLog", "RowExtra", "Ticket", "Transition",
+    "add_events", "alerts_for", "behind_summary", "compact", "decode_log", "encode_log",
+    "event_of", "fold", "merge_logs", "natural_key", "touchpoint_of",
 ]
 
 #: The funnel, in order; ``loyal`` and ``churned`` come after it.
@@ -44,6 +55,17 @@ _DELIVERED = frozenset({"on_time", "late", "damaged"})
 _BAD_DELIVERY = frozenset({"late", "damaged", "failed"})
 
 
+class RowExtra(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True):
+    """What a touchpoint row needs beyond :class:`JourneyEvent`: kept only in an anonymous
+    journey's tail, whose rows are written again under the customer once identified."""
+
+    version: int = 1
+    received_at: datetime | None = None
+    session_id: str | None = None
+    source: str = ""
+    context: dict[str, Any] = {}
+
+
 class JourneyEvent(msgspec.Struct, array_like=True, frozen=True):
     """What a journey keeps of a touchpoint (compact: array-encoded in the table)."""
 
@@ -53,39 +75,10 @@ class JourneyEvent(msgspec.Struct, array_like=True, frozen=True):
     channel: str
     anonymous_id: str | None = None
     properties: dict[str, Any] = {}
-    #: The touchpoint as received, kept only while the journey is anonymous: when the
-    #: device is identified, its rows are written again under the customer.
+    #: The touchpoint as received (JSON), from state written before ``extra`` existed.
     raw: bytes = b""
-
-
-class JourneyLog(msgspec.Struct, kw_only=True):
-    """The stored state of one journey: its identity and its touchpoints, in time order."""
-
-    key: str
-    customer_id: str | None = None
-    anonymous_ids: list[str] = []
-    events: list[JourneyEvent] = []
-    #: Set when this anonymous journey was merged into a customer's.
-    merged_into: str | None = None
-    #: Bumped on every change: the snapshot version, so the newest row wins.
-    version: int = 0
-    #: How many transition rows were last written (to delete those a refold dropped).
-    emitted_transitions: int = 0
-    #: Digests of the transition (by seq) and ticket (by id) rows last written: a row
-    #: is written again only when it changed (stream_processors.clickhouse.rows).
-    transition_digests: dict[int, int] = {}
-    ticket_digests: dict[str, int] = {}
-    #: Ids of the alerts already raised for this journey: each is raised once.
-    alerts_raised: list[str] = []
-    #: Survey answers whose rated ticket, order or touchpoint has not arrived yet
-    #: (see stream_processors.contributions).
-    pending_rated: list[str] = []
-    #: The ``version`` the inactivity sweep last folded (-1: never): it folds a journey
-    #: once per version, so a restart does not sweep it again.
-    swept_version: int = -1
-    #: Wall-clock time of the last change (not event time: an import of old data is
-    #: fresh state); a retention counts from it. None: written before retention existed.
-    updated_at: datetime | None = None
+    #: The rest of the touchpoint, kept only while the journey is anonymous.
+    extra: RowExtra | None = None
 
 
 class Transition(msgspec.Struct, frozen=True):
@@ -122,182 +115,51 @@ class Ticket(msgspec.Struct, kw_only=True):
         return (self.resolved_at - self.opened_at).total_seconds()
 
 
-class Journey(msgspec.Struct, kw_only=True):
-    """Everything derived from a journey's touchpoints (see :func:`fold`)."""
+#: Bounds of what a summary keeps by key (the oldest go first): natural keys and order
+#: channels; and how many folded-away event ids are still recognised as duplicates.
+NATURAL_KEYS: Final = 256
+SEEN_IDS: Final = 1024
+ANONYMOUS_IDS: Final = 64
+ALERT_IDS: Final = 256
 
-    key: str
-    customer_id: str | None
-    anonymous_ids: list[str]
-    first_seen: datetime
-    last_seen: datetime
-    stage: str
-    stage_entered_at: dict[str, datetime]
-    transitions: list[Transition]
-    stage_at_event: dict[str, str]
-    touchpoints: int
-    counts_by_type: dict[str, int]
-    counts_by_channel: dict[str, int]
+
+class FoldState(msgspec.Struct, kw_only=True):
+    """The fold of a journey's touchpoints so far: everything :class:`Journey` derives,
+    kept so that the next touchpoint in order is one step, not a refold."""
+
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    stage: str = ""
+    entered: dict[str, datetime] = {}
+    #: Transitions made so far; ``transitions`` holds only those after the summary's.
+    seq: int = 0
+    transitions: list[Transition] = []
+    touchpoints: int = 0
+    by_type: dict[str, int] = {}
+    by_channel: dict[str, int] = {}
     orders: int = 0
     revenue: float = 0.0
     first_order_at: datetime | None = None
     deliveries: dict[str, int] = {}
     tickets: dict[str, Ticket] = {}
+    #: Tickets resolved before the tail and let go (their rows are final).
+    tickets_let_go: int = 0
     nps: int | None = None
     csat: int | None = None
     ces: int | None = None
     churned: bool = False
     churn_reason: str = ""
     recovery: str = ""
-    churn_risk: int = 0
-    churn_risk_reasons: list[str] = []
-    #: Natural key (:func:`natural_key`) → the ids of its touchpoints, earliest first:
-    #: the first counts, the rest are repeats.
+    payment_failed_pending: bool = False
     natural: dict[str, list[str]] = {}
-
-    def repeats(self, e: JourneyEvent) -> bool:
-        """Whether ``e`` repeats a business fact an earlier touchpoint already stated."""
-        key = natural_key(e)
-        return key is not None and self.natural[key][0] != e.event_id
-
-    @property
-    def relationship_days(self) -> float:
-        return (self.last_seen - self.first_seen).total_seconds() / 86400
-
-    @property
-    def open_tickets(self) -> int:
-        return sum(1 for t in self.tickets.values() if t.status == "open")
-
-    @property
-    def nps_category(self) -> str:
-        return "" if self.nps is None else nps_category(self.nps)
-
-
-# ── the log ──────────────────────────────────────────────────────────────────
-def natural_key(e: JourneyEvent) -> str | None:
-    """The business fact a touchpoint states, where it has a key of its own: an order is
-    placed once, a ticket opened once, and a parcel reaches each delivery status once.
-
-    Event ids make redelivery harmless; these make a resend under a fresh event id (a
-    webhook retried by a shop's server, an import run twice) harmless too.
-    """
-    p = e.properties
-    if e.type == "order_placed":
-        return f"order:{p.get('order_id')}"
-    if e.type == "support_ticket_opened":
-        return f"ticket:{p.get('ticket_id')}"
-    if e.type == "delivery_updated":
-        return f"delivery:{p.get('order_id')}:{p.get('status')}"
-    return None
-
-
-def event_of(tp: Touchpoint, raw: bytes = b"") -> JourneyEvent:
-    return JourneyEvent(at=tp.occurred_at, event_id=tp.event_id, type=tp.type,
-                        channel=tp.channel, anonymous_id=tp.anonymous_id,
-                        properties=tp.properties, raw=raw)
-
-
-def add_events(log: JourneyLog, events: list[JourneyEvent],
-               customer_id: str | None = None) -> list[JourneyEvent]:
-    """Insert events in time order, skipping known event ids; returns those inserted.
-
-    The version moves when anything changed: an event inserted or the customer set.
-    """
-    known = {e.event_id for e in log.events}
-    added = []
-    for event in events:
-        if event.event_id in known:
-            continue
-        known.add(event.event_id)
-        bisect.insort(log.events, event, key=lambda e: (e.at, e.event_id))
-        if event.anonymous_id and event.anonymous_id not in log.anonymous_ids:
-            log.anonymous_ids.append(event.anonymous_id)
-        added.append(event)
-    changed = bool(added)
-    if customer_id and log.customer_id != customer_id:
-        log.customer_id = customer_id
-        changed = True
-    if changed:
-        log.version += 1
-    return added
-
-
-def merge_logs(into: JourneyLog, other: JourneyLog) -> bool:
-    """Fold a device's anonymous journey into the customer's journey; True on a change."""
-    changed = bool(add_events(into, other.events))
-    for anonymous_id in other.anonymous_ids:
-        if anonymous_id not in into.anonymous_ids:
-            into.anonymous_ids.append(anonymous_id)
-            changed = True
-    into.pending_rated += [e for e in other.pending_rated if e not in into.pending_rated]
-    return changed
-
-
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(JourneyLog)
-
-
-def encode_log(log: JourneyLog) -> bytes:
-    """Compact binary form kept in the Faust table and its changelog."""
-    return _encoder.encode(log)
-
-
-def decode_log(data: bytes) -> JourneyLog:
-    return _decoder.decode(data)
-
-
-# ── the fold ─────────────────────────────────────────────────────────────────
-def fold(log: JourneyLog, *, inactive_after: timedelta | None = None,
-         now: datetime | None = None) -> Journey:
-    """Derive the journey from its touchpoints, oldest first.
-
-    ``inactive_after`` with ``now``: a journey whose last touchpoint is older than that
-    counts as churned (reason ``inactive``) from ``last_seen + inactive_after``.
-    """
-    if not log.events:
-        raise ValueError(f"journey {log.key} has no touchpoints")
-    j = _Fold(log)
-    for event in log.events:
-        j.apply(event)
-    if (inactive_after is not None and now is not None and not j.churned
-            and now - j.last_seen > inactive_after):
-        at = j.last_seen + inactive_after
-        j.churned, j.churn_reason = True, "inactive"
-        j.move("churned", at, log.events[-1].event_id, "inactive")
-        if j.recovery == "pending":
-            j.recovery = "lost"
-    return j.result()
-
-
-class _Fold:
-    def __init__(self, log: JourneyLog) -> None:
-        self.log = log
-        first = log.events[0]
-        self.first_seen = self.last_seen = first.at
-        self.stage = ""
-        self.entered: dict[str, datetime] = {}
-        self.transitions: list[Transition] = []
-        self.stage_at_event: dict[str, str] = {}
-        self.by_type: dict[str, int] = {}
-        self.by_channel: dict[str, int] = {}
-        self.orders = 0
-        self.revenue = 0.0
-        self.first_order_at: datetime | None = None
-        self.deliveries: dict[str, int] = {}
-        self.tickets: dict[str, Ticket] = {}
-        self.nps: int | None = None
-        self.csat: int | None = None
-        self.ces: int | None = None
-        self.churned = False
-        self.churn_reason = ""
-        self.recovery = ""
-        self.payment_failed_pending = False
-        self.natural: dict[str, list[str]] = {}
+    #: Order id → the channel it was placed through (what an answer about it rates).
+    order_channels: dict[str, str] = {}
 
     def move(self, stage: str, at: datetime, event_id: str, reason: str) -> None:
         if stage == self.stage:
             return
-        self.transitions.append(Transition(len(self.transitions) + 1, self.stage, stage, at,
-                                           event_id, reason))
+        self.seq += 1
+        self.transitions.append(Transition(self.seq, self.stage, stage, at, event_id, reason))
         self.entered.setdefault(stage, at)
         self.stage = stage
 
@@ -308,9 +170,13 @@ class _Fold:
         if _RANK[stage] > _RANK.get(self.stage, -1):
             self.move(stage, at, event_id, reason)
 
-    def apply(self, e: JourneyEvent) -> None:
+    def apply(self, e: JourneyEvent, stage_at_event: dict[str, str]) -> None:
         p, t = e.properties, e.type
-        self.last_seen = max(self.last_seen, e.at)
+        self.touchpoints += 1
+        if self.first_seen is None or e.at < self.first_seen:
+            self.first_seen = e.at
+        if self.last_seen is None or e.at > self.last_seen:
+            self.last_seen = e.at
         self.by_type[t] = self.by_type.get(t, 0) + 1
         self.by_channel[e.channel] = self.by_channel.get(e.channel, 0) + 1
         key = natural_key(e)
@@ -318,7 +184,7 @@ class _Fold:
             ids = self.natural.setdefault(key, [])
             ids.append(e.event_id)
             if len(ids) > 1:  # a repeat: a touchpoint of its own, but no new fact
-                self.stage_at_event[e.event_id] = self.stage
+                stage_at_event[e.event_id] = self.stage
                 return
         if t in _AWARENESS:
             if not self.stage:
@@ -329,6 +195,7 @@ class _Fold:
             self.orders += 1
             self.revenue = round(self.revenue + _number(p.get("revenue")), 2)
             self.first_order_at = self.first_order_at or e.at
+            self.order_channels[str(p.get("order_id"))] = e.channel
             self.payment_failed_pending = False
             if self.churned:  # a win-back
                 self.churned, self.churn_reason = False, ""
@@ -399,22 +266,389 @@ class _Fold:
                 self.recovery = "lost"
         if not self.stage:  # lifecycle-only journeys start somewhere too
             self.move("awareness", e.at, e.event_id, t)
-        self.stage_at_event[e.event_id] = self.stage
+        stage_at_event[e.event_id] = self.stage
 
-    def result(self) -> Journey:
-        score, reasons = churn_risk(self)
-        log = self.log
-        return Journey(
-            key=log.key, customer_id=log.customer_id, anonymous_ids=list(log.anonymous_ids),
-            first_seen=self.first_seen, last_seen=self.last_seen, stage=self.stage,
-            stage_entered_at=self.entered, transitions=self.transitions,
-            stage_at_event=self.stage_at_event, touchpoints=len(log.events),
-            counts_by_type=self.by_type, counts_by_channel=self.by_channel,
-            orders=self.orders, revenue=self.revenue, first_order_at=self.first_order_at,
-            deliveries=self.deliveries, tickets=self.tickets, nps=self.nps, csat=self.csat,
-            ces=self.ces, churned=self.churned, churn_reason=self.churn_reason,
-            recovery=self.recovery, churn_risk=score, churn_risk_reasons=reasons,
-            natural=self.natural)
+
+class JourneyLog(msgspec.Struct, kw_only=True):
+    """The stored state of one journey: its identity, the summary of its older
+    touchpoints and the tail of its latest ones, in time order."""
+
+    key: str
+    customer_id: str | None = None
+    anonymous_ids: list[str] = []
+    #: The tail: the latest touchpoints, in time order (:func:`compact` bounds it).
+    events: list[JourneyEvent] = []
+    #: The fold of the touchpoints before the tail (None: nothing folded away yet).
+    base: FoldState | None = None
+    #: The fold of ``base`` and ``events[:applied]`` (None, or ``applied`` -1: fold the
+    #: tail again, as after a touchpoint inserted before the latest).
+    state: FoldState | None = None
+    applied: int = -1
+    #: 8-byte digests of the ids folded away most recently (at most ``SEEN_IDS``).
+    seen: bytes = b""
+    #: Set when this anonymous journey was merged into a customer's.
+    merged_into: str | None = None
+    #: Bumped on every change: the snapshot version, so the newest row wins.
+    version: int = 0
+    #: How many transitions were last written (to delete those a refold dropped).
+    emitted_transitions: int = 0
+    #: Digests of the transition (by seq) and ticket (by id) rows last written: a row
+    #: is written again only when it changed (stream_processors.clickhouse.rows).
+    transition_digests: dict[int, int] = {}
+    ticket_digests: dict[str, int] = {}
+    #: Ids of the alerts already raised for this journey: each is raised once.
+    alerts_raised: list[str] = []
+    #: Survey answers whose rated ticket, order or touchpoint has not arrived yet
+    #: (see stream_processors.contributions).
+    pending_rated: list[str] = []
+    #: The ``version`` the inactivity sweep last folded (-1: never): it folds a journey
+    #: once per version, so a restart does not sweep it again.
+    swept_version: int = -1
+    #: Wall-clock time of the last change (not event time: an import of old data is
+    #: fresh state); a retention counts from it. None: written before retention existed.
+    updated_at: datetime | None = None
+
+    @property
+    def first_seen(self) -> datetime:
+        if self.base is not None and self.base.first_seen is not None:
+            return self.base.first_seen
+        return self.events[0].at
+
+    @property
+    def touchpoints(self) -> int:
+        """How many touchpoints the journey holds, folded away or in the tail."""
+        return (self.base.touchpoints if self.base else 0) + len(self.events)
+
+
+class Journey(msgspec.Struct, kw_only=True):
+    """Everything derived from a journey's touchpoints (see :func:`fold`)."""
+
+    key: str
+    customer_id: str | None
+    anonymous_ids: list[str]
+    first_seen: datetime
+    last_seen: datetime
+    stage: str
+    stage_entered_at: dict[str, datetime]
+    #: The transitions after the summary's (all of them while nothing was folded away).
+    transitions: list[Transition]
+    #: Stage at each touchpoint this fold applied (every one on a full fold).
+    stage_at_event: dict[str, str]
+    touchpoints: int
+    counts_by_type: dict[str, int]
+    counts_by_channel: dict[str, int]
+    orders: int = 0
+    revenue: float = 0.0
+    first_order_at: datetime | None = None
+    deliveries: dict[str, int] = {}
+    tickets: dict[str, Ticket] = {}
+    tickets_let_go: int = 0
+    nps: int | None = None
+    csat: int | None = None
+    ces: int | None = None
+    churned: bool = False
+    churn_reason: str = ""
+    recovery: str = ""
+    churn_risk: int = 0
+    churn_risk_reasons: list[str] = []
+    #: Natural key (:func:`natural_key`) → the ids of its touchpoints, earliest first:
+    #: the first counts, the rest are repeats.
+    natural: dict[str, list[str]] = {}
+    order_channels: dict[str, str] = {}
+    #: Transitions made in all (the last one's seq).
+    transition_count: int = 0
+
+    def repeats(self, e: JourneyEvent) -> bool:
+        """Whether ``e`` repeats a business fact an earlier touchpoint already stated."""
+        key = natural_key(e)
+        return key is not None and self.natural.get(key, [e.event_id])[0] != e.event_id
+
+    @property
+    def relationship_days(self) -> float:
+        return (self.last_seen - self.first_seen).total_seconds() / 86400
+
+    @property
+    def open_tickets(self) -> int:
+        return sum(1 for t in self.tickets.values() if t.status == "open")
+
+    @property
+    def tickets_total(self) -> int:
+        return len(self.tickets) + self.tickets_let_go
+
+    @property
+    def nps_category(self) -> str:
+        return "" if self.nps is None else nps_category(self.nps)
+
+
+# ── the log ──────────────────────────────────────────────────────────────────
+def natural_key(e: JourneyEvent) -> str | None:
+    """The business fact a touchpoint states, where it has a key of its own: an order is
+    placed once, a ticket opened once, and a parcel reaches each delivery status once.
+
+    Event ids make redelivery harmless; these make a resend under a fresh event id (a
+    webhook retried by a shop's server, an import run twice) harmless too.
+    """
+    p = e.properties
+    if e.type == "order_placed":
+        return f"order:{p.get('order_id')}"
+    if e.type == "support_ticket_opened":
+        return f"ticket:{p.get('ticket_id')}"
+    if e.type == "delivery_updated":
+        return f"delivery:{p.get('order_id')}:{p.get('status')}"
+    return None
+
+
+def event_of(tp: Touchpoint, *, keep_row: bool = False) -> JourneyEvent:
+    """``keep_row``: keep what the touchpoint's row needs (an anonymous journey's)."""
+    extra = (RowExtra(version=tp.version, received_at=tp.received_at,
+                      session_id=tp.session_id, source=tp.source, context=tp.context)
+             if keep_row else None)
+    return JourneyEvent(at=tp.occurred_at, event_id=tp.event_id, type=tp.type,
+                        channel=tp.channel, anonymous_id=tp.anonymous_id,
+                        properties=tp.properties, extra=extra)
+
+
+def touchpoint_of(e: JourneyEvent, customer_id: str | None = None) -> Touchpoint | None:
+    """The touchpoint again, from an event that kept its row (None if it did not)."""
+    if e.extra is not None:
+        x = e.extra
+        return Touchpoint(event_id=e.event_id, type=e.type, version=x.version,
+                          occurred_at=e.at, received_at=x.received_at,
+                          customer_id=customer_id, anonymous_id=e.anonymous_id,
+                          session_id=x.session_id, channel=e.channel,  # type: ignore[arg-type]
+                          source=x.source, context=x.context, properties=e.properties)
+    if e.raw:
+        return decode_trusted(e.raw)
+    return None
+
+
+def _order(e: JourneyEvent) -> tuple[datetime, str]:
+    return e.at, e.event_id
+
+
+def _digest(event_id: str) -> bytes:
+    return hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+
+
+def _seen(blob: bytes, digest: bytes) -> bool:
+    at = blob.find(digest)
+    while at != -1:
+        if at % 8 == 0:
+            return True
+        at = blob.find(digest, at + 1)
+    return False
+
+
+def _remember(blob: bytes, digests: bytes) -> bytes:
+    blob += digests
+    return blob[-8 * SEEN_IDS:] if len(blob) > 8 * SEEN_IDS else blob
+
+
+def add_events(log: JourneyLog, events: list[JourneyEvent],
+               customer_id: str | None = None) -> list[JourneyEvent]:
+    """Insert events in time order, skipping known event ids; returns those inserted.
+
+    An event older than the tail is folded into the summary where it arrives. The
+    version moves when anything changed: an event inserted or the customer set.
+    """
+    known = {e.event_id for e in log.events}
+    added = []
+    for event in events:
+        if event.event_id in known:
+            continue
+        digest = _digest(event.event_id)
+        if log.seen and _seen(log.seen, digest):
+            continue
+        known.add(event.event_id)
+        if log.base is not None and log.events and _order(event) < _order(log.events[0]):
+            log.base.apply(event, {})
+            log.seen = _remember(log.seen, digest)
+            log.applied = -1
+        else:
+            at = bisect.bisect_right(log.events, _order(event), key=_order)
+            log.events.insert(at, event)
+            if at < log.applied:
+                log.applied = -1
+        if event.anonymous_id and event.anonymous_id not in log.anonymous_ids:
+            log.anonymous_ids.append(event.anonymous_id)
+            del log.anonymous_ids[:-ANONYMOUS_IDS]
+        added.append(event)
+    changed = bool(added)
+    if customer_id and log.customer_id != customer_id:
+        log.customer_id = customer_id
+        changed = True
+    if changed:
+        log.version += 1
+    return added
+
+
+def behind_summary(log: JourneyLog, at: datetime) -> bool:
+    """Whether a touchpoint at ``at`` would be folded into the summary, not placed."""
+    return log.base is not None and bool(log.events) and at < log.events[0].at
+
+
+def merge_logs(into: JourneyLog, other: JourneyLog) -> bool:
+    """Fold a device's anonymous journey into the customer's journey; True on a change.
+
+    The device's tail is inserted touchpoint by touchpoint; its summary, if it has one,
+    joins the customer's summary (counts and tickets exact, stage history approximate).
+    """
+    changed = bool(add_events(into, other.events))
+    if other.base is not None:
+        into.base = _absorb(into.base, other.base)
+        into.seen = _remember(into.seen, other.seen)
+        into.applied = -1
+        into.version += 1
+        changed = True
+    for anonymous_id in other.anonymous_ids:
+        if anonymous_id not in into.anonymous_ids:
+            into.anonymous_ids.append(anonymous_id)
+            changed = True
+    del into.anonymous_ids[:-ANONYMOUS_IDS]
+    into.pending_rated += [e for e in other.pending_rated if e not in into.pending_rated]
+    return changed
+
+
+def _absorb(into: FoldState | None, other: FoldState) -> FoldState:
+    """Another journey's summary joined to this one's: the counts add up, tickets and
+    natural keys join; the stage is this journey's (the other's, if it had none)."""
+    if into is None:
+        into = _copy(other)
+        into.transitions = []
+        return into
+    for name in ("touchpoints", "orders", "tickets_let_go"):
+        setattr(into, name, getattr(into, name) + getattr(other, name))
+    into.revenue = round(into.revenue + other.revenue, 2)
+    for mine, theirs in ((into.by_type, other.by_type), (into.by_channel, other.by_channel),
+                         (into.deliveries, other.deliveries)):
+        for k, n in theirs.items():
+            mine[k] = mine.get(k, 0) + n
+    into.first_seen = min(filter(None, (into.first_seen, other.first_seen)), default=None)
+    into.last_seen = max(filter(None, (into.last_seen, other.last_seen)), default=None)
+    into.first_order_at = min(filter(None, (into.first_order_at, other.first_order_at)),
+                              default=None)
+    for k, v in other.tickets.items():
+        into.tickets.setdefault(k, v)
+    for k, ids in other.natural.items():
+        into.natural[k] = into.natural.get(k, []) + ids
+    into.order_channels = {**other.order_channels, **into.order_channels}
+    for name in ("nps", "csat", "ces"):
+        if getattr(into, name) is None:
+            setattr(into, name, getattr(other, name))
+    return into
+
+
+def compact(log: JourneyLog, *, tail: timedelta, tail_touchpoints: int) -> int:
+    """Fold the touchpoints older than ``tail`` before the latest, or beyond the latest
+    ``tail_touchpoints``, into the summary; returns how many.
+
+    Called after a fold's rows were built: the transitions and tickets the summary keeps
+    for good were written, so only the later ones are kept to compare with.
+    """
+    events = log.events
+    if log.state is None or log.applied != len(events) or len(events) < 2:
+        return 0
+    cutoff = events[-1].at - tail
+    n = max(len(events) - tail_touchpoints, 0)
+    while n < len(events) - 1 and events[n].at < cutoff:
+        n += 1
+    if n == 0:
+        return 0
+    base = log.base or FoldState()
+    for e in events[:n]:
+        base.apply(e, {})
+    log.seen = _remember(log.seen, b"".join(_digest(e.event_id) for e in events[:n]))
+    del events[:n]
+    log.applied -= n
+    state = log.state
+    base.transitions = []
+    state.transitions = [t for t in state.transitions if t.seq > base.seq]
+    for ticket_id, ticket in list(base.tickets.items()):
+        now = state.tickets.get(ticket_id)
+        if (ticket.status == "resolved" and ticket.resolved_at and ticket.resolved_at < cutoff
+                and now is not None and now.status == "resolved" and now.resolved_at
+                and now.resolved_at < cutoff):
+            for s in (base, state):
+                del s.tickets[ticket_id]
+                s.tickets_let_go += 1
+    for field in ("natural", "order_channels"):
+        held = getattr(base, field)
+        for k in list(held)[:max(len(held) - NATURAL_KEYS, 0)]:
+            del held[k]
+            getattr(state, field).pop(k, None)
+    log.base = base
+    if log.pending_rated:
+        kept = {e.event_id for e in events}
+        log.pending_rated = [i for i in log.pending_rated if i in kept]
+    del log.alerts_raised[:-ALERT_IDS]
+    return n
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(JourneyLog)
+_state_decoder = msgspec.msgpack.Decoder(FoldState)
+
+
+def encode_log(log: JourneyLog) -> bytes:
+    """Compact binary form kept in the Faust table and its changelog."""
+    return _encoder.encode(log)
+
+
+def decode_log(data: bytes) -> JourneyLog:
+    return _decoder.decode(data)
+
+
+def _copy(state: FoldState) -> FoldState:
+    return _state_decoder.decode(_encoder.encode(state))
+
+
+# ── the fold ─────────────────────────────────────────────────────────────────
+def fold(log: JourneyLog, *, inactive_after: timedelta | None = None,
+         now: datetime | None = None) -> Journey:
+    """Derive the journey from its summary and touchpoints, oldest first: only those
+    after what ``log.state`` already folded, unless one was inserted before them.
+
+    ``inactive_after`` with ``now``: a journey whose last touchpoint is older than that
+    counts as churned (reason ``inactive``) from ``last_seen + inactive_after``.
+    """
+    if not log.events:
+        raise ValueError(f"journey {log.key} has no touchpoints")
+    stage_at_event: dict[str, str] = {}
+    if log.state is None or not 0 <= log.applied <= len(log.events):
+        log.state = _copy(log.base) if log.base is not None else FoldState()
+        log.applied = 0
+    j = log.state
+    for event in log.events[log.applied:]:
+        j.apply(event, stage_at_event)
+    log.applied = len(log.events)
+    assert j.last_seen is not None
+    if (inactive_after is not None and now is not None and not j.churned
+            and now - j.last_seen > inactive_after):
+        j = _copy(j)  # churned by the clock, not by a touchpoint: not kept
+        at = j.last_seen + inactive_after  # type: ignore[operator]
+        j.churned, j.churn_reason = True, "inactive"
+        j.move("churned", at, log.events[-1].event_id, "inactive")
+        if j.recovery == "pending":
+            j.recovery = "lost"
+    return _result(log, j, stage_at_event)
+
+
+def _result(log: JourneyLog, j: FoldState, stage_at_event: dict[str, str]) -> Journey:
+    score, reasons = churn_risk(j)
+    assert j.first_seen is not None and j.last_seen is not None
+    return Journey(
+        key=log.key, customer_id=log.customer_id, anonymous_ids=list(log.anonymous_ids),
+        first_seen=j.first_seen, last_seen=j.last_seen, stage=j.stage,
+        stage_entered_at=dict(j.entered), transitions=list(j.transitions),
+        stage_at_event=stage_at_event, touchpoints=j.touchpoints,
+        counts_by_type=dict(j.by_type), counts_by_channel=dict(j.by_channel),
+        orders=j.orders, revenue=j.revenue, first_order_at=j.first_order_at,
+        deliveries=dict(j.deliveries),
+        tickets={k: msgspec.structs.replace(t) for k, t in j.tickets.items()},
+        tickets_let_go=j.tickets_let_go, nps=j.nps, csat=j.csat, ces=j.ces,
+        churned=j.churned, churn_reason=j.churn_reason, recovery=j.recovery,
+        churn_risk=score, churn_risk_reasons=reasons, natural=j.natural,
+        order_channels=j.order_channels, transition_count=j.seq)
 
 
 #: (points, reason): a simple score whose every point has a reason a person can act on.
@@ -432,7 +666,7 @@ RISK_POINTS: Final = {
 }
 
 
-def churn_risk(j: _Fold) -> tuple[int, list[str]]:
+def churn_risk(j: FoldState) -> tuple[int, list[str]]:
     """0 to 100, and the reasons that make it up (a reason per rule that fired)."""
     reasons = []
     if j.churn_reason == "cancelled":

@@ -26,6 +26,8 @@ class WorkerMetrics(NamedTuple):
     touchpoints_processed: Counter
     dead_letters: Counter
     late_touchpoints: Counter
+    behind_summary_touchpoints: Counter
+    summarised_touchpoints: Counter
     cx_window_too_late: Counter
     cx_late_contributions: Counter
     cx_window_revisions: Counter
@@ -87,6 +89,14 @@ class WorkerMetrics(NamedTuple):
             late_touchpoints=Counter(
                 f"{prefix}_late_touchpoints", "Touchpoints that arrived more than the "
                 "lateness bound behind their journey's latest touchpoint.", registry=registry),
+            behind_summary_touchpoints=Counter(
+                f"{prefix}_touchpoints_behind_summary", "Touchpoints older than their "
+                "journey's tail (JOURNEY_TAIL_DAYS, JOURNEY_TAIL_TOUCHPOINTS): counted in "
+                "its summary, not placed in its stage history.", registry=registry),
+            summarised_touchpoints=Counter(
+                f"{prefix}_touchpoints_summarised", "Touchpoints folded out of a journey's "
+                "tail into its summary (what keeps a journey's state bounded).",
+                registry=registry),
             cx_window_too_late=Counter(
                 f"{prefix}_cx_window_too_late", "Metric contributions that missed a CX "
                 "window closed longer than the revision horizon ago (longer windows still "

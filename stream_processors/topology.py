@@ -175,7 +175,8 @@ journey_updater = JourneyUpdater(
     lateness=settings.lateness, first_response_sla=settings.first_response_sla,
     inactive_after=settings.churn_inactive_after, churn_risk_alert=settings.churn_risk_alert,
     anonymous_retention=settings.anonymous_retention,
-    merged_retention=settings.merged_retention, privacy_key=settings.privacy_key)
+    merged_retention=settings.merged_retention, privacy_key=settings.privacy_key,
+    tail=settings.tail, tail_touchpoints=settings.tail_touchpoints)
 aggregator = Aggregator(metrics, PARTITIONS, settings.cx_update_seconds,
                         revision=settings.cx_revision)
 rejects = CollectorRejects(PARTITIONS)

@@ -81,7 +81,7 @@ def journey_row(j: Journey, version: int, now: datetime) -> tuple:
         [c for c, _ in channels], [n for _, n in channels],
         j.orders, Decimal(str(j.revenue)), j.first_order_at,
         d.get("on_time", 0), d.get("late", 0), d.get("damaged", 0), d.get("failed", 0),
-        d.get("returned", 0), len(j.tickets), j.open_tickets, j.nps, j.nps_category, j.csat,
+        d.get("returned", 0), j.tickets_total, j.open_tickets, j.nps, j.nps_category, j.csat,
         j.ces, int(j.churned), j.churn_reason, j.recovery, j.churn_risk,
         list(j.churn_risk_reasons), version, now,
     )
@@ -98,7 +98,7 @@ def merged_row(key: str, into: str, anonymous_ids: list[str], first_seen: dateti
 def transition_rows(j: Journey, previous_count: int, row_version: int) -> list[tuple]:
     rows = [(j.key, j.customer_id or "", t.seq, t.from_stage, t.to_stage, t.at, t.event_id,
              t.reason, 0, row_version) for t in j.transitions]
-    rows += deleted_transitions(j.key, j.customer_id, len(j.transitions), previous_count,
+    rows += deleted_transitions(j.key, j.customer_id, j.transition_count, previous_count,
                                 j.first_seen, row_version)
     return rows
 

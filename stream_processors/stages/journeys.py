@@ -64,11 +64,14 @@ from stream_processors.journey import (
     JourneyLog,
     add_events,
     alerts_for,
+    behind_summary,
+    compact,
     decode_log,
     encode_log,
     event_of,
     fold,
     merge_logs,
+    touchpoint_of,
 )
 from stream_processors.metrics import WorkerMetrics
 from stream_processors.stages.partials import Numbered, PartitionWindows
@@ -118,7 +121,8 @@ class JourneyUpdater:
                  lateness: timedelta, first_response_sla: timedelta,
                  inactive_after: timedelta | None, churn_risk_alert: int,
                  anonymous_retention: timedelta | None = None,
-                 merged_retention: timedelta | None = None, privacy_key: str = "") -> None:
+                 merged_retention: timedelta | None = None, privacy_key: str = "",
+                 tail: timedelta = timedelta(days=35), tail_touchpoints: int = 128) -> None:
         self.metrics = metrics
         self.suppression = Suppression(privacy_key, "journey")
         self.partitions = partitions
@@ -129,6 +133,8 @@ class JourneyUpdater:
         self.churn_risk_alert = churn_risk_alert
         self.anonymous_retention = anonymous_retention
         self.merged_retention = merged_retention
+        self.tail = tail
+        self.tail_touchpoints = tail_touchpoints
 
     @property
     def changes_with_time(self) -> bool:
@@ -261,8 +267,9 @@ class JourneyUpdater:
                 horizon = journey_log.events[-1].at - self.lateness
                 self.metrics.late_touchpoints.inc(sum(1 for tp in tps
                                                       if tp.occurred_at < horizon))
-            added = add_events(journey_log, [event_of(tp, raw if anonymous else b"") for tp, raw
-                                             in zip(tps, command.touchpoints, strict=True)],
+                self.metrics.behind_summary_touchpoints.inc(
+                    sum(1 for tp in tps if behind_summary(journey_log, tp.occurred_at)))
+            added = add_events(journey_log, [event_of(tp, keep_row=anonymous) for tp in tps],
                                command.customer_id)
             new_ids = {e.event_id for e in added}
             b.fresh[key] += [tp for tp in tps if tp.event_id in new_ids]
@@ -276,16 +283,17 @@ class JourneyUpdater:
                     encode_command(Merge(msgspec.structs.replace(journey_log))))
             out.rows["customer_journeys"].append(merged_row(
                 journey_log.key, command.customer_id, journey_log.anonymous_ids,
-                journey_log.events[0].at, (journey_log.version + 1) * 2, now))
+                journey_log.first_seen, (journey_log.version + 1) * 2, now))
             # Every row it may have written, not only those its state counts: a crash
             # after a batch wrote them and before its state was saved left more (a fold
             # moves at most once per touchpoint, and once more for inactivity).
             out.rows["journey_transitions"] += deleted_transitions(
                 journey_log.key, None, 0,
-                max(journey_log.emitted_transitions, len(journey_log.events) + 1),
-                journey_log.events[0].at, version)
+                max(journey_log.emitted_transitions, journey_log.touchpoints + 1),
+                journey_log.first_seen, version)
             journey_log.merged_into = command.customer_id
             journey_log.events, journey_log.emitted_transitions = [], 0
+            journey_log.base, journey_log.state, journey_log.seen = None, None, b""
             journey_log.transition_digests, journey_log.ticket_digests = {}, {}
             journey_log.version += 1
             b.fresh.pop(key, None)  # their rows are written under the customer instead
@@ -295,7 +303,8 @@ class JourneyUpdater:
             # customer, even one the customer's journey already had (a duplicate routed
             # here after the link): the device journey may have written its row later,
             # and this merge comes after that journey's last write.
-            b.fresh[key] += [decode_trusted(e.raw) for e in command.log.events if e.raw]
+            b.fresh[key] += [tp for e in command.log.events
+                             if (tp := touchpoint_of(e)) is not None]
             b.counted.update(e.event_id for e in command.log.events)  # in the device journey
 
     def _emit(self, b: _Batch, out: Output, key: bytes, journey_log: JourneyLog,
@@ -316,7 +325,7 @@ class JourneyUpdater:
         transitions, journey_log.transition_digests = changed_rows(
             transition_rows(j, 0, version), journey_log.transition_digests, _seq)
         rows["journey_transitions"] += transitions + deleted_transitions(
-            j.key, j.customer_id, len(j.transitions), journey_log.emitted_transitions,
+            j.key, j.customer_id, j.transition_count, journey_log.emitted_transitions,
             j.first_seen, version)
         tickets, journey_log.ticket_digests = changed_rows(
             ticket_rows(j, version), journey_log.ticket_digests, _ticket_id)
@@ -338,16 +347,18 @@ class JourneyUpdater:
             if c.dimension.startswith("rated="):
                 self.metrics.cx_rated_responses.labels(c.metric, answer_category(c),
                                                        c.dimension[6:]).inc()
-        journey_log.emitted_transitions = len(j.transitions)
+        journey_log.emitted_transitions = j.transition_count
         if journey_log.customer_id:  # identified: its events never move again
-            journey_log.events = [msgspec.structs.replace(e, raw=b"") if e.raw else e
-                                  for e in journey_log.events]
+            journey_log.events = [msgspec.structs.replace(e, raw=b"", extra=None)
+                                  if e.raw or e.extra else e for e in journey_log.events]
         raised = [a for a in alerts_for(journey_log, j, now=now, first_response_sla=self.sla,
                                         churn_risk_threshold=self.churn_risk_alert)
                   if a.alert_id not in journey_log.alerts_raised]
         journey_log.alerts_raised += [a.alert_id for a in raised]
         rows["journey_alerts"] += [alert_row(a, now) for a in raised]
         self._raise(out, raised)
+        self.metrics.summarised_touchpoints.inc(compact(
+            journey_log, tail=self.tail, tail_touchpoints=self.tail_touchpoints))
 
     def _raise(self, out: Output, alerts: list[Alert]) -> None:
         for alert in alerts:

@@ -1,0 +1,193 @@
+"""A journey's state is a summary plus a bounded tail, and stays exact where it promises.
+
+The expected values come from the plain fold of every touchpoint in event-time order
+(tests/truth.py), never from a compacted journey.
+"""
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+
+from producers.simulator import simulate
+from schemas.partitioning import partition_for
+from stream_processors.clickhouse.rows import journey_row
+from stream_processors.commands import Merge, MergeInto, Touch, decode_command
+from stream_processors.effects import JOURNEY_EVENTS, Message
+from stream_processors.journey import (
+    SEEN_IDS,
+    FoldState,
+    Journey,
+    JourneyEvent,
+    JourneyLog,
+    add_events,
+    compact,
+    decode_log,
+    event_of,
+    fold,
+)
+from tests.truth import journey_key, true_journeys
+from tests.unit.test_stages import NOW, P, as_dicts, tp, updater
+
+NOT_COMPARED = {"version", "updated_at"}
+
+
+def comparable(j: Journey) -> dict:
+    row = dict(zip(("key", *range(40)), journey_row(j, 0, NOW), strict=False))
+    return {k: v for k, v in row.items() if k not in NOT_COMPARED}
+
+
+def test_a_summary_and_a_three_touchpoint_tail_fold_to_the_whole_journey() -> None:
+    """In event-time order, in batches of any size: every journey, every stage a
+    touchpoint's row was written with, and every transition row equal the plain fold."""
+    people = simulate(300, seed=11)
+    truth = true_journeys(people)
+    rng = random.Random(5)
+    folded_away = 0
+    for person in people:
+        key = journey_key(person)
+        log = JourneyLog(key=key, customer_id=None if key.startswith("anon:") else key)
+        events = [event_of(e) for e in person.events]
+        stages: dict[str, str] = {}
+        written: dict[int, tuple] = {}
+        while events:
+            n = rng.randint(1, 4)
+            batch, events = events[:n], events[n:]
+            added = add_events(log, batch)
+            j = fold(log)
+            stages.update({e.event_id: j.stage_at_event[e.event_id] for e in added})
+            written.update({t.seq: t for t in j.transitions})
+            for seq in range(j.transition_count + 1, max(written, default=0) + 1):
+                written.pop(seq)
+            folded_away += compact(log, tail=timedelta(hours=6), tail_touchpoints=3)
+        expected = truth[key]
+        assert comparable(fold(log)) == comparable(expected), key
+        assert [written[s] for s in sorted(written)] == expected.transitions, key
+        assert {e.event_id: stages[e.event_id] for e in person.events
+                if e.event_id in stages} == {e.event_id: expected.stage_at_event[e.event_id]
+                                             for e in person.events if e.event_id in stages}
+        assert len(log.events) <= 3 + 4
+    assert folded_away > 1000
+
+
+def test_a_touchpoint_out_of_order_within_the_tail_takes_its_exact_place() -> None:
+    people = simulate(200, seed=12)
+    truth = true_journeys(people)
+    rng = random.Random(6)
+    for person in people:
+        key = journey_key(person)
+        log = JourneyLog(key=key, customer_id=None if key.startswith("anon:") else key)
+        # Each touchpoint held back by up to 2 h; the tail keeps 12 h.
+        arrival = sorted(person.events,
+                         key=lambda e: e.occurred_at + timedelta(hours=rng.uniform(0, 2)))
+        for e in arrival:
+            add_events(log, [event_of(e)])
+            fold(log)
+            compact(log, tail=timedelta(hours=12), tail_touchpoints=1000)
+        assert comparable(fold(log)) == comparable(truth[key]), key
+
+
+def test_a_redelivered_id_folded_away_changes_nothing_and_one_behind_the_tail_counts() -> None:
+    t0 = datetime(2026, 5, 1, tzinfo=UTC)
+    log = JourneyLog(key="c", customer_id="c")
+    views = [JourneyEvent(at=t0 + timedelta(minutes=n), event_id=f"e{n}", type="page_view",
+                          channel="web") for n in range(100)]
+    for e in views:
+        add_events(log, [e])
+        fold(log)
+        compact(log, tail=timedelta(days=1), tail_touchpoints=10)
+    assert len(log.events) == 10 and log.base is not None and log.base.touchpoints == 90
+    assert add_events(log, views[:50]) == []  # folded away, still known
+    old = JourneyEvent(at=t0 - timedelta(days=3), event_id="old", type="order_placed",
+                       channel="app", properties={"order_id": "o-1", "revenue": 12.5})
+    assert add_events(log, [old]) == [old]  # behind the tail: folded into the summary
+    j = fold(log)
+    assert (j.touchpoints, j.orders, j.revenue, j.first_seen) == (101, 1, 12.5, old.at)
+    assert j.order_channels == {"o-1": "app"}
+    assert add_events(log, [old]) == []
+
+
+def test_the_ids_a_journey_remembers_are_bounded() -> None:
+    t0 = datetime(2026, 5, 1, tzinfo=UTC)
+    log = JourneyLog(key="c", customer_id="c")
+    for n in range(SEEN_IDS + 500):
+        add_events(log, [JourneyEvent(at=t0 + timedelta(seconds=n), event_id=f"e{n}",
+                                      type="page_view", channel="web")])
+        fold(log)
+        compact(log, tail=timedelta(days=1), tail_touchpoints=8)
+    assert len(log.seen) == 8 * SEEN_IDS
+    newest_forgotten = SEEN_IDS + 500 - 8 - SEEN_IDS - 1
+    assert add_events(log, [JourneyEvent(at=t0, event_id=f"e{newest_forgotten + 1}",
+                                         type="page_view", channel="web")]) == []
+
+
+def test_a_device_journey_with_a_summary_joins_the_customers_counts() -> None:
+    journeys: dict[bytes, bytes] = {}
+    stage = updater()
+    stage.tail_touchpoints = 5
+    anon = b"anon:d-1"
+    part = partition_for(anon, P)
+    visits = [tp(f"v{n}", "page_view", n, anon="d-1") for n in range(40)]
+    for n, visit in enumerate(visits):
+        stage.update([Message(part, n, anon, Touch(None, [visit]))], journeys, {}, NOW, n)
+    device = decode_log(journeys[anon])
+    assert len(device.events) == 5 and device.base is not None
+    assert all(e.extra is not None and not e.raw for e in device.events)  # no raw JSON
+    out = stage.update([Message(part, 50, anon, MergeInto("c-1"))], journeys, {}, NOW, 50)
+    [(to, key, value)] = [(p, k, v) for p, k, v in
+                          ((s[0], s[2], s[3]) for s in out.sent(JOURNEY_EVENTS))]
+    merge = decode_command(value)
+    assert isinstance(merge, Merge) and key == b"c-1"
+    buy = tp("b1", "order_placed", 100, customer="c-1", order_id="o", revenue=5)
+    stage.update([Message(to, 1, key, Touch("c-1", [buy]))], journeys, {}, NOW, 51)
+    out = stage.update([Message(to, 2, key, merge)], journeys, {}, NOW, 52)
+    [row] = as_dicts(out.rows["customer_journeys"], "customer_journeys")
+    assert (row["touchpoints"], row["orders"], row["type_counts"]) == (41, 1, [1, 40])
+    # The tail's touchpoints are written again under the customer (the summary's stay
+    # under the device, which the merged row links to the customer).
+    assert sorted(r["event_id"] for r in as_dicts(out.rows["touchpoints"], "touchpoints")) \
+        == sorted(f"v{n}" for n in range(35, 40))
+
+
+def test_one_key_through_100_000_touchpoints_costs_the_same_per_event_and_stays_small(
+        monkeypatch) -> None:
+    """A bot: the fold steps per touchpoint and the stored value do not grow with the
+    journey (the time per event is printed by tests/benchmarks/journey_state.py)."""
+    steps = 0
+    apply = FoldState.apply
+
+    def counted(self: FoldState, e: JourneyEvent, stage_at_event: dict[str, str]) -> None:
+        nonlocal steps
+        steps += 1
+        apply(self, e, stage_at_event)
+
+    monkeypatch.setattr(FoldState, "apply", counted)
+    stage = updater()
+    journeys: dict[bytes, bytes] = {}
+    key = b"bot"
+    part = partition_for(key, P)
+    kinds = [("page_view", {}), ("product_viewed", {"product_id": "p"}),
+             ("cart_updated", {}), ("order_placed", None), ("survey_response", None)]
+    per_batch, sizes, cost = 10, [], []
+    for b in range(10_000):
+        touchpoints = []
+        for n in range(b * per_batch, (b + 1) * per_batch):
+            kind, props = kinds[n % len(kinds)]
+            if kind == "order_placed":
+                props = {"order_id": f"o{n}", "revenue": 1}
+            elif kind == "survey_response":
+                props = {"survey": "nps", "score": n % 11}
+            touchpoints.append(tp(f"e{n}", kind, n / 30, customer="bot", **props))
+        before = steps
+        stage.update([Message(part, b, key, Touch("bot", touchpoints))], journeys, {}, NOW, b)
+        cost.append((steps - before) / per_batch)
+        sizes.append(len(journeys[key]))
+    log = decode_log(journeys[key])
+    assert log.touchpoints == 100_000 and fold(log).orders == 20_000
+    assert max(sizes) < 64 * 1024
+    assert max(sizes[-100:]) <= 1.1 * sizes[999]  # no bigger than at 10,000 touchpoints
+    # Steps per touchpoint: the first batch (a 10-event journey) against the last ones.
+    assert max(cost[-1000:]) <= 2 * cost[0]
+    print(f"value {sizes[0]} B at 10 touchpoints, {sizes[-1]} B at 100,000; fold steps per "
+          f"touchpoint {cost[0]:.1f} then {max(cost[-1000:]):.1f}")
+    assert msgspec.msgpack.decode(journeys[key])  # a plain msgpack value
