@@ -93,13 +93,14 @@ class Settings:
         "latest count as late (journey_late_touchpoints_total), though journeys still "
         "place them exactly within JOURNEY_TAIL_DAYS.")
     tail_days: float = _setting(
-        35.0, "JOURNEY_TAIL_DAYS",
+        90.0, "JOURNEY_TAIL_DAYS",
         "A journey keeps its touchpoints of this long before its latest one (at most "
         "JOURNEY_TAIL_TOUCHPOINTS of them) and folds older ones into a summary. A late "
         "touchpoint within the tail takes its exact place in the journey; one behind it "
         "is counted in the summary, with the stage history approximate "
-        "(journey_touchpoints_behind_summary_total). The default matches "
-        "JOURNEY_CX_REVISION_DAYS, so a month's export still lands exact.")
+        "(journey_touchpoints_behind_summary_total). The default takes in a month's "
+        "export, or a second device identified weeks later, for a customer whose journey "
+        "already runs a month or two.")
     tail_touchpoints: int = _setting(
         128, "JOURNEY_TAIL_TOUCHPOINTS",
         "At most this many touchpoints kept per journey (see JOURNEY_TAIL_DAYS): a bot's "

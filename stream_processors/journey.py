@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -41,7 +42,7 @@ __all__ = [
     "ALERT_KINDS", "FUNNEL", "STAGES", "Alert", "FoldState", "Journey", "JourneyEvent",
     "JourneyLog", "RowExtra", "Ticket", "Transition",
     "add_events", "alerts_for", "behind_summary", "compact", "decode_log", "encode_log",
-    "event_of", "fold", "merge_logs", "natural_key", "touchpoint_of",
+    "event_of", "fold", "merge_logs", "natural_key", "shed", "touchpoint_of",
 ]
 
 #: The funnel, in order; ``loyal`` and ``churned`` come after it.
@@ -117,10 +118,13 @@ class Ticket(msgspec.Struct, kw_only=True):
 
 #: Bounds of what a summary keeps by key (the oldest go first): natural keys and order
 #: channels; and how many folded-away event ids are still recognised as duplicates.
-NATURAL_KEYS: Final = 256
+NATURAL_KEYS: Final = 128
 SEEN_IDS: Final = 1024
 ANONYMOUS_IDS: Final = 64
 ALERT_IDS: Final = 256
+#: A journey with a shorter tail does not keep its fold (``state``): folding so few
+#: touchpoints again costs less than storing the fold for every customer.
+STATE_FROM: Final = 32
 
 
 class FoldState(msgspec.Struct, kw_only=True):
@@ -278,8 +282,9 @@ class JourneyLog(msgspec.Struct, kw_only=True):
     anonymous_ids: list[str] = []
     #: The tail: the latest touchpoints, in time order (:func:`compact` bounds it).
     events: list[JourneyEvent] = []
-    #: The fold of the touchpoints before the tail (None: nothing folded away yet).
-    base: FoldState | None = None
+    #: The fold of the touchpoints before the tail, encoded (empty: nothing folded away
+    #: yet). Kept as bytes: most batches do not need it, so they do not decode it.
+    base: bytes = b""
     #: The fold of ``base`` and ``events[:applied]`` (None, or ``applied`` -1: fold the
     #: tail again, as after a touchpoint inserted before the latest).
     state: FoldState | None = None
@@ -296,7 +301,9 @@ class JourneyLog(msgspec.Struct, kw_only=True):
     #: is written again only when it changed (stream_processors.clickhouse.rows).
     transition_digests: dict[int, int] = {}
     ticket_digests: dict[str, int] = {}
-    #: Ids of the alerts already raised for this journey: each is raised once.
+    #: Ids of the alerts already raised for this journey (each is raised once): 8-byte
+    #: digests of the latest ``ALERT_IDS`` (``alerts_raised``: state of earlier versions).
+    raised: bytes = b""
     alerts_raised: list[str] = []
     #: Survey answers whose rated ticket, order or touchpoint has not arrived yet
     #: (see stream_processors.contributions).
@@ -309,15 +316,28 @@ class JourneyLog(msgspec.Struct, kw_only=True):
     updated_at: datetime | None = None
 
     @property
+    def summary(self) -> FoldState | None:
+        """The fold of the touchpoints before the tail (a fresh copy)."""
+        return _state_decoder.decode(self.base) if self.base else None
+
+    @property
     def first_seen(self) -> datetime:
-        if self.base is not None and self.base.first_seen is not None:
-            return self.base.first_seen
+        base = self.summary
+        if base is not None and base.first_seen is not None:
+            return base.first_seen
         return self.events[0].at
 
     @property
     def touchpoints(self) -> int:
         """How many touchpoints the journey holds, folded away or in the tail."""
-        return (self.base.touchpoints if self.base else 0) + len(self.events)
+        base = self.summary
+        return (base.touchpoints if base else 0) + len(self.events)
+
+    def raised_before(self, alert_id: str) -> bool:
+        return alert_id in self.alerts_raised or _seen(self.raised, _digest(alert_id))
+
+    def remember_raised(self, alert_ids: list[str]) -> None:
+        self.raised = _remember(self.raised, b"".join(map(_digest, alert_ids)), ALERT_IDS)
 
 
 class Journey(msgspec.Struct, kw_only=True):
@@ -439,9 +459,9 @@ def _seen(blob: bytes, digest: bytes) -> bool:
     return False
 
 
-def _remember(blob: bytes, digests: bytes) -> bytes:
+def _remember(blob: bytes, digests: bytes, keep: int = SEEN_IDS) -> bytes:
     blob += digests
-    return blob[-8 * SEEN_IDS:] if len(blob) > 8 * SEEN_IDS else blob
+    return blob[-8 * keep:] if len(blob) > 8 * keep else blob
 
 
 def add_events(log: JourneyLog, events: list[JourneyEvent],
@@ -460,8 +480,11 @@ def add_events(log: JourneyLog, events: list[JourneyEvent],
         if log.seen and _seen(log.seen, digest):
             continue
         known.add(event.event_id)
-        if log.base is not None and log.events and _order(event) < _order(log.events[0]):
-            log.base.apply(event, {})
+        if log.base and log.events and _order(event) < _order(log.events[0]):
+            base = log.summary
+            assert base is not None
+            base.apply(event, {})
+            log.base = _encoder.encode(base)
             log.seen = _remember(log.seen, digest)
             log.applied = -1
         else:
@@ -484,7 +507,7 @@ def add_events(log: JourneyLog, events: list[JourneyEvent],
 
 def behind_summary(log: JourneyLog, at: datetime) -> bool:
     """Whether a touchpoint at ``at`` would be folded into the summary, not placed."""
-    return log.base is not None and bool(log.events) and at < log.events[0].at
+    return bool(log.base) and bool(log.events) and at < log.events[0].at
 
 
 def merge_logs(into: JourneyLog, other: JourneyLog) -> bool:
@@ -494,8 +517,9 @@ def merge_logs(into: JourneyLog, other: JourneyLog) -> bool:
     joins the customer's summary (counts and tickets exact, stage history approximate).
     """
     changed = bool(add_events(into, other.events))
-    if other.base is not None:
-        into.base = _absorb(into.base, other.base)
+    other_base = other.summary
+    if other_base is not None:
+        into.base = _encoder.encode(_absorb(into.summary, other_base))
         into.seen = _remember(into.seen, other.seen)
         into.applied = -1
         into.version += 1
@@ -542,19 +566,23 @@ def compact(log: JourneyLog, *, tail: timedelta, tail_touchpoints: int) -> int:
     """Fold the touchpoints older than ``tail`` before the latest, or beyond the latest
     ``tail_touchpoints``, into the summary; returns how many.
 
-    Called after a fold's rows were built: the transitions and tickets the summary keeps
-    for good were written, so only the later ones are kept to compare with.
+    Once there is a summary, touchpoints are folded into it only once they are an
+    eighth of ``tail_touchpoints`` or more (at least 1): most batches then leave the
+    summary encoded. Called after a fold's rows were built: the transitions and tickets
+    the summary keeps for good were written, so only the later ones are kept.
     """
     events = log.events
     if log.state is None or log.applied != len(events) or len(events) < 2:
+        shed(log)
         return 0
     cutoff = events[-1].at - tail
     n = max(len(events) - tail_touchpoints, 0)
     while n < len(events) - 1 and events[n].at < cutoff:
         n += 1
-    if n == 0:
+    if n == 0 or (log.base and n < tail_touchpoints // 8):
+        shed(log)
         return 0
-    base = log.base or FoldState()
+    base = log.summary or FoldState()
     for e in events[:n]:
         base.apply(e, {})
     log.seen = _remember(log.seen, b"".join(_digest(e.event_id) for e in events[:n]))
@@ -576,12 +604,18 @@ def compact(log: JourneyLog, *, tail: timedelta, tail_touchpoints: int) -> int:
         for k in list(held)[:max(len(held) - NATURAL_KEYS, 0)]:
             del held[k]
             getattr(state, field).pop(k, None)
-    log.base = base
+    log.base = _encoder.encode(base)
+    shed(log)
     if log.pending_rated:
         kept = {e.event_id for e in events}
         log.pending_rated = [i for i in log.pending_rated if i in kept]
-    del log.alerts_raised[:-ALERT_IDS]
     return n
+
+
+def shed(log: JourneyLog) -> None:
+    """Drop the kept fold of a short journey (see ``STATE_FROM``)."""
+    if len(log.events) < STATE_FROM:
+        log.state, log.applied = None, -1
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -615,7 +649,7 @@ def fold(log: JourneyLog, *, inactive_after: timedelta | None = None,
         raise ValueError(f"journey {log.key} has no touchpoints")
     stage_at_event: dict[str, str] = {}
     if log.state is None or not 0 <= log.applied <= len(log.events):
-        log.state = _copy(log.base) if log.base is not None else FoldState()
+        log.state = log.summary or FoldState()
         log.applied = 0
     j = log.state
     for event in log.events[log.applied:]:
@@ -722,8 +756,13 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def alerts_for(log: JourneyLog, j: Journey, *, now: datetime,
-               first_response_sla: timedelta, churn_risk_threshold: int) -> list[Alert]:
-    """Every alert the journey calls for now (raised or not; the caller filters)."""
+               first_response_sla: timedelta, churn_risk_threshold: int,
+               new: Iterable[JourneyEvent] | None = None) -> list[Alert]:
+    """Every alert the journey calls for now (raised or not; the caller filters).
+
+    ``new``: only these touchpoints may raise alerts of their own (those new to the
+    journey; the others had their chance when they were); default: the whole tail.
+    """
     if not log.customer_id:  # nobody to follow up with yet
         return []
     found: list[Alert] = []
@@ -735,7 +774,7 @@ def alerts_for(log: JourneyLog, j: Journey, *, now: datetime,
                            touchpoints=touchpoints, at=at))
 
     tickets_opened = [t.opened_at for t in j.tickets.values()]
-    for e in log.events:
+    for e in log.events if new is None else new:
         p = e.properties
         if e.type == "survey_response":
             score, rated = int(p.get("score", 0)), _rated(p)

@@ -122,7 +122,7 @@ class JourneyUpdater:
                  inactive_after: timedelta | None, churn_risk_alert: int,
                  anonymous_retention: timedelta | None = None,
                  merged_retention: timedelta | None = None, privacy_key: str = "",
-                 tail: timedelta = timedelta(days=35), tail_touchpoints: int = 128) -> None:
+                 tail: timedelta = timedelta(days=90), tail_touchpoints: int = 128) -> None:
         self.metrics = metrics
         self.suppression = Suppression(privacy_key, "journey")
         self.partitions = partitions
@@ -293,18 +293,20 @@ class JourneyUpdater:
                 journey_log.first_seen, version)
             journey_log.merged_into = command.customer_id
             journey_log.events, journey_log.emitted_transitions = [], 0
-            journey_log.base, journey_log.state, journey_log.seen = None, None, b""
+            journey_log.base, journey_log.state, journey_log.seen = b"", None, b""
             journey_log.transition_digests, journey_log.ticket_digests = {}, {}
             journey_log.version += 1
             b.fresh.pop(key, None)  # their rows are written under the customer instead
         elif isinstance(command, Merge):
-            merge_logs(journey_log, command.log)
             # Every touchpoint the device journey held is written again under the
             # customer, even one the customer's journey already had (a duplicate routed
             # here after the link): the device journey may have written its row later,
             # and this merge comes after that journey's last write.
             b.fresh[key] += [tp for e in command.log.events
                              if (tp := touchpoint_of(e)) is not None]
+            command.log.events = [msgspec.structs.replace(e, raw=b"", extra=None)
+                                  if e.raw or e.extra else e for e in command.log.events]
+            merge_logs(journey_log, command.log)
             b.counted.update(e.event_id for e in command.log.events)  # in the device journey
 
     def _emit(self, b: _Batch, out: Output, key: bytes, journey_log: JourneyLog,
@@ -314,7 +316,13 @@ class JourneyUpdater:
         brought its touchpoint (``offset``, the journey's last message of the batch, for
         answers whose rated thing arrived now)."""
         rows = out.rows
+        fresh = {tp.event_id: tp for tp in b.fresh.get(key, [])}
         j = fold(journey_log, inactive_after=self.inactive_after, now=now)
+        if not fresh.keys() <= j.stage_at_event.keys():
+            # A row to write again for a touchpoint folded before (a device's copy of
+            # one the journey had): its stage comes from folding the tail again.
+            journey_log.applied = -1
+            j = fold(journey_log, inactive_after=self.inactive_after, now=now)
         new = [(offset, c) for c in resolve_pending(j, journey_log)]
         # Twice the log version, plus one once inactivity churned it: the sweep's row (no
         # new touchpoint, same log version) wins over the last one, and loses to the next.
@@ -330,7 +338,6 @@ class JourneyUpdater:
         tickets, journey_log.ticket_digests = changed_rows(
             ticket_rows(j, version), journey_log.ticket_digests, _ticket_id)
         rows["support_tickets"] += tickets
-        fresh = {tp.event_id: tp for tp in b.fresh.get(key, [])}
         uncounted = fresh.keys() - b.counted
         for tp in fresh.values():
             rows["touchpoints"].append(touchpoint_row(
@@ -348,13 +355,11 @@ class JourneyUpdater:
                 self.metrics.cx_rated_responses.labels(c.metric, answer_category(c),
                                                        c.dimension[6:]).inc()
         journey_log.emitted_transitions = j.transition_count
-        if journey_log.customer_id:  # identified: its events never move again
-            journey_log.events = [msgspec.structs.replace(e, raw=b"", extra=None)
-                                  if e.raw or e.extra else e for e in journey_log.events]
         raised = [a for a in alerts_for(journey_log, j, now=now, first_response_sla=self.sla,
-                                        churn_risk_threshold=self.churn_risk_alert)
-                  if a.alert_id not in journey_log.alerts_raised]
-        journey_log.alerts_raised += [a.alert_id for a in raised]
+                                        churn_risk_threshold=self.churn_risk_alert,
+                                        new=[event_of(tp) for tp in fresh.values()])
+                  if not journey_log.raised_before(a.alert_id)]
+        journey_log.remember_raised([a.alert_id for a in raised])
         rows["journey_alerts"] += [alert_row(a, now) for a in raised]
         self._raise(out, raised)
         self.metrics.summarised_touchpoints.inc(compact(

@@ -36,9 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true",
                    help="record the single worker with py-spy and print its top costs")
     p.add_argument("--skip", nargs="*", default=[],
-                   choices=["naive", "latency", "collector", "sdk", "rocksdb", "scale"],
+                   choices=["naive", "latency", "collector", "sdk", "rocksdb", "scale",
+                            "slope"],
                    help="measurements to leave out (naive: also Faust's floor; sdk: also "
-                        "kafka-python's)")
+                        "kafka-python's; slope: the memory slope's run at half the "
+                        "customers)")
     p.add_argument("--out", type=Path, default=Path(".journey/bench/bench.json"),
                    help="JSON results (the chart goes beside it as .png)")
     args = p.parse_args(argv)
@@ -102,11 +104,27 @@ def main(argv: list[str] | None = None) -> int:
             bench.prefill(s, workload)
             rocks = bench.pipeline(s, n, label="1 worker, RocksDB")
             results["pipeline_rocksdb"] = rocks
+            results["memory"]["rocksdb_disk_bytes_per_customer"] = (
+                rocks["worker_disk_bytes"] / args.customers)
             results["memory"]["rocksdb_store_rss_bytes"] = rocks["worker_rss_bytes"]
             results["memory"]["rocksdb_store_rss_bytes_per_100k_customers"] = (
                 (rocks["worker_rss_bytes"] - rocks["worker_rss_at_start_bytes"])
                 * 100_000 / args.customers)
             say(f"  {rocks['events_per_second']:,.0f} events/s")
+
+        if "slope" not in args.skip:
+            half = args.customers // 2
+            say(f"6b. memory slope: the same with {half:,} customers ...")
+            s = bench.fresh()
+            small = make_workload(half)
+            bench.prefill(s, small)
+            low = bench.pipeline(s, len(small), label=f"1 worker, {half:,} customers")
+            results["memory"]["slope_bytes_per_customer"] = (
+                (one["worker_rss_bytes"] - low["worker_rss_bytes"])
+                / (args.customers - half))
+            results["memory"]["slope_customers"] = [half, args.customers]
+            say(f"  {results['memory']['slope_bytes_per_customer']:,.0f} bytes per customer "
+                f"between {half:,} and {args.customers:,}")
 
         if "scale" not in args.skip:
             say("7. scale-out: two worker processes ...")
@@ -198,6 +216,13 @@ def _table(r: dict) -> str:
     if "rocksdb_store_rss_bytes_per_100k_customers" in m:
         rows.append(("", f"{m['rocksdb_store_rss_bytes_per_100k_customers'] / 2**20:,.0f} MiB",
                      "RocksDB store"))
+    if "slope_bytes_per_customer" in m:
+        low, high = m["slope_customers"]
+        rows.append(("6b. memory slope", f"{m['slope_bytes_per_customer']:,.0f} B/customer",
+                     f"RSS at {high:,} less at {low:,} customers, memory store"))
+    if "rocksdb_disk_bytes_per_customer" in m:
+        rows.append(("6c. RocksDB on disk", f"{m['rocksdb_disk_bytes_per_customer']:,.0f} "
+                     "B/customer", "state files after the run"))
     if "scale_out_ratio" in r:
         rows.append(("7. two workers", f"{r['scale_out_ratio']:.2f}x one",
                      f"{r['pipeline_two_workers']['events_per_second']:,.0f} ev/s"))

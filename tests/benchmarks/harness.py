@@ -186,6 +186,8 @@ class Bench:
             _settle(settings, timeout)
             done = time.monotonic()
             rss = [_rss(pid) for pid in pids]
+            disk = sum(f.stat().st_size for st in stacks
+                       for f in (st.settings.data_dir / "worker").rglob("*") if f.is_file())
         finally:
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
@@ -196,7 +198,8 @@ class Bench:
         self.series.append(series)
         return {"events_per_second": expected / (done - start),
                 "seconds": done - start, "touchpoints_visible_seconds": visible - start,
-                "worker_rss_bytes": max(rss), "worker_rss_at_start_bytes": rss_start}
+                "worker_rss_bytes": max(rss), "worker_rss_at_start_bytes": rss_start,
+                "worker_disk_bytes": disk}
 
     # ── 4. latency ───────────────────────────────────────────────────────────
     def latency(self, settings: Settings, workload: Workload, rate: float,

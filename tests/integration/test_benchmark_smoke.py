@@ -20,9 +20,19 @@ def test_bench_smoke_measures_everything(tmp_path) -> None:
                    r["pipeline_two_workers"]["events_per_second"], r["sdk_events_per_second"],
                    r["kafka_python_floor_events_per_second"],
                    r["collector"]["events_per_second"], r["latency"]["p99_seconds"],
-                   r["memory"]["memory_store_rss_bytes"]):
+                   r["memory"]["memory_store_rss_bytes"],
+                   r["memory"]["rocksdb_disk_bytes_per_customer"]):
         assert number > 0
+    assert "slope_bytes_per_customer" in r["memory"] and "6b. memory slope" in run.stdout
     assert r["latency"]["visible"] == r["latency"]["events"]  # every sent event arrived
     assert r["collector"]["accepted_requests"] == r["collector"]["requests"]
     assert out.with_suffix(".png").stat().st_size > 10_000
     assert "3. pipeline, 1 worker" in run.stdout  # the table was printed
+
+
+def test_journey_state_bench_smoke_prints_its_table() -> None:
+    run = subprocess.run([sys.executable, "-m", "tests.benchmarks.journey_state", "--smoke"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| 1,000 |")]
+    assert len(rows) == 2  # batches of 1 and of 10
