@@ -245,6 +245,11 @@ class Settings:
     data_dir: Path = _setting(  # noqa: RUF009 - an immutable Path, shared safely
         Path(".journey"), "JOURNEY_DATA_DIR",
         "Where the local stack keeps ClickHouse data, logs and the worker's table state.")
+    gc_threshold: int = _setting(
+        50_000, "JOURNEY_GC_THRESHOLD",
+        "Allocations between two young-generation collections of the worker's Python "
+        "garbage collector (CPython's default is 700; 0 turns automatic collection off). "
+        "The worker's batches make many short-lived objects and few cycles.")
     log_level: str = _setting(
         "info", "JOURNEY_LOG_LEVEL",
         "debug, info, warning (or warn), error or critical (or crit); any case.")
@@ -271,6 +276,11 @@ class Settings:
             raise ConfigError("JOURNEY_TOPIC_PARTITIONS must be at least 1")
         if self.sink_batch_size < 1:
             raise ConfigError("JOURNEY_SINK_BATCH_SIZE must be at least 1")
+        if self.gc_threshold < 0:
+            raise ConfigError("JOURNEY_GC_THRESHOLD must be 0 (off) or more")
+        if self.tail_touchpoints < 1 or self.tail_days <= 0:
+            raise ConfigError("JOURNEY_TAIL_TOUCHPOINTS must be at least 1 and "
+                              "JOURNEY_TAIL_DAYS above 0")
         if self.log_level.strip().lower() not in _LOG_LEVELS:
             raise ConfigError(f"JOURNEY_LOG_LEVEL={self.log_level!r}: use one of "
                               f"{', '.join(sorted(set(_LOG_LEVELS.values())))}")

@@ -45,7 +45,7 @@ from clickhouse_driver.errors import ErrorCodes, ServerException, TypeMismatchEr
 
 from stream_processors.clickhouse.client import connect
 from stream_processors.clickhouse.rows import COLUMNS, dead_letter_row
-from stream_processors.clickhouse.timestamps import Converter, convert_rows, converters_for
+from stream_processors.clickhouse.timestamps import Converter, convert_columns, converters_for
 from stream_processors.metrics import WorkerMetrics
 
 __all__ = ["ClickHouseSink", "is_data_error"]
@@ -171,8 +171,8 @@ class ClickHouseSink:
             # has its rows, not once they are queued on this server: the batch's offsets
             # are committed after this.
             self._client.execute(f"INSERT INTO {self._database}.{table} ({columns}) VALUES",
-                                 convert_rows(rows, converters),
-                                 settings={"insert_distributed_sync": 1})
+                                 convert_columns(rows, converters, len(COLUMNS[table])),
+                                 columnar=True, settings={"insert_distributed_sync": 1})
         except Exception:
             # A fresh connection next time: the old one may be half-way through a packet.
             self._client.disconnect()

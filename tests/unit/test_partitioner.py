@@ -44,4 +44,4 @@ def test_the_workers_partitions_are_aiokafkas_too() -> None:
 
 
 def test_remembers_a_bounded_number_of_hashes() -> None:
-    assert key_hash.cache_info().maxsize == 1 << 20
+    assert key_hash.cache_info().maxsize == 1 << 16

@@ -6,7 +6,7 @@ import pytest
 from clickhouse_driver.columns.service import get_column_by_spec
 from clickhouse_driver.context import Context
 
-from stream_processors.clickhouse.timestamps import convert_rows, converter_for, converters_for
+from stream_processors.clickhouse.timestamps import convert_columns, converter_for, converters_for
 
 VALUES = [datetime(2026, 5, 4, 10, 7, 30, 123456, tzinfo=UTC),
           datetime(2026, 5, 4, 12, 7, 30, 999999, tzinfo=timezone(timedelta(hours=2))),
@@ -50,4 +50,5 @@ def test_other_columns_and_naive_datetimes_are_left_to_the_driver() -> None:
     converters = converters_for(["id", "at", "local", "n"],
                                 {"id": "String", "at": "DateTime", "local": "DateTime",
                                  "n": "UInt8"})
-    assert convert_rows(rows, converters) == [["a", 1777889250, naive, 7]]
+    assert convert_columns(rows, converters, 4) == [["a"], [1777889250], [naive], [7]]
+    assert convert_columns([], converters, 4) == [[], [], [], []]
