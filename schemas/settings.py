@@ -79,7 +79,7 @@ class Settings:
         2000, "JOURNEY_SINK_BATCH_SIZE",
         "Most touchpoints processed per batch; each batch ends with one insert per table.")
     sink_flush_seconds: float = _setting(
-        0.5, "JOURNEY_SINK_FLUSH_SECONDS",
+        0.2, "JOURNEY_SINK_FLUSH_SECONDS",
         "Longest wait before a partial batch is processed and flushed (a quiet topic's "
         "last events still reach ClickHouse).")
     sink_max_retry_seconds: float = _setting(
