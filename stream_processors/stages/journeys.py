@@ -1,7 +1,8 @@
 """Third hop, keyed by journey (a customer, or ``anon:<device>``): each journey's log.
 
-A journey's state is its log of touchpoints (stream_processors/journey.py folds it).
-For each batch, a journey takes in its commands:
+A journey's state is a summary of its older touchpoints and the tail of its latest
+ones (stream_processors/journey.py folds them; :func:`compact` keeps the tail bounded
+after each batch's rows are built). For each batch, a journey takes in its commands:
 
 - ``Touch``: new touchpoints (duplicates by event id change nothing);
 - ``MergeInto`` (to an anonymous journey): its device was identified; the log moves to
@@ -9,9 +10,10 @@ For each batch, a journey takes in its commands:
 - ``Merge`` (to a customer's journey): a device journey joins it;
 - ``Sweep``: fold again with today's clock (inactivity churn, no touchpoint to say so).
 
-Then every changed journey is folded once and written: its snapshot, transitions,
-tickets and touchpoint rows, the alerts it raises for the first time, and what its new
-touchpoints contribute to the CX windows (handed to :class:`PartitionWindows`).
+Then every changed journey is folded once (only its new touchpoints, when they come
+in time order and it keeps its fold) and written: its snapshot, the transitions and
+tickets that changed, its new touchpoints' rows, the alerts they raise for the first
+time, and what they contribute to the CX windows (handed to :class:`PartitionWindows`).
 
 Saving order: the CX windows (``cx-partials``) first, then ``journeys``: the journeys'
 known event ids are what keeps a replay from contributing again, so they are saved
