@@ -428,13 +428,13 @@ def event_of(tp: Touchpoint, *, keep_row: bool = False) -> JourneyEvent:
                         properties=tp.properties, extra=extra)
 
 
-def touchpoint_of(e: JourneyEvent, customer_id: str | None = None) -> Touchpoint | None:
+def touchpoint_of(e: JourneyEvent) -> Touchpoint | None:
     """The touchpoint again, from an event that kept its row (None if it did not)."""
     if e.extra is not None:
         x = e.extra
         return Touchpoint(event_id=e.event_id, type=e.type, version=x.version,
                           occurred_at=e.at, received_at=x.received_at,
-                          customer_id=customer_id, anonymous_id=e.anonymous_id,
+                          anonymous_id=e.anonymous_id,
                           session_id=x.session_id, channel=e.channel,  # type: ignore[arg-type]
                           source=x.source, context=x.context, properties=e.properties)
     if e.raw:
@@ -536,10 +536,9 @@ def merge_logs(into: JourneyLog, other: JourneyLog) -> bool:
 def _absorb(into: FoldState | None, other: FoldState) -> FoldState:
     """Another journey's summary joined to this one's: the counts add up, tickets and
     natural keys join; the stage is this journey's (the other's, if it had none)."""
-    if into is None:
-        into = _copy(other)
-        into.transitions = []
-        return into
+    if into is None:  # ``other`` is a fresh decode (JourneyLog.summary): taken as is
+        other.transitions = []
+        return other
     for name in ("touchpoints", "orders", "tickets_let_go"):
         setattr(into, name, getattr(into, name) + getattr(other, name))
     into.revenue = round(into.revenue + other.revenue, 2)

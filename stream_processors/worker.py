@@ -16,7 +16,7 @@ from stream_processors.clickhouse.client import (
 )
 from stream_processors.topics import ensure_topics
 
-__all__ = ["prepare", "run_worker"]
+__all__ = ["prepare", "run_worker", "tune_gc"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,16 @@ def prepare(settings: Settings, timeout: float = 60.0) -> None:
     ensure_topics(settings, timeout)
 
 
+def tune_gc(threshold: int) -> None:
+    """Everything built so far lives as long as the process: out of the collector's
+    scans. A batch allocates tens of thousands of short-lived containers (decoded
+    commands, rows, window states) and almost no reference cycles, so a young
+    generation of 700 objects (CPython's default) ran a collection every few hundred
+    (measured: README, "Benchmarks"). Called once the topology is built."""
+    gc.freeze()
+    gc.set_threshold(threshold, 20, 20)
+
+
 def run_worker(settings: Settings) -> None:
     """Blocks until the worker stops (SIGTERM or Ctrl-C)."""
     logging.basicConfig(level=settings.python_log_level,
@@ -62,13 +72,7 @@ def run_worker(settings: Settings) -> None:
     # Imported late: building the topology reads the settings from the environment.
     from stream_processors.topology import app
 
-    # Everything built so far lives as long as the process: out of the collector's scans.
-    # A batch allocates tens of thousands of short-lived containers (decoded commands,
-    # rows, window states) and almost no reference cycles, so a young generation of
-    # 700 objects (CPython's default) ran a collection every few hundred; see
-    # JOURNEY_GC_THRESHOLD for what this measured.
-    gc.freeze()
-    gc.set_threshold(settings.gc_threshold, 20, 20)
+    tune_gc(settings.gc_threshold)
 
     # Faust's command line spells two levels its own way.
     faust_level = {"CRITICAL": "crit", "WARNING": "warn"}.get(settings.python_log_level,

@@ -8,14 +8,13 @@ through the real ``JourneyUpdater`` (decode, fold, rows, contributions, encode).
 time per touchpoint at each size is compared with a 10-touchpoint journey's: a bounded
 journey (summary plus tail) costs about the same however long it is. (The contributions
 to CX windows are made, then dropped: the windows' cost is not the journey's.) Prints
-numbers,
-asserts none (tests/unit/test_bounded_journey.py checks the bounds by counting).
+numbers, asserts none (tests/unit/test_bounded_journey.py checks the bounds by
+counting). The garbage collector is tuned as in the worker.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -28,6 +27,7 @@ from stream_processors.commands import Touch
 from stream_processors.effects import Message
 from stream_processors.metrics import WorkerMetrics
 from stream_processors.stages import JourneyUpdater
+from stream_processors.worker import tune_gc
 
 P = 8
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
@@ -57,10 +57,10 @@ class _Contributions:
 
 
 class Stage:
-    """The journey stage with its tables, and the time its updates took."""
+    """The journey stage with its table; ``send`` returns the time an update took."""
 
     def __init__(self) -> None:
-        self.metrics = metrics = WorkerMetrics.create(CollectorRegistry())
+        metrics = WorkerMetrics.create(CollectorRegistry())
         self.stage = JourneyUpdater(metrics, P, _Contributions(),  # type: ignore[arg-type]
                                     lateness=timedelta(hours=1),
                                     first_response_sla=timedelta(hours=4),
@@ -102,8 +102,7 @@ def grow(sizes: list[int], per_batch: int) -> list[tuple[int, float, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    gc.freeze()  # as the worker does (stream_processors/worker.py)
-    gc.set_threshold(Settings().gc_threshold, 20, 20)
+    tune_gc(Settings().gc_threshold)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="up to 1,000 touchpoints")
     args = p.parse_args(argv)
