@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
@@ -90,7 +91,13 @@ class BatchRunner:
         in-memory state, after an attempt that failed."""
         self.metrics.stage_batch_messages.labels(stage).observe(len(batch))
         try:
-            await self.committer.commit(apply(batch))
+            started = time.perf_counter()
+            out = apply(batch)
+            applied = time.perf_counter()
+            await self.committer.commit(out)
+            self.metrics.stage_batch_seconds.labels(stage, "apply").observe(applied - started)
+            self.metrics.stage_batch_seconds.labels(stage, "commit").observe(
+                time.perf_counter() - applied)
             return
         except TRANSIENT as exc:
             self._stop(stage, exc)

@@ -38,6 +38,7 @@ class WorkerMetrics(NamedTuple):
     sink_rows: Counter
     sink_batch_rows: Histogram
     stage_batch_messages: Histogram
+    stage_batch_seconds: Histogram
     sink_insert_seconds: Histogram
     sink_failures: Counter
     sink_rejected_rows: Counter
@@ -127,6 +128,11 @@ class WorkerMetrics(NamedTuple):
                 f"{prefix}_stage_batch_messages", "Messages in one batch of a stage, bundles "
                 "opened: what the batch holds in memory at once.", ["stage"],
                 buckets=_STAGE_BATCH_BUCKETS, registry=registry),
+            stage_batch_seconds=Histogram(
+                f"{prefix}_stage_batch_seconds", "Time a stage takes on one batch: `apply` "
+                "holds the event loop (no other stage runs meanwhile), `commit` waits for "
+                "ClickHouse and the broker.", ["stage", "step"],
+                buckets=_SECONDS_BUCKETS, registry=registry),
             sink_insert_seconds=Histogram(
                 f"{prefix}_sink_insert_seconds", "Duration of one ClickHouse insert.", ["table"],
                 buckets=_SECONDS_BUCKETS, registry=registry),

@@ -61,6 +61,11 @@ _DATA_CODES = frozenset(getattr(ErrorCodes, name) for name in (
     "DECIMAL_OVERFLOW", "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE") if hasattr(ErrorCodes, name))
 
 
+#: Rows that say the batch's other rows are in (a partition's answer to ``journey
+#: forget``, stream_processors/suppression.py): inserted after them, never beside them.
+ACKNOWLEDGING = ("privacy_acks",)
+
+
 def is_data_error(exc: BaseException) -> bool:
     """Whether ``exc`` says the rows cannot be stored (else: try the same insert again)."""
     if isinstance(exc, ServerException):
@@ -94,8 +99,12 @@ class ClickHouseSink:
     async def write(self, batches: Mapping[str, Sequence[tuple]]) -> None:
         """Insert every table's rows; returns once each row is in ClickHouse, or, if
         ClickHouse refuses it as data, in the dead_letters table instead."""
-        inserts = [self._insert_all(table, rows) for table, rows in batches.items() if rows]
+        inserts = [self._insert_all(table, rows) for table, rows in batches.items()
+                   if rows and table not in ACKNOWLEDGING]
         refused = [row for letters in await asyncio.gather(*inserts) for row in letters]
+        for table in ACKNOWLEDGING:  # once the rows they acknowledge are in
+            if batches.get(table):
+                refused += await self._insert_all(table, batches[table])
         if refused:
             letters = await self._insert_all("dead_letters", refused)
             for row in letters:  # not even as a dead letter: say so, loudly, and go on
