@@ -77,7 +77,9 @@ class Settings:
         8123, "JOURNEY_CLICKHOUSE_HTTP_PORT", "HTTP port of the local stack's ClickHouse.")
     sink_batch_size: int = _setting(
         2000, "JOURNEY_SINK_BATCH_SIZE",
-        "Most touchpoints processed per batch; each batch ends with one insert per table.")
+        "Most records a stage takes in one batch: touchpoints on the public topic, "
+        "bundles of messages on the internal ones (applied in runs of "
+        "JOURNEY_STAGE_BATCH_MESSAGES). Each batch or run ends with one insert per table.")
     stage_batch_messages: int = _setting(
         10000, "JOURNEY_STAGE_BATCH_MESSAGES",
         "Most messages a stage applies at once once bundles are opened: a batch of "

@@ -16,8 +16,9 @@ Faust settings chosen for the broker (measured on Tansu 0.6.0, see the README):
   acknowledgement after a rebalance, or one missing record at the head of its run);
   ``stream_processors.consumer`` guards both, see the README's broker notes.
 - the producer lingers 5 ms and batches up to 256 KB per partition (Faust: no linger,
-  16 KB): a batch's changelog records and bundles then go in a few produce requests
-  rather than one each (socket writes were 4 % of the worker's time in py-spy).
+  16 KB), so that a batch's changelog records share produce requests. Measured on 25k
+  customers, one run each: 2,300 ev/s and p99 0.86 s with it, 1,784 ev/s and 1.07 s
+  without (runs vary by about 15 %); socket writes stayed about 4 % of the worker's time.
 - ``processing_guarantee`` at-least-once: Tansu has no EndTxn, so no exactly-once;
   duplicates are absorbed downstream (event ids, ReplacingMergeTree).
 """

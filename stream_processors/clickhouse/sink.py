@@ -185,8 +185,8 @@ class ClickHouseSink:
             # has its rows, not once they are queued on this server: the batch's offsets
             # are committed after this.
             client.execute(f"INSERT INTO {self._database}.{table} ({columns}) VALUES",
-                                 convert_columns(rows, converters, len(COLUMNS[table])),
-                                 columnar=True, settings={"insert_distributed_sync": 1})
+                           convert_columns(rows, converters, len(COLUMNS[table])),
+                           columnar=True, settings={"insert_distributed_sync": 1})
         except Exception:
             # A fresh connection next time: the old one may be half-way through a packet.
             client.disconnect()
