@@ -77,9 +77,17 @@ class Settings:
         8123, "JOURNEY_CLICKHOUSE_HTTP_PORT", "HTTP port of the local stack's ClickHouse.")
     sink_batch_size: int = _setting(
         2000, "JOURNEY_SINK_BATCH_SIZE",
-        "Most touchpoints processed per batch; each batch ends with one insert per table.")
+        "Most records a stage takes in one batch: touchpoints on the public topic, "
+        "bundles of messages on the internal ones (applied in runs of "
+        "JOURNEY_STAGE_BATCH_MESSAGES). Each batch or run ends with one insert per table.")
+    stage_batch_messages: int = _setting(
+        10000, "JOURNEY_STAGE_BATCH_MESSAGES",
+        "Most messages a stage applies at once once bundles are opened: a batch of "
+        "JOURNEY_SINK_BATCH_SIZE records on an internal topic (each a bundle of up to "
+        "hundreds of messages) is applied and committed in runs of whole records up to "
+        "this. Bounds the memory a batch holds and how long it holds the worker.")
     sink_flush_seconds: float = _setting(
-        0.2, "JOURNEY_SINK_FLUSH_SECONDS",
+        0.1, "JOURNEY_SINK_FLUSH_SECONDS",
         "Longest wait before a partial batch is processed and flushed (a quiet topic's "
         "last events still reach ClickHouse).")
     sink_max_retry_seconds: float = _setting(
@@ -155,7 +163,7 @@ class Settings:
     broker_heartbeat_interval: float = _setting(
         1.5, "JOURNEY_BROKER_HEARTBEAT_INTERVAL", "Consumer heartbeat interval in seconds.")
     broker_fetch_wait_seconds: float = _setting(
-        0.1, "JOURNEY_BROKER_FETCH_WAIT_SECONDS",
+        0.05, "JOURNEY_BROKER_FETCH_WAIT_SECONDS",
         "Longest a worker's fetch waits for data. Tansu answers only when the wait ends, "
         "so it bounds the delay each internal hop adds (Faust's fixed 1.5 s made "
         "end-to-end latency several seconds).")
@@ -276,6 +284,8 @@ class Settings:
             raise ConfigError("JOURNEY_TOPIC_PARTITIONS must be at least 1")
         if self.sink_batch_size < 1:
             raise ConfigError("JOURNEY_SINK_BATCH_SIZE must be at least 1")
+        if self.stage_batch_messages < 1:
+            raise ConfigError("JOURNEY_STAGE_BATCH_MESSAGES must be at least 1")
         if self.gc_threshold < 0:
             raise ConfigError("JOURNEY_GC_THRESHOLD must be 0 (off) or more")
         if self.tail_touchpoints < 1 or self.tail_days <= 0:

@@ -15,6 +15,10 @@ Faust settings chosen for the broker (measured on Tansu 0.6.0, see the README):
 - offset commits: Faust may commit past a record it never processed (a stale
   acknowledgement after a rebalance, or one missing record at the head of its run);
   ``stream_processors.consumer`` guards both, see the README's broker notes.
+- the producer lingers 5 ms and batches up to 256 KB per partition (Faust: no linger,
+  16 KB), so that a batch's changelog records share produce requests. Measured on 25k
+  customers, one run each: 2,300 ev/s and p99 0.86 s with it, 1,784 ev/s and 1.07 s
+  without (runs vary by about 15 %); socket writes stayed about 4 % of the worker's time.
 - ``processing_guarantee`` at-least-once: Tansu has no EndTxn, so no exactly-once;
   duplicates are absorbed downstream (event ids, ReplacingMergeTree).
 """
@@ -64,6 +68,8 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=settings.broker_commit_interval,
         processing_guarantee="at_least_once",
         producer_acks=-1,
+        producer_linger=0.005,
+        producer_max_batch_size=256 * 1024,
         web_host=settings.worker_web_host,
         web_port=settings.worker_web_port,
         web_in_thread=False,

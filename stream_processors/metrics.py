@@ -16,6 +16,9 @@ RATED = ("none", *(f"ticket:{c}" for c in TICKET_CHANNELS),
          *(f"{kind}:{c}" for kind in ("order", "touchpoint") for c in CHANNELS))
 
 _BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
+#: A stage's batch after bundles are opened: up to JOURNEY_SINK_BATCH_SIZE records,
+#: each bundle holding up to hundreds of messages.
+_STAGE_BATCH_BUCKETS = (10, 100, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000)
 _SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
 _RESPONSE_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800)
@@ -34,6 +37,8 @@ class WorkerMetrics(NamedTuple):
     cx_watermark_seconds: Gauge
     sink_rows: Counter
     sink_batch_rows: Histogram
+    stage_batch_messages: Histogram
+    stage_batch_seconds: Histogram
     sink_insert_seconds: Histogram
     sink_failures: Counter
     sink_rejected_rows: Counter
@@ -119,6 +124,15 @@ class WorkerMetrics(NamedTuple):
             sink_batch_rows=Histogram(
                 f"{prefix}_sink_batch_rows", "Rows per ClickHouse insert.", ["table"],
                 buckets=_BATCH_BUCKETS, registry=registry),
+            stage_batch_messages=Histogram(
+                f"{prefix}_stage_batch_messages", "Messages in one batch of a stage, bundles "
+                "opened: what the batch holds in memory at once.", ["stage"],
+                buckets=_STAGE_BATCH_BUCKETS, registry=registry),
+            stage_batch_seconds=Histogram(
+                f"{prefix}_stage_batch_seconds", "Time a stage takes on one batch: `apply` "
+                "holds the event loop (no other stage runs meanwhile), `commit` waits for "
+                "ClickHouse and the broker.", ["stage", "step"],
+                buckets=_SECONDS_BUCKETS, registry=registry),
             sink_insert_seconds=Histogram(
                 f"{prefix}_sink_insert_seconds", "Duration of one ClickHouse insert.", ["table"],
                 buckets=_SECONDS_BUCKETS, registry=registry),

@@ -67,7 +67,7 @@ from schemas import decode_trusted, utcnow
 from schemas.partitioning import partition_for
 from stream_processors import consumer, logs, recovery
 from stream_processors.app import app, settings
-from stream_processors.batches import BatchRunner
+from stream_processors.batches import BatchRunner, parts
 from stream_processors.clickhouse.client import connect
 from stream_processors.clickhouse.client import enforce_retention as clickhouse_retention
 from stream_processors.clickhouse.rows import COLUMNS
@@ -125,9 +125,10 @@ for _stage in ("by-device", "journey"):
     metrics.suppressed_touchpoints.labels(_stage)
 PARTITIONS = settings.topic_partitions
 BATCH, WITHIN = settings.sink_batch_size, settings.sink_flush_seconds
+MOST_MESSAGES = settings.stage_batch_messages
 #: The hops that only re-key (no ClickHouse insert to amortise) pass a partial batch on
 #: sooner: end-to-end latency is the sum of every stage's wait.
-HOP_WITHIN = min(WITHIN, 0.1)
+HOP_WITHIN = min(WITHIN, 0.05)
 
 # ── topics ───────────────────────────────────────────────────────────────────
 _raw = {"key_serializer": "raw", "value_serializer": "raw", "partitions": PARTITIONS}
@@ -193,33 +194,41 @@ runner = BatchRunner(committer, metrics, PARTITIONS)
 _continuities: list[consumer.Continuity] = []  # one per agent
 
 
-async def _batches(stream: StreamT, within: float) -> AsyncIterator[list[EventT]]:
+async def _batches(stream: StreamT, within: float,
+                   open_: Callable[[Sequence[EventT]], list[Message]],
+                   ) -> AsyncIterator[tuple[list[EventT], list[Message]]]:
     """Batches bounded by size and time, of this generation's events only: an event
     fetched before a rebalance is left to its partition's owner, to read again
     (consumer.disown_stale says why acknowledging it would lose others); and without a
     hole: a partition whose records Faust passed over is read again from there
-    (consumer.Continuity)."""
+    (consumer.Continuity). Each comes with its messages (``open_``), at most
+    JOURNEY_STAGE_BATCH_MESSAGES of them: Faust's batch is applied in runs of whole
+    records (batches.parts says why)."""
     continuity = consumer.Continuity()
     _continuities.append(continuity)
     async for events in stream.take_events(BATCH, within=within):
         fresh = await continuity.check(app, consumer.disown_stale(app, events))
-        if fresh:
-            yield fresh
+        for run, messages in parts(fresh, open_, MOST_MESSAGES):
+            still = consumer.disown_stale(app, run)  # a rebalance came during a run
+            if len(still) != len(run):
+                run, messages = still, open_(still)
+            if run:
+                yield run, messages
         consumer.disown_stale(app, fresh)  # a rebalance came during the batch
 
 
 @app.agent(touchpoints_topic)
 async def route_by_device(stream: StreamT) -> None:
-    async for events in _batches(stream, HOP_WITHIN):
-        await runner.run("route_by_device", touchpoints_topic.get_topic_name(), _raw(events),
+    async for _events, batch in _batches(stream, HOP_WITHIN, _raw):
+        await runner.run("route_by_device", touchpoints_topic.get_topic_name(), batch,
                          lambda b: router.route(b, utcnow()))
 
 
 @app.agent(by_device_topic)
 async def resolve_identity(stream: StreamT) -> None:
-    async for events in _batches(stream, HOP_WITHIN):
+    async for events, batch in _batches(stream, HOP_WITHIN, _unbundled):
         await runner.run(
-            "resolve_identity", by_device_topic.get_topic_name(), _unbundled(events),
+            "resolve_identity", by_device_topic.get_topic_name(), batch,
             lambda b, e=events: identity.resolve(
                 _decoded(b, _by_device), _staged(devices, e, _key_partition), utcnow(),
                 _staged(device_suppressions, e, _named_partition)),
@@ -228,9 +237,9 @@ async def resolve_identity(stream: StreamT) -> None:
 
 @app.agent(journey_events_topic)
 async def update_journey(stream: StreamT) -> None:
-    async for events in _batches(stream, WITHIN):
+    async for events, batch in _batches(stream, WITHIN, _unbundled):
         await runner.run(
-            "update_journey", journey_events_topic.get_topic_name(), _unbundled(events),
+            "update_journey", journey_events_topic.get_topic_name(), batch,
             lambda b, e=events: journey_updater.update(
                 _decoded(b, decode_command), _staged(journeys, e, _key_partition),
                 _staged(cx_partials, e, _named_partition), utcnow(), _row_version(),
@@ -241,9 +250,9 @@ async def update_journey(stream: StreamT) -> None:
 
 @app.agent(cx_partials_topic)
 async def aggregate_cx(stream: StreamT) -> None:
-    async for events in _batches(stream, WITHIN):
+    async for events, batch in _batches(stream, WITHIN, _unbundled):
         await runner.run(
-            "aggregate_cx", cx_partials_topic.get_topic_name(), _unbundled(events),
+            "aggregate_cx", cx_partials_topic.get_topic_name(), batch,
             lambda b, e=events: aggregator.aggregate(
                 _decoded(b, decode_partial), _staged(cx_windows, e, _named_partition),
                 utcnow(), _row_version()),
@@ -252,8 +261,8 @@ async def aggregate_cx(stream: StreamT) -> None:
 
 @app.agent(dead_letters_topic)
 async def record_rejects(stream: StreamT) -> None:
-    async for events in _batches(stream, WITHIN):
-        await runner.run("record_rejects", dead_letters_topic.get_topic_name(), _raw(events),
+    async for _events, batch in _batches(stream, WITHIN, _raw):
+        await runner.run("record_rejects", dead_letters_topic.get_topic_name(), batch,
                          lambda b: rejects.record(b, utcnow()))
 
 
@@ -419,13 +428,13 @@ def _unbundled(events: Sequence[EventT]) -> list[Message]:
 def _decoded(batch: Sequence[Message], decode: Callable[[bytes], Any]) -> list[Message]:
     """Values decoded: watermarks as such (one message each), the rest by ``decode``."""
     out = []
-    for m in batch:
-        if m.key != WATERMARK_KEY:
-            out.append(m._replace(value=decode(m.value)))
+    for partition, offset, key, value in batch:  # Message(), not _replace(): 2.3x faster
+        if key != WATERMARK_KEY:
+            out.append(Message(partition, offset, key, decode(value)))
             continue
-        command = decode_command(m.value)
+        command = decode_command(value)
         marks = command.marks if isinstance(command, Marks) else [command]
-        out += [m._replace(value=mark) for mark in marks]
+        out += [Message(partition, offset, key, mark) for mark in marks]
     return out
 
 

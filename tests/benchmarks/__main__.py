@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         one = bench.pipeline(main_settings, n, profile=profile, label="1 worker")
         results["pipeline"] = one
         say(f"  {one['events_per_second']:,.0f} events/s ({one['seconds']:.1f} s; touchpoints "
-            f"visible after {one['touchpoints_visible_seconds']:.1f} s)")
+            f"visible after {one['touchpoints_visible_seconds']:.1f} s; the worker busy "
+            f"{one['worker_cpu_share']:.0%} of a core, peak RSS "
+            f"{one['worker_peak_rss_bytes'] / 2**20:,.0f} MiB)")
         # State memory: RSS at the end less RSS when the worker had just started.
         results["memory"] = {
             "memory_store_rss_bytes": one["worker_rss_bytes"],
@@ -195,6 +197,9 @@ def _table(r: dict) -> str:
     if "pipeline_over_naive" in ratio:
         note = f"{ratio['pipeline_over_naive']:.2f}x naive, " + note
     rows.append(("3. pipeline, 1 worker", f"{p['events_per_second']:,.0f} ev/s", note))
+    if "worker_cpu_share" in p:
+        rows.append(("", f"{p['worker_cpu_share']:.0%} busy",
+                     "the worker's CPU time over the run, of one core"))
     if "latency" in r:
         lat = r["latency"]
         rows.append(("4. latency at half load", f"p99 {lat['p99_seconds']:.2f} s",
@@ -213,6 +218,9 @@ def _table(r: dict) -> str:
     rows.append(("6. worker RSS / 100k customers",
                  f"{m['memory_store_rss_bytes_per_100k_customers'] / 2**20:,.0f} MiB",
                  "memory store"))
+    if "worker_peak_rss_bytes" in p:
+        rows.append(("", f"{p['worker_peak_rss_bytes'] / 2**20:,.0f} MiB",
+                     "peak RSS of the worker (memory store)"))
     if "rocksdb_store_rss_bytes_per_100k_customers" in m:
         rows.append(("", f"{m['rocksdb_store_rss_bytes_per_100k_customers'] / 2**20:,.0f} MiB",
                      "RocksDB store"))

@@ -167,6 +167,7 @@ class Bench:
             stacks.append(stack)
         pids = [st._started[0].process.pid for st in stacks]  # type: ignore[union-attr]
         rss_start = max(_rss(pid) for pid in pids)
+        cpu_start = sum(_cpu_seconds(pid) for pid in pids)
         ports = [st.settings.worker_web_port for st in stacks]
         series = Series(f"{label}: touchpoints in ClickHouse per second")
         profiler = _start_profiler(pids[0], profile) if profile else None
@@ -186,6 +187,8 @@ class Bench:
             _settle(settings, timeout)
             done = time.monotonic()
             rss = [_rss(pid) for pid in pids]
+            peak = [_rss(pid, "VmHWM") for pid in pids]
+            cpu = sum(_cpu_seconds(pid) for pid in pids) - cpu_start
             disk = sum(f.stat().st_size for st in stacks
                        for f in (st.settings.data_dir / "worker").rglob("*") if f.is_file())
         finally:
@@ -199,7 +202,10 @@ class Bench:
         return {"events_per_second": expected / (done - start),
                 "seconds": done - start, "touchpoints_visible_seconds": visible - start,
                 "worker_rss_bytes": max(rss), "worker_rss_at_start_bytes": rss_start,
-                "worker_disk_bytes": disk}
+                "worker_disk_bytes": disk, "worker_peak_rss_bytes": max(peak),
+                # Busy share of one core: near 1 is CPU-bound, well below waits on I/O.
+                "worker_cpu_seconds": cpu,
+                "worker_cpu_share": cpu / (done - start) / workers}
 
     # ── 4. latency ───────────────────────────────────────────────────────────
     def latency(self, settings: Settings, workload: Workload, rate: float,
@@ -460,12 +466,20 @@ def _settle(settings: Settings, timeout: float, rounds: int = 3) -> None:
         consumer.close()
 
 
-def _rss(pid: int) -> int:
+def _rss(pid: int, field: str = "VmRSS") -> int:
+    """Resident memory now (VmRSS) or at its highest so far (VmHWM), bytes."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time the process used so far, user and system (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait(predicate: Callable[[], object], timeout: float, interval: float) -> float:

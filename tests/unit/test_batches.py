@@ -10,7 +10,7 @@ import pytest
 from aiokafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
-from stream_processors.batches import EXIT_TO_REPLAY, BatchRunner
+from stream_processors.batches import EXIT_TO_REPLAY, BatchRunner, parts
 from stream_processors.clickhouse.rows import COLUMNS
 from stream_processors.effects import DEAD_LETTERS, JOURNEY_EVENTS, Committer, Message, Output
 from stream_processors.metrics import WorkerMetrics
@@ -80,3 +80,23 @@ def test_an_infrastructure_error_stops_the_worker_before_the_batch_is_acknowledg
         asyncio.run(runner_with([], [], exits).run("route_by_device", "t.touchpoints",
                                                    [Message(0, 1, None, b"{}")], broker_down))
     assert exits == [EXIT_TO_REPLAY]
+
+
+def test_a_batch_of_bundles_is_applied_in_runs_of_whole_records_of_bounded_messages() -> None:
+    # Records as (offset, messages it holds): bundles of various sizes, one too big alone.
+    sizes = [3, 4, 1, 9, 12, 2, 2, 2, 5]
+    records = list(enumerate(sizes))
+
+    def open_(rs: list) -> list[Message]:
+        return [Message(0, offset, b"k", n) for offset, size in rs for n in range(size)]
+
+    runs = list(parts(records, open_, 10))
+    # Greedy by hand: [3+4+1]=8 (+9 > 10), [9], [12] alone, [2+2+2]=6 (+5 > 10), [5].
+    assert [[offset for offset, _ in run] for run, _ in runs] == [[0, 1, 2], [3], [4],
+                                                                  [5, 6, 7], [8]]
+    assert [len(messages) for _, messages in runs] == [8, 9, 12, 6, 5]
+    # Every message once, in order, each run's messages those of its own records.
+    assert [m for _, messages in runs for m in messages] == open_(records)
+    for run, messages in runs:
+        assert {m.offset for m in messages} == {offset for offset, _ in run}
+    assert list(parts([], open_, 10)) == []
