@@ -176,7 +176,10 @@ class PartitionWindows:
             windows = changed[table_key] = _load_windows(store, table_key)
             done = windows.applied_through
             new = [(offset, c) for offset, c in items if done is None or offset > done]
-            windows.applied_through = max(offset for offset, _ in items)
+            # Never back: a replay comes in batches of their own size, and one that ends
+            # below the mark must not let the next apply what is already in.
+            windows.applied_through = max(done if done is not None else -1,
+                                          *(offset for offset, _ in items))
             added = windows.add([c for _, c in new], clock.horizon, self.revision)
             for n, hop, start in added.to_settled:
                 offset, c = new[n]
