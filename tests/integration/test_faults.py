@@ -336,7 +336,11 @@ def test_the_pipeline_ends_exact_after(scenario, settings, start_worker, tmp_pat
     ch = OwnClickHouse(settings, tmp_path / "clickhouse")
     config = {"clickhouse_url": ch.settings.clickhouse_url, "store": "rocksdb://",
               "churn_inactive_days": 0.0, "lateness_seconds": LATENESS.total_seconds(),
-              "watermark_idle_seconds": 3.0, "sink_max_retry_seconds": 2.0}
+              "watermark_idle_seconds": 3.0, "sink_max_retry_seconds": 2.0,
+              # Runs far smaller than a replay's batches: a kill falls between the runs
+              # of one batch (applied and committed, its offsets not yet), and a replay
+              # comes in batches that end anywhere (a CX window's mark once moved back).
+              "stage_batch_messages": 300}
     workers = [start_worker(data_dir=tmp_path / f"worker-{i}", **config) for i in range(2)]
 
     def restart(i: int, kill: bool = True) -> None:
