@@ -455,7 +455,7 @@ def test_a_replay_in_smaller_batches_counts_each_contribution_once() -> None:
     """A worker killed after saving the windows of offsets 55 and 59 (its batch's offsets
     not yet committed): the next owner reads them again, and its first batch may end
     at 55. Measured in the fault suite: that batch set the mark back to 55, the next one
-    applied 59 again, and 200 to 600 windows were wrong."""
+    applied 59 again, and 200 to 636 windows were wrong."""
     store: dict[bytes, bytes] = {}
     order = Contribution("contact_rate", "all", T0, 0.0, 1.0)
     first = PartitionWindows(new_metrics(), P, timedelta(hours=1), 5.0, Clock())
