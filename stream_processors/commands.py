@@ -9,7 +9,7 @@ import msgspec
 from stream_processors.journey import JourneyLog
 
 __all__ = ["BUNDLE_KEY", "PRIVACY_KEY", "WATERMARK_KEY", "Command", "Expire", "Forget", "Link",
-           "Marks", "Merge", "MergeInto", "Partial", "Sweep", "Touch", "Unsuppress",
+           "Marks", "Merge", "MergeInto", "Partial", "Sweep", "Tick", "Touch", "Unsuppress",
            "Watermark", "decode_bundle",
            "decode_command", "decode_partial", "encode_bundle", "encode_command",
            "encode_partial"]
@@ -108,8 +108,16 @@ class Unsuppress(msgspec.Struct, tag="unsuppress"):
     hashes: list[str]
 
 
+class Tick(msgspec.Struct, tag="tick"):
+    """To an aggregator partition (cx-partials), sent by the worker that holds it: run a
+    batch. Open windows' rows are written inside a batch, at most every
+    JOURNEY_CX_UPDATE_SECONDS; parts that came in between would wait for the next input,
+    which may never come once traffic stops. Not a watermark: it says nothing of event
+    time, so it does not join the partition's low watermark."""
+
+
 Command = (Touch | Link | MergeInto | Merge | Sweep | Expire | Watermark | Marks | Forget
-           | Unsuppress)
+           | Unsuppress | Tick)
 
 
 class Partial(msgspec.Struct, array_like=True):

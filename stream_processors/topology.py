@@ -77,6 +77,7 @@ from stream_processors.commands import (
     Command,
     Expire,
     Marks,
+    Tick,
     Touch,
     decode_command,
     decode_partial,
@@ -324,6 +325,23 @@ async def send_watermarks() -> None:
         out.mark(BY_DEVICE, mark)
         out.mark(JOURNEY_EVENTS, mark)
     await committer.commit(out)
+
+
+@app.timer(interval=1.0)
+async def tick_aggregator() -> None:
+    """The aggregator writes open windows' rows inside a batch, at most every
+    JOURNEY_CX_UPDATE_SECONDS; parts that came in between wait for the next batch, and
+    once traffic stops nothing else would bring one (the journey stage sends horizons
+    only when they move). So each of this worker's cx-partials partitions with rows due
+    gets a ``Tick``: a batch of its own, through the same crash-safe path."""
+    out = Output(PARTITIONS)
+    for partition in aggregator.waiting(_assigned_partitions(cx_partials_topic)):
+        out.send(CX_PARTIALS, WATERMARK_KEY, _TICK, partition)
+    if out.messages:
+        await committer.commit(out)
+
+
+_TICK = encode_command(Tick())
 
 
 @app.timer(interval=settings.churn_sweep_seconds)

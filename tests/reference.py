@@ -122,6 +122,15 @@ def closed_windows(events: list[Touchpoint], lateness: timedelta
                    ) -> tuple[dict[WindowKey, float | None], datetime]:
     """Every CX window closed once all input went quiet, and its value, straight from
     the events (NPS: % promoters - % detractors; CSAT: % of 4-5; rates in %)."""
+    closed, _open, horizon = cx_windows(events, lateness)
+    return closed, horizon
+
+
+def cx_windows(events: list[Touchpoint], lateness: timedelta
+               ) -> tuple[dict[WindowKey, float | None], dict[WindowKey, float | None],
+                          datetime]:
+    """Every CX window with a sample, closed or still open once all input went quiet,
+    and its value (so far), straight from the events; and the horizon between them."""
     tickets = {e.properties["ticket_id"]: e.properties["channel"] for e in events
                if e.type == "support_ticket_opened"}
     orders = {e.properties["order_id"]: e.channel for e in events if e.type == "order_placed"}
@@ -142,15 +151,15 @@ def closed_windows(events: list[Touchpoint], lateness: timedelta
             points[("contact_rate", "all")].append((e.occurred_at, e.type))
     # Once every partition went quiet, the watermark is the latest event time of all.
     horizon = max(e.occurred_at for e in events) - lateness
-    out: dict[WindowKey, float | None] = {}
+    closed: dict[WindowKey, float | None] = {}
+    still_open: dict[WindowKey, float | None] = {}
     for (metric, dim), values in points.items():
         for spec in WINDOWS:
             for start in {start for at, _ in values for start, _ in spec.windows_for(at)}:
-                if start + spec.size > horizon:
-                    continue  # still open
+                out = still_open if start + spec.size > horizon else closed
                 inside = [x for at, x in values if start <= at < start + spec.size]
                 out[(metric, dim, spec.name, start)] = _value(metric, inside)
-    return out, horizon
+    return closed, still_open, horizon
 
 
 def _value(metric: str, inside: list) -> float | None:

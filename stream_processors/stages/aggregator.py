@@ -22,13 +22,13 @@ from __future__ import annotations
 import functools
 import heapq
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import msgspec
 
 from stream_processors.clickhouse.rows import metric_row
-from stream_processors.commands import Partial, Watermark
+from stream_processors.commands import Partial, Tick, Watermark
 from stream_processors.contributions import SCALES
 from stream_processors.effects import Message, Output, Store, keys_with
 from stream_processors.metrics import WorkerMetrics
@@ -100,6 +100,9 @@ class Aggregator:
         revised: set[tuple[bytes, str]] = set()
         for message in batch:
             partition = message.partition
+            if isinstance(message.value, Tick):  # only to run the batch: see below
+                self.held[partition]
+                continue
             clock = clocks.get(partition)
             if clock is None:
                 clock = clocks[partition] = _load_clock(cx_windows, partition, self.partitions)
@@ -176,6 +179,10 @@ class Aggregator:
             unpublished = self.held[partition].unpublished
             if not unpublished.due(tick, self.update_seconds):
                 continue
+            if unpublished.never_published:
+                # What the last holder had not written yet is not known here (it kept
+                # that in memory): every open window's row is written once.
+                unpublished.windows.update(_open_windows(cx_windows, partition))
             for key, window in unpublished.take(tick):
                 state = states[key] if key in states else read.get(key)
                 if state is None:
@@ -190,6 +197,16 @@ class Aggregator:
                 del cx_windows[key]
         out.save(cx_windows)  # a window's state is saved once its row is in ClickHouse
         return out
+
+    def waiting(self, partitions: Iterable[int]) -> list[int]:
+        """Those of ``partitions`` (the ones this worker holds) with open windows' rows to
+        write now: only a batch writes them, so each needs a :class:`Tick` if no input
+        comes. A partition held but not yet published counts, for its takeover rows."""
+        tick = self.clock()
+        return [partition for partition in partitions
+                if (unpublished := self.held[partition].unpublished).due(
+                    tick, self.update_seconds)
+                and (unpublished.windows or unpublished.never_published)]
 
     def _closing(self, cx_windows: Store, partition: int) -> list[tuple[float, bytes, str]]:
         held = self.held[partition]
@@ -214,6 +231,14 @@ def _cached(states: dict[bytes, AggregatorState], cx_windows: Store, key: bytes,
 def _load(cx_windows: Store, key: bytes) -> AggregatorState:
     stored = cx_windows.get(key)
     return _decoder.decode(stored) if stored is not None else {}
+
+
+def _open_windows(cx_windows: Store, partition: int) -> list[tuple[bytes, str]]:
+    prefix = clock_key(partition)
+    closed = kept_apart(prefix)
+    return [(key, window) for key in keys_with(cx_windows, prefix)
+            if key != prefix and not key.startswith(closed)
+            for window in _load(cx_windows, key)]
 
 
 def _load_clock(cx_windows: Store, partition: int, partitions: int) -> LowWatermark:

@@ -18,14 +18,15 @@ from producers import JourneyClient
 from producers.simulator import simulate
 from schemas import Touchpoint
 from tests.conftest import wait_for
-from tests.reference import WindowKey, closed_windows, same
+from tests.reference import WindowKey, cx_windows, same
 
 LATENESS = timedelta(hours=1)
 
 
-def truth(events: list[Touchpoint]) -> tuple[dict[WindowKey, float | None], datetime]:
-    """Closed windows and their values, straight from the simulator's events."""
-    return closed_windows(events, LATENESS)
+def truth(events: list[Touchpoint]) -> tuple[dict[WindowKey, float | None],
+                                             dict[WindowKey, float | None], datetime]:
+    """Closed and open windows and their values, straight from the simulator's events."""
+    return cx_windows(events, LATENESS)
 
 
 def arrival_order(events: list[Touchpoint], seed: int) -> list[Touchpoint]:
@@ -53,7 +54,7 @@ def test_closed_windows_equal_sql_and_truth(settings, clickhouse, start_worker, 
                                             workers, store) -> None:
     people = simulate(150, seed=41, prefix="win-")
     events = [e for p in people for e in p.events]
-    expected, horizon = truth(events)
+    expected, expected_open, horizon = truth(events)
     assert len(expected) > 3000
     assert {k[1] for k in expected} >= {"all", "channel=email", "rated=order:web",
                                         "rated=ticket:phone"}
@@ -96,12 +97,28 @@ def test_closed_windows_equal_sql_and_truth(settings, clickhouse, start_worker, 
         print([line for line in started[0].metrics().splitlines() if "too_late" in line
                or "late_touch" in line or "watermark" in line])
     assert not differ, differ[:5]
-    # No window is final before its time, and open windows carry their partial values
-    # (refreshed every JOURNEY_CX_UPDATE_SECONDS, so possibly after the last final row).
-    open_rows = wait_for(lambda: clickhouse.execute(
-        "SELECT count(), min(window_end) FROM cx_metrics FINAL WHERE final = 0 "
-        "HAVING count() > 0"), timeout=30, what="rows of open windows")[0]
-    assert open_rows[0] > 0 and open_rows[1] > horizon
+    # No window is final before its time, and each open window's row carries its value
+    # so far, all of it, though no input comes any more (rows are refreshed every
+    # JOURNEY_CX_UPDATE_SECONDS, so possibly after the last final row).
+    def open_rows() -> dict[WindowKey, tuple]:
+        return {(m, d, w, s): (v, end) for m, d, w, s, end, v in clickhouse.execute(
+            "SELECT metric, dimension, window, window_start, window_end, value "
+            "FROM cx_metrics FINAL WHERE final = 0 AND samples > 0")}
+
+    def open_differ() -> list:
+        got = open_rows()
+        return [(k, got.get(k), v) for k, v in expected_open.items()
+                if k not in got or not same(got[k][0], v)] + sorted(set(got) - set(expected_open))
+
+    assert len(expected_open) > 50
+    try:
+        wait_for(lambda: not open_differ(), timeout=30, interval=1.0,
+                 what="every open window's row, with its value so far")
+    except BaseException:
+        print(len(open_differ()), "open windows differ of", len(expected_open),
+              open_differ()[:5])
+        raise
+    assert min(end for _value, end in open_rows().values()) > horizon
 
     # The analyst's recomputation over the raw touchpoints agrees, window by window.
     _title, sql = load_queries()["cx_windows_from_touchpoints"]

@@ -25,6 +25,7 @@ from stream_processors.commands import (
     Merge,
     MergeInto,
     Partial,
+    Tick,
     Touch,
     Watermark,
     decode_command,
@@ -574,6 +575,56 @@ def test_a_window_empty_when_it_closed_gets_its_first_row_from_late_data() -> No
     aggregator.held.assign([2])
     aggregator.aggregate(horizons(2, T0 + timedelta(days=1, hours=1), 50), store, NOW, 3)
     assert list(store) == [b"2|"]
+
+
+def test_parts_that_came_between_updates_are_written_by_a_tick_once_input_stops() -> None:
+    """The hour's window's second part came 1 s after the rows were written (the
+    interval is 5 s) and nothing else comes: without a tick its row would keep the
+    first part's value for good."""
+    clock = Clock()
+    aggregator = Aggregator(new_metrics(), P, 5.0, clock)
+    store: dict[bytes, bytes] = {}
+    window = b"csat|all|1h|" + str(int(T0.timestamp())).encode()
+    out = aggregator.aggregate([Message(2, 1, window, Partial(0, 1.0, 2.0, 2))], store, NOW, 1)
+    [first] = as_dicts(out.rows["cx_metrics"], "cx_metrics")
+    assert (first["final"], first["value"]) == (0, 50.0)
+    clock.t += 1
+    out = aggregator.aggregate([Message(2, 2, window, Partial(1, 3.0, 3.0, 3))], store, NOW, 2)
+    assert out.rows["cx_metrics"] == []  # not due: it waits
+    assert aggregator.waiting([1, 2, 3]) == [1, 3]  # held, never published: their rows
+    aggregator.aggregate([Message(p, 1, WATERMARK_KEY, Tick()) for p in (1, 3)], store, NOW, 3)
+    clock.t += 3.9
+    assert aggregator.waiting([1, 2, 3]) == []  # 4.9 s since the rows: not yet
+    clock.t += 0.1
+    assert aggregator.waiting([1, 2, 3]) == [2]
+    out = aggregator.aggregate([Message(2, 3, WATERMARK_KEY, Tick())], store, NOW, 4)
+    [row] = as_dicts(out.rows["cx_metrics"], "cx_metrics")
+    # Partition 0's 1 of 2 and partition 1's 3 of 3: 4 of 5 satisfied.
+    assert (row["final"], row["numerator"], row["denominator"], row["value"]) == (
+        0, 4.0, 5.0, 80.0)
+    assert aggregator.waiting([2]) == []  # written: nothing to tick for
+    assert store[b"2|"] == out.saves[0][0][b"2|"]  # a tick moves no clock
+
+
+def test_a_new_holder_writes_every_open_window_the_last_one_may_not_have() -> None:
+    """Which rows the last holder had not written yet was in its memory only."""
+    clock = Clock()
+    before = Aggregator(new_metrics(), P, 5.0, clock)
+    store: dict[bytes, bytes] = {}
+    start = str(int(T0.timestamp())).encode()
+    before.aggregate([Message(2, 1, b"nps|all|1h|" + start, Partial(0, 1.0, 1.0, 1))], store,
+                     NOW, 1)
+    clock.t += 1
+    out = before.aggregate([Message(2, 2, b"nps|all|1h|" + start, Partial(1, -1.0, 1.0, 1)),
+                            Message(2, 3, b"csat|all|24h|" + start, Partial(1, 0.0, 1.0, 1))],
+                           store, NOW, 2)
+    assert out.rows["cx_metrics"] == []  # not due; then the worker dies
+    after = Aggregator(new_metrics(), P, 5.0, clock)
+    assert after.waiting([2]) == [2]
+    out = after.aggregate([Message(2, 4, WATERMARK_KEY, Tick())], store, NOW, 3)
+    rows = {(r["metric"], r["window"]): (r["final"], r["samples"], r["value"])
+            for r in as_dicts(out.rows["cx_metrics"], "cx_metrics")}
+    assert rows == {("nps", "1h"): (0, 2, 0.0), ("csat", "24h"): (0, 1, 0.0)}
 
 
 def test_a_partition_taken_back_rebuilds_what_it_knew_from_its_table() -> None:
