@@ -37,11 +37,13 @@ def test_the_sweep_churns_once_across_restarts_and_a_return_retracts_it(
             "SELECT kind FROM journey_alerts FINAL WHERE customer_id = 'c-1'"))
 
     # detractor (35) + inactive (40) = 75 >= 60: the sweep raises a churn-risk alert.
+    # Tables waited for together: one batch's rows land table by table (README,
+    # guarantees).
     wait_for(lambda: stages() == ["purchase", "churned"]
-             and alert_kinds() == ["churn_risk", "detractor_followup"], timeout=60,
-             what="the sweep to churn c-1 and raise its churn-risk alert")
-    assert clickhouse.execute("SELECT churned, churn_reason FROM customer_journeys FINAL "
-                              "WHERE journey_key = 'c-1'") == [(1, "inactive")]
+             and alert_kinds() == ["churn_risk", "detractor_followup"]
+             and clickhouse.execute("SELECT churned, churn_reason FROM customer_journeys "
+                                    "FINAL WHERE journey_key = 'c-1'") == [(1, "inactive")],
+             timeout=60, what="the sweep to churn c-1 and raise its churn-risk alert")
 
     # A restart forgets nothing: the sweep runs again every second, raises nothing new.
     worker.stop()
@@ -58,7 +60,8 @@ def test_the_sweep_churns_once_across_restarts_and_a_return_retracts_it(
     with JourneyClient(settings.bootstrap_servers, settings.touchpoints_topic,
                        spool_dir=tmp_path / "spool") as sdk:
         sdk.track("page_view", customer_id="c-1", event_id="p1", occurred_at=utcnow())
-    wait_for(lambda: stages() == ["purchase"], timeout=60,
-             what="the churned transition to be retracted")
-    assert clickhouse.execute("SELECT churned FROM customer_journeys FINAL "
-                              "WHERE journey_key = 'c-1'") == [(0,)]
+    # Both tables together, as above: the transitions may show before the journey's row.
+    wait_for(lambda: stages() == ["purchase"] and clickhouse.execute(
+        "SELECT churned FROM customer_journeys FINAL WHERE journey_key = 'c-1'") == [(0,)],
+        timeout=60, what="the churn to be taken back in journey_transitions and "
+        "customer_journeys")
