@@ -327,6 +327,9 @@ async def send_watermarks() -> None:
     await committer.commit(out)
 
 
+_TICK = encode_command(Tick())
+
+
 @app.timer(interval=1.0)
 async def tick_aggregator() -> None:
     """The aggregator writes open windows' rows inside a batch, at most every
@@ -339,9 +342,6 @@ async def tick_aggregator() -> None:
         out.send(CX_PARTIALS, WATERMARK_KEY, _TICK, partition)
     if out.messages:
         await committer.commit(out)
-
-
-_TICK = encode_command(Tick())
 
 
 @app.timer(interval=settings.churn_sweep_seconds)

@@ -181,8 +181,12 @@ class Aggregator:
                 continue
             if unpublished.never_published:
                 # What the last holder had not written yet is not known here (it kept
-                # that in memory): every open window's row is written once.
-                unpublished.windows.update(_open_windows(cx_windows, partition))
+                # that in memory): every open window's row is written once. The closing
+                # schedule already lists every window in the table (one scan for both).
+                closed = kept_apart(clock_key(partition))
+                unpublished.windows.update(
+                    (key, window) for _when, key, window in self._closing(cx_windows, partition)
+                    if not key.startswith(closed))
             for key, window in unpublished.take(tick):
                 state = states[key] if key in states else read.get(key)
                 if state is None:
@@ -231,14 +235,6 @@ def _cached(states: dict[bytes, AggregatorState], cx_windows: Store, key: bytes,
 def _load(cx_windows: Store, key: bytes) -> AggregatorState:
     stored = cx_windows.get(key)
     return _decoder.decode(stored) if stored is not None else {}
-
-
-def _open_windows(cx_windows: Store, partition: int) -> list[tuple[bytes, str]]:
-    prefix = clock_key(partition)
-    closed = kept_apart(prefix)
-    return [(key, window) for key in keys_with(cx_windows, prefix)
-            if key != prefix and not key.startswith(closed)
-            for window in _load(cx_windows, key)]
 
 
 def _load_clock(cx_windows: Store, partition: int, partitions: int) -> LowWatermark:
