@@ -158,8 +158,8 @@ class Stack:
             raise StackError("\n".join(taken))
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         try:
-            for child in children:
-                self._launch(child)
+            for group in _groups(children):
+                self._launch(*group)
         except BaseException:
             self.stop()
             raise
@@ -219,7 +219,7 @@ class Stack:
         at = self._started.index(child)  # its place in the stop order
         self._started.remove(child)
         try:
-            self._launch(child, at)
+            self._launch(child, at=at)
         except StackError as exc:  # tried again on the next round, with a longer delay
             self.echo(f"  {child.name} did not come back: {exc}")
 
@@ -245,29 +245,45 @@ class Stack:
         self.stop()
 
     # ── children ─────────────────────────────────────────────────────────────
-    def _launch(self, child: _Child, at: int | None = None) -> None:
-        log_path = self.data_dir / "logs" / f"{child.name}.log"
-        child.log_path = log_path
-        if child.prepare is not None:
-            child.prepare()
-        with open(log_path, "ab") as log:
-            child.process = subprocess.Popen(
-                child.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **child.env}, cwd=child.cwd, start_new_session=True,
-                preexec_fn=_die_with_parent)
-        self._started.insert(len(self._started) if at is None else at, child)
-        child.started_at = time.monotonic()
+    def _launch(self, *children: _Child, at: int | None = None) -> None:
+        """Start ``children`` together and return once all are healthy at the same moment.
+
+        Several workers are one consumer group: started one after another, each newcomer
+        rebalances the ones already consuming, so the first could be back in a rebalance
+        when the last reports ready. Started together and checked in one pass, ``Ready``
+        means every worker holds partitions and none is rebalancing.
+        """
+        for child in children:
+            log_path = self.data_dir / "logs" / f"{child.name}.log"
+            child.log_path = log_path
+            if child.prepare is not None:
+                child.prepare()
+            with open(log_path, "ab") as log:
+                child.process = subprocess.Popen(
+                    child.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env={**os.environ, **child.env}, cwd=child.cwd, start_new_session=True,
+                    preexec_fn=_die_with_parent)
+            self._started.insert(len(self._started) if at is None else at, child)
+            at = None if at is None else at + 1
+            child.started_at = time.monotonic()
         deadline = time.monotonic() + self.start_timeout
-        while not child.healthy():
-            if child.process.poll() is not None:
-                raise StackError(f"{child.name} exited with code {child.process.returncode} "
-                                 f"while starting; its log ({log_path}) ends with:\n"
-                                 f"{self.log_tail(child.name)}")
+        while not all([child.healthy() for child in children]):  # every probe, every pass
+            for child in children:
+                assert child.process is not None
+                if child.process.poll() is not None:
+                    raise StackError(
+                        f"{child.name} exited with code {child.process.returncode} while "
+                        f"starting; its log ({child.log_path}) ends with:\n"
+                        f"{self.log_tail(child.name)}")
             if time.monotonic() > deadline:
-                raise StackError(f"{child.name} was not healthy within {self.start_timeout:.0f} s;"
-                                 f" see {log_path}")
+                late = [c.name for c in children if not c.healthy()]
+                raise StackError(f"{', '.join(late)} did not become healthy within "
+                                 f"{self.start_timeout:.0f} s; see "
+                                 + ", ".join(str(c.log_path) for c in children))
             time.sleep(0.1)
-        self.echo(f"  {child.name:<11} {child.address}  (pid {child.process.pid})")
+        for child in children:
+            assert child.process is not None
+            self.echo(f"  {child.name:<11} {child.address}  (pid {child.process.pid})")
 
     def _child(self, name: str) -> _Child:
         s = self.settings
@@ -330,6 +346,17 @@ class Stack:
                 "</yandex>", self.clickhouse_config + "</yandex>"))
         (root / "users.xml").write_text(_CLICKHOUSE_USERS)
         return root / "config.xml"
+
+
+def _groups(children: list[_Child]) -> list[list[_Child]]:
+    """Children in start order, the workers (one consumer group) as one group."""
+    groups: list[list[_Child]] = []
+    for child in children:
+        if groups and child.role == "worker" and groups[-1][-1].role == "worker":
+            groups[-1].append(child)
+        else:
+            groups.append([child])
+    return groups
 
 
 def _indent(text: str) -> str:
