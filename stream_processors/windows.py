@@ -20,10 +20,11 @@ all partitions: the value is the same however events were split.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import heapq
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
@@ -79,6 +80,9 @@ WINDOWS: tuple[WindowSpec, ...] = (
     WindowSpec("30d", timedelta(days=30), timedelta(days=1)),
 )
 _BY_NAME = {spec.name: spec for spec in WINDOWS}
+#: Name → (hop, size), in seconds.
+_HOP_SIZE = {spec.name: (int(spec.hop.total_seconds()), int(spec.size.total_seconds()))
+             for spec in WINDOWS}
 
 
 def spec_named(name: str) -> WindowSpec:
@@ -239,14 +243,31 @@ class OpenWindows(msgspec.Struct):
 
     def get(self, key: WindowKey) -> WindowState:
         """A window's state: the sum of its live panes."""
-        hop, starts = window_panes(key)
-        panes = self.panes.get(hop, {})
-        total = WindowState()
-        for pane in starts:
-            state = panes.get(pane)
-            if state is not None:
-                total.merge(state)
-        return total
+        return self.states([key])[key]
+
+    def states(self, keys: Iterable[WindowKey]) -> dict[WindowKey, WindowState]:
+        """Windows' states, each the sum of its live panes in order of start.
+
+        Several at once: each hop's pane starts are sorted once, and a window adds the
+        panes it holds, found by bisection, instead of looking up each of its up to 30
+        slots (measured on the bench workload: 19 lookups per window for 2.4 panes).
+        """
+        sorted_starts: dict[int, list[int]] = {}
+        out: dict[WindowKey, WindowState] = {}
+        for key in keys:
+            hop, size = _HOP_SIZE[key[0]]
+            starts = sorted_starts.get(hop)
+            if starts is None:
+                starts = sorted_starts[hop] = sorted(self.panes.get(hop, ()))
+            first = int(key[1].timestamp())
+            total = out[key] = WindowState()
+            if not starts:
+                continue
+            panes = self.panes[hop]
+            for start in starts[bisect.bisect_left(starts, first):
+                                bisect.bisect_left(starts, first + size)]:
+                total.merge(panes[start])
+        return out
 
     def open_windows(self, specs: tuple[WindowSpec, ...] = WINDOWS) -> set[WindowKey]:
         """Every open window that holds something."""
@@ -291,7 +312,7 @@ class OpenWindows(msgspec.Struct):
                                                                (was // hop + 1) * hop)
                     for end in range(first, min(start + size, last) + 1, hop):
                         closing.add((spec.name, _at(end - size)))
-        closed = {key: self.get(key) for key in closing}
+        closed = self.states(closing)
         self.closed_through = h
         while self.expiry and self.expiry[0][0] <= h:
             _when, hop, start = heapq.heappop(self.expiry)

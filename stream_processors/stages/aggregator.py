@@ -33,7 +33,7 @@ from stream_processors.contributions import SCALES
 from stream_processors.effects import Message, Output, Store, keys_with
 from stream_processors.metrics import WorkerMetrics
 from stream_processors.stages.partials import clock_key, kept_apart
-from stream_processors.stages.per_partition import PerPartition, Unpublished
+from stream_processors.stages.per_partition import Decoded, PerPartition, Unpublished
 from stream_processors.windows import WINDOWS, LowWatermark, spec_named
 
 __all__ = ["SHARD_SECONDS", "Aggregator", "AggregatorState", "Window", "shard"]
@@ -60,6 +60,9 @@ SHARD_SECONDS = {spec.name: int(max(spec.size, timedelta(hours=6)).total_seconds
                  for spec in WINDOWS}
 
 _decoder = msgspec.msgpack.Decoder(AggregatorState)
+#: Encoded bytes of entries kept decoded between batches, per partition (decoded, about
+#: nine times as much): the windows around the watermark, which most batches touch.
+DECODED_BYTES = 256 * 1024
 
 
 def shard(window: str) -> str:
@@ -78,6 +81,7 @@ class _Held:
         self.closing: list[tuple[float, bytes, str]] | None = None
         #: (table key, window) whose rows are to be written.
         self.unpublished = Unpublished()
+        self.decoded: Decoded[AggregatorState] = Decoded(DECODED_BYTES)
 
 
 class Aggregator:
@@ -98,6 +102,7 @@ class Aggregator:
         states: dict[bytes, AggregatorState] = {}
         clocks: dict[int, LowWatermark] = {}
         revised: set[tuple[bytes, str]] = set()
+        watermarks: dict[int, datetime | None] = {}  # clock.value, kept as marks come
         for message in batch:
             partition = message.partition
             if isinstance(message.value, Tick):  # only to run the batch: see below
@@ -106,22 +111,25 @@ class Aggregator:
             clock = clocks.get(partition)
             if clock is None:
                 clock = clocks[partition] = _load_clock(cx_windows, partition, self.partitions)
+                watermarks[partition] = clock.value
             if isinstance(message.value, Watermark):
                 mark = message.value
                 clock.update(mark.channel, mark.at, mark.idle)
+                watermarks[partition] = clock.value
                 continue
             metric, dimension, window = message.key.decode().split("|", 2)
             key = f"{partition}|{metric}|{dimension}|{shard(window)}".encode()
             window_end = _window_end(window)
-            closed = clock.value is not None and window_end <= clock.value
-            if closed and window_end + self.revision <= clock.value:  # type: ignore[operator]
+            watermark = watermarks[partition]
+            closed = watermark is not None and window_end <= watermark
+            if closed and window_end + self.revision <= watermark:  # type: ignore[operator]
                 self.metrics.cx_window_too_late.inc()  # past the revision horizon
                 continue
-            state = _cached(states, cx_windows, key)
+            state = self._cached(states, cx_windows, partition, key)
             entry = state.get(window)
             if entry is None and closed:  # closed already, or closing in this batch
                 key = kept_apart(key)
-                state = _cached(states, cx_windows, key)
+                state = self._cached(states, cx_windows, partition, key)
                 entry = state.get(window)
             if entry is None:  # a new window: schedule its closing (or its leaving)
                 entry = state[window] = Window({}, 0 if closed else -1)
@@ -156,7 +164,7 @@ class Aggregator:
             unpublished = self.held[partition].unpublished
             while closing and closing[0][0] <= horizon.timestamp():
                 _, key, window = heapq.heappop(closing)
-                state = _cached(states, cx_windows, key)
+                state = self._cached(states, cx_windows, partition, key)
                 entry = state.get(window)
                 if entry is None:
                     continue
@@ -170,7 +178,7 @@ class Aggregator:
                 # Kept apart from the open windows for the revision horizon, so the
                 # batches that update open windows do not decode a month of closed ones.
                 key = kept_apart(key)
-                _cached(states, cx_windows, key)[window] = entry
+                self._cached(states, cx_windows, partition, key)[window] = entry
                 heapq.heappush(closing, ((_window_end(window) + self.revision).timestamp(),
                                          key, window))
         read: dict[bytes, AggregatorState] = {}  # unchanged: not written back
@@ -187,17 +195,28 @@ class Aggregator:
                 unpublished.windows.update(
                     (key, window) for _when, key, window in self._closing(cx_windows, partition)
                     if not key.startswith(closed))
+            decoded = self.held[partition].decoded
             for key, window in unpublished.take(tick):
                 state = states[key] if key in states else read.get(key)
                 if state is None:
-                    state = read[key] = _load(cx_windows, key)
+                    state = decoded.get(key)
+                if state is None:
+                    stored = cx_windows.get(key)
+                    state = _decoder.decode(stored) if stored is not None else {}
+                    if stored is not None:
+                        decoded.put(key, state, len(stored))
+                    read[key] = state
                 entry = state.get(window)
                 if entry is not None and not entry.closed and _samples(entry) >= 0:
                     rows.append(_metric_row(key, window, entry, version, now))
         for key, state in states.items():
+            decoded = self.held[_partition_of(key)].decoded
             if state:
-                cx_windows[key] = msgspec.msgpack.encode(state)
-            elif cx_windows.get(key) is not None:
+                cx_windows[key] = encoded = msgspec.msgpack.encode(state)
+                decoded.put(key, state, len(encoded))
+                continue
+            decoded.drop(key)
+            if cx_windows.get(key) is not None:
                 del cx_windows[key]
         out.save(cx_windows)  # a window's state is saved once its row is in ClickHouse
         return out
@@ -223,13 +242,21 @@ class Aggregator:
             heapq.heapify(held.closing)
         return held.closing
 
+    def _cached(self, states: dict[bytes, AggregatorState], cx_windows: Store,
+                partition: int, key: bytes) -> AggregatorState:
+        """An entry this batch changes (written back at its end): decoded once per batch,
+        and kept decoded for the next (``Decoded``)."""
+        state = states.get(key)
+        if state is None:
+            state = self.held[partition].decoded.get(key)
+            if state is None:
+                state = _load(cx_windows, key)
+            states[key] = state
+        return state
 
-def _cached(states: dict[bytes, AggregatorState], cx_windows: Store, key: bytes,
-            ) -> AggregatorState:
-    state = states.get(key)
-    if state is None:
-        state = states[key] = _load(cx_windows, key)
-    return state
+
+def _partition_of(key: bytes) -> int:
+    return int(key[:key.index(b"|")])
 
 
 def _load(cx_windows: Store, key: bytes) -> AggregatorState:

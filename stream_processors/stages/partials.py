@@ -234,13 +234,14 @@ class PartitionWindows:
                         parts[(_window_key(table_key, window), partition)] = _partial(
                             partition, state)
         if refresh:
-            read: dict[bytes, OpenWindows] = {}  # unchanged: not written back
+            due: dict[bytes, list[WindowKey]] = defaultdict(list)
             for table_key, window in unpublished.take(tick):
-                windows = changed.get(table_key) or read.get(table_key)
-                if windows is None:
-                    windows = read[table_key] = _load_windows(store, table_key)
-                parts[(_window_key(table_key, window), partition)] = _partial(
-                    partition, windows.get(window))
+                due[table_key].append(window)
+            for table_key, keys in due.items():
+                windows = changed.get(table_key) or _load_windows(store, table_key)
+                for window, state in windows.states(keys).items():  # unchanged: not written
+                    parts[(_window_key(table_key, window), partition)] = _partial(
+                        partition, state)
         if clock.value is not None:
             self.metrics.cx_watermark_seconds.labels(str(partition)).set(
                 clock.value.timestamp())

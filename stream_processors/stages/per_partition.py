@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-__all__ = ["PerPartition", "Unpublished"]
+__all__ = ["Decoded", "PerPartition", "Unpublished"]
 
 T = TypeVar("T")
 
@@ -70,3 +70,48 @@ class Unpublished:
         taken, self.windows = self.windows, set()
         self.published_at = now
         return taken
+
+
+class Decoded(Generic[T]):
+    """Table entries kept decoded between batches, the most recently used first to stay,
+    up to ``budget`` bytes of their encoded size.
+
+    Why: a batch decodes every entry it touches and encodes it back, and consecutive
+    batches touch mostly the same entries (the windows around the watermark). Measured on
+    the aggregator with batches of 1,000 messages, decoding was half its time, and its
+    cost per event grew fourfold from batches of 10,000 to 1,000.
+
+    Kept equal to the table: a stage puts here only what it writes (or reads and leaves
+    unchanged), and drops what it changed without writing. It lives in the stage's
+    per-partition memory, so a failed batch (``forget``) or a revocation drops it.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._items: dict[bytes, tuple[T, int]] = {}
+        self._bytes = 0
+
+    def get(self, key: bytes) -> T | None:
+        item = self._items.pop(key, None)
+        if item is None:
+            return None
+        self._items[key] = item  # most recent last
+        return item[0]
+
+    def put(self, key: bytes, value: T, size: int) -> None:
+        self.drop(key)
+        if size > self.budget:
+            return
+        self._items[key] = (value, size)
+        self._bytes += size
+        while self._bytes > self.budget:
+            oldest = next(iter(self._items))
+            self._bytes -= self._items.pop(oldest)[1]
+
+    def drop(self, key: bytes) -> None:
+        item = self._items.pop(key, None)
+        if item is not None:
+            self._bytes -= item[1]
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -675,6 +675,51 @@ def test_a_failed_batch_leaves_no_closing_forgotten_in_memory() -> None:
     assert [(r["final"], r["value"]) for r in rows] == [(0, 75.0), (1, 75.0)]
 
 
+def test_a_part_that_went_to_the_dead_letters_is_not_kept_in_the_decoded_entries() -> None:
+    """The aggregator keeps entries decoded between batches. A batch whose commit failed
+    had changed one: kept, that change would reach the next rows although the table
+    never got it."""
+    clock = Clock()
+    aggregator = Aggregator(new_metrics(), P, 5.0, clock)
+    table = _Table(ack_after=0)
+    rows: list = []
+    failures: list[Exception] = []
+
+    async def write(batch: dict) -> None:
+        if failures and batch.get("cx_metrics"):
+            raise failures.pop()
+        rows.extend(as_dicts(batch.get("cx_metrics", []), "cx_metrics"))
+
+    class Event:
+        class message:
+            partition = 1
+
+    dead: list = []
+    runner = BatchRunner(Committer(write, {DEAD_LETTERS: _Topic(DEAD_LETTERS, dead)}),
+                         new_metrics(), P)
+    window = b"csat|all|1m|" + str(int(T0.timestamp())).encode()
+
+    async def run(batch: list[Message]) -> None:
+        await runner.run("aggregate_cx", "t.cx-partials", batch,
+                         lambda b: aggregator.aggregate(b, Staged(table, lambda k: Event()),
+                                                        NOW, 1),
+                         forget=aggregator.held.clear)
+
+    async def scenario() -> None:
+        await run([Message(1, 1, window, Partial(2, 3.0, 4.0, 4))])  # 3 of 4
+        clock.t += 5
+        # Refused twice (the batch, then the message alone): to the dead letters.
+        failures.extend([ValueError("refused"), ValueError("refused")])
+        await run([Message(1, 2, window, Partial(3, 0.0, 4.0, 4))])
+        clock.t += 5
+        await run([Message(1, 3, WATERMARK_KEY, Tick())])  # rows due, no input
+
+    asyncio.run(scenario())
+    assert dead == [("send", DEAD_LETTERS)]
+    # The table has only partition 2's part: 3 of 4, not 3 of 8.
+    assert [(r["final"], r["value"]) for r in rows] == [(0, 75.0), (0, 75.0)]
+
+
 # ── output and commit ─────────────────────────────────────────────────────────
 def test_a_message_sent_alone_splits_the_keyed_messages_and_marks_go_last() -> None:
     out = Output(P)
