@@ -62,7 +62,9 @@ SHARD_SECONDS = {spec.name: int(max(spec.size, timedelta(hours=6)).total_seconds
 _decoder = msgspec.msgpack.Decoder(AggregatorState)
 #: Encoded bytes of entries kept decoded between batches, per partition (decoded, about
 #: nine times as much): the windows around the watermark, which most batches touch.
-DECODED_BYTES = 256 * 1024
+#: Measured with py-spy on the 10,000-customer bench: decoding entries took 5.1 % of the
+#: worker's samples without this, 2.6 % with 256 KiB, 0.6 % with 1 MiB.
+DECODED_BYTES = 1024 * 1024
 
 
 def shard(window: str) -> str:
