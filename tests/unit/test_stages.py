@@ -640,39 +640,54 @@ def test_a_partition_taken_back_rebuilds_what_it_knew_from_its_table() -> None:
     assert (row["final"], row["value"]) == (1, 75.0)
 
 
+class _RunAggregator:
+    """The aggregator as its agent runs it: through the BatchRunner, on a table. Its
+    ClickHouse refuses each batch with rows while ``failures`` holds errors."""
+
+    WINDOW = b"csat|all|1m|" + str(int(T0.timestamp())).encode()
+
+    def __init__(self, clock: Clock) -> None:
+        self.aggregator = Aggregator(new_metrics(), P, 5.0, clock)
+        self.table = _Table(ack_after=0)
+        self.rows: list = []
+        self.failures: list[Exception] = []
+        self.dead: list = []
+        self.runner = BatchRunner(
+            Committer(self._write, {DEAD_LETTERS: _Topic(DEAD_LETTERS, self.dead)}),
+            new_metrics(), P)
+
+    async def _write(self, batch: dict) -> None:
+        if self.failures and batch.get("cx_metrics"):
+            raise self.failures.pop()
+        self.rows.extend(as_dicts(batch.get("cx_metrics", []), "cx_metrics"))
+
+    async def run(self, batch: list[Message]) -> None:
+        class Event:
+            class message:
+                partition = 1
+
+        await self.runner.run(
+            "aggregate_cx", "t.cx-partials", batch,
+            lambda b: self.aggregator.aggregate(b, Staged(self.table, lambda k: Event()),
+                                                NOW, 1),
+            forget=self.aggregator.held.clear)
+
+    def values(self) -> list[tuple[int, float]]:
+        return [(r["final"], r["value"]) for r in self.rows]
+
+
 def test_a_failed_batch_leaves_no_closing_forgotten_in_memory() -> None:
     """The attempt that failed took the window off the closing heap; the retry, one
     message at a time, must still close it (the runner makes the stage forget)."""
-    aggregator = Aggregator(new_metrics(), P, 5.0, Clock())
-    table = _Table(ack_after=0)
-    rows: list = []
-    failures: list[Exception] = []
-
-    async def write(batch: dict) -> None:
-        if failures:
-            raise failures.pop()
-        rows.extend(as_dicts(batch.get("cx_metrics", []), "cx_metrics"))
-
-    class Event:
-        class message:
-            partition = 1
-
-    runner = BatchRunner(Committer(write, {}), new_metrics(), P)
-    window = b"csat|all|1m|" + str(int(T0.timestamp())).encode()
-
-    async def run(batch: list[Message]) -> None:
-        await runner.run("aggregate_cx", "t.cx-partials", batch,
-                         lambda b: aggregator.aggregate(b, Staged(table, lambda k: Event()),
-                                                        NOW, 1),
-                         forget=aggregator.held.clear)
+    stage = _RunAggregator(Clock())
 
     async def scenario() -> None:
-        await run([Message(1, 1, window, Partial(2, 3.0, 4.0, 4))])  # saved, open
-        failures.append(ValueError("a row the table refuses"))
-        await run(horizons(1, T0 + timedelta(minutes=5)))  # fails once, then one by one
+        await stage.run([Message(1, 1, stage.WINDOW, Partial(2, 3.0, 4.0, 4))])  # saved, open
+        stage.failures.append(ValueError("a row the table refuses"))
+        await stage.run(horizons(1, T0 + timedelta(minutes=5)))  # fails once, then one by one
 
     asyncio.run(scenario())
-    assert [(r["final"], r["value"]) for r in rows] == [(0, 75.0), (1, 75.0)]
+    assert stage.values() == [(0, 75.0), (1, 75.0)]
 
 
 def test_a_part_that_went_to_the_dead_letters_is_not_kept_in_the_decoded_entries() -> None:
@@ -680,44 +695,21 @@ def test_a_part_that_went_to_the_dead_letters_is_not_kept_in_the_decoded_entries
     had changed one: kept, that change would reach the next rows although the table
     never got it."""
     clock = Clock()
-    aggregator = Aggregator(new_metrics(), P, 5.0, clock)
-    table = _Table(ack_after=0)
-    rows: list = []
-    failures: list[Exception] = []
-
-    async def write(batch: dict) -> None:
-        if failures and batch.get("cx_metrics"):
-            raise failures.pop()
-        rows.extend(as_dicts(batch.get("cx_metrics", []), "cx_metrics"))
-
-    class Event:
-        class message:
-            partition = 1
-
-    dead: list = []
-    runner = BatchRunner(Committer(write, {DEAD_LETTERS: _Topic(DEAD_LETTERS, dead)}),
-                         new_metrics(), P)
-    window = b"csat|all|1m|" + str(int(T0.timestamp())).encode()
-
-    async def run(batch: list[Message]) -> None:
-        await runner.run("aggregate_cx", "t.cx-partials", batch,
-                         lambda b: aggregator.aggregate(b, Staged(table, lambda k: Event()),
-                                                        NOW, 1),
-                         forget=aggregator.held.clear)
+    stage = _RunAggregator(clock)
 
     async def scenario() -> None:
-        await run([Message(1, 1, window, Partial(2, 3.0, 4.0, 4))])  # 3 of 4
+        await stage.run([Message(1, 1, stage.WINDOW, Partial(2, 3.0, 4.0, 4))])  # 3 of 4
         clock.t += 5
         # Refused twice (the batch, then the message alone): to the dead letters.
-        failures.extend([ValueError("refused"), ValueError("refused")])
-        await run([Message(1, 2, window, Partial(3, 0.0, 4.0, 4))])
+        stage.failures.extend([ValueError("refused"), ValueError("refused")])
+        await stage.run([Message(1, 2, stage.WINDOW, Partial(3, 0.0, 4.0, 4))])
         clock.t += 5
-        await run([Message(1, 3, WATERMARK_KEY, Tick())])  # rows due, no input
+        await stage.run([Message(1, 3, WATERMARK_KEY, Tick())])  # rows due, no input
 
     asyncio.run(scenario())
-    assert dead == [("send", DEAD_LETTERS)]
+    assert stage.dead == [("send", DEAD_LETTERS)]
     # The table has only partition 2's part: 3 of 4, not 3 of 8.
-    assert [(r["final"], r["value"]) for r in rows] == [(0, 75.0), (0, 75.0)]
+    assert stage.values() == [(0, 75.0), (0, 75.0)]
 
 
 # ── output and commit ─────────────────────────────────────────────────────────
