@@ -71,7 +71,8 @@ from stream_processors.commands import (
 )
 
 __all__ = ["ALERTS", "BY_DEVICE", "CX_PARTIALS", "DEAD_LETTERS", "JOURNEY_EVENTS", "Committer",
-           "Message", "Output", "Staged", "Store", "keys_with", "unbundle", "writing_for"]
+           "Message", "Output", "Staged", "Store", "keys_with", "named_partition", "unbundle",
+           "writing_for"]
 
 #: Topic roles: the internal and output topics a stage may send to.
 BY_DEVICE = "by-device"
@@ -97,6 +98,12 @@ class Message(NamedTuple):
 def keys_with(store: Store, prefix: bytes) -> set[bytes]:
     """The store's keys that start with ``prefix``."""
     return {key for key in store if key.startswith(prefix)}
+
+
+def named_partition(key: bytes) -> int:
+    """The partition a table key ``<partition>|...`` belongs to (the CX and suppression
+    tables' layout)."""
+    return int(key.split(b"|", 1)[0])
 
 
 @contextlib.contextmanager

@@ -93,6 +93,7 @@ from stream_processors.effects import (
     Message,
     Output,
     Staged,
+    named_partition,
     unbundle,
 )
 from stream_processors.journey import ALERT_KINDS, decode_log
@@ -232,7 +233,7 @@ async def resolve_identity(stream: StreamT) -> None:
             "resolve_identity", by_device_topic.get_topic_name(), batch,
             lambda b, e=events: identity.resolve(
                 _decoded(b, _by_device), _staged(devices, e, _key_partition), utcnow(),
-                _staged(device_suppressions, e, _named_partition)),
+                _staged(device_suppressions, e, named_partition)),
             forget=identity.suppression.known.clear)
 
 
@@ -243,8 +244,8 @@ async def update_journey(stream: StreamT) -> None:
             "update_journey", journey_events_topic.get_topic_name(), batch,
             lambda b, e=events: journey_updater.update(
                 _decoded(b, decode_command), _staged(journeys, e, _key_partition),
-                _staged(cx_partials, e, _named_partition), utcnow(), _row_version(),
-                _staged(journey_suppressions, e, _named_partition)),
+                _staged(cx_partials, e, named_partition), utcnow(), _row_version(),
+                _staged(journey_suppressions, e, named_partition)),
             forget=_forgetting(journey_updater.windows.held,
                                journey_updater.suppression.known))
 
@@ -255,7 +256,7 @@ async def aggregate_cx(stream: StreamT) -> None:
         await runner.run(
             "aggregate_cx", cx_partials_topic.get_topic_name(), batch,
             lambda b, e=events: aggregator.aggregate(
-                _decoded(b, decode_partial), _staged(cx_windows, e, _named_partition),
+                _decoded(b, decode_partial), _staged(cx_windows, e, named_partition),
                 utcnow(), _row_version()),
             forget=aggregator.held.clear)
 
@@ -473,10 +474,6 @@ def _staged(table: Any, events: Sequence[EventT], partition_of: Callable[[bytes]
 
 def _key_partition(key: bytes) -> int:
     return partition_for(key, PARTITIONS)
-
-
-def _named_partition(key: bytes) -> int:
-    return int(key.split(b"|", 1)[0])
 
 
 def _assigned_partitions(topic: Any) -> list[int]:

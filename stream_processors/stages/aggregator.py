@@ -30,7 +30,7 @@ import msgspec
 from stream_processors.clickhouse.rows import metric_row
 from stream_processors.commands import Partial, Tick, Watermark
 from stream_processors.contributions import SCALES
-from stream_processors.effects import Message, Output, Store, keys_with
+from stream_processors.effects import Message, Output, Store, keys_with, named_partition
 from stream_processors.metrics import WorkerMetrics
 from stream_processors.stages.partials import clock_key, kept_apart
 from stream_processors.stages.per_partition import Decoded, PerPartition, Unpublished
@@ -197,22 +197,15 @@ class Aggregator:
                 unpublished.windows.update(
                     (key, window) for _when, key, window in self._closing(cx_windows, partition)
                     if not key.startswith(closed))
-            decoded = self.held[partition].decoded
             for key, window in unpublished.take(tick):
                 state = states[key] if key in states else read.get(key)
                 if state is None:
-                    state = decoded.get(key)
-                if state is None:
-                    stored = cx_windows.get(key)
-                    state = _decoder.decode(stored) if stored is not None else {}
-                    if stored is not None:
-                        decoded.put(key, state, len(stored))
-                    read[key] = state
+                    state = read[key] = self._decoded(cx_windows, partition, key)
                 entry = state.get(window)
                 if entry is not None and not entry.closed and _samples(entry) >= 0:
                     rows.append(_metric_row(key, window, entry, version, now))
         for key, state in states.items():
-            decoded = self.held[_partition_of(key)].decoded
+            decoded = self.held[named_partition(key)].decoded
             if state:
                 cx_windows[key] = encoded = msgspec.msgpack.encode(state)
                 decoded.put(key, state, len(encoded))
@@ -250,15 +243,21 @@ class Aggregator:
         and kept decoded for the next (``Decoded``)."""
         state = states.get(key)
         if state is None:
-            state = self.held[partition].decoded.get(key)
-            if state is None:
-                state = _load(cx_windows, key)
-            states[key] = state
+            state = states[key] = self._decoded(cx_windows, partition, key)
         return state
 
-
-def _partition_of(key: bytes) -> int:
-    return int(key[:key.index(b"|")])
+    def _decoded(self, cx_windows: Store, partition: int, key: bytes) -> AggregatorState:
+        """An entry as the table has it: kept decoded from an earlier batch, or decoded
+        now and kept (``Decoded``)."""
+        decoded = self.held[partition].decoded
+        state = decoded.get(key)
+        if state is None:
+            stored = cx_windows.get(key)
+            if stored is None:
+                return {}
+            state = _decoder.decode(stored)
+            decoded.put(key, state, len(stored))
+        return state
 
 
 def _load(cx_windows: Store, key: bytes) -> AggregatorState:

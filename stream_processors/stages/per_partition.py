@@ -77,9 +77,9 @@ class Decoded(Generic[T]):
     up to ``budget`` bytes of their encoded size.
 
     Why: a batch decodes every entry it touches and encodes it back, and consecutive
-    batches touch mostly the same entries (the windows around the watermark). Measured on
-    the aggregator with batches of 1,000 messages, decoding was half its time, and its
-    cost per event grew fourfold from batches of 10,000 to 1,000.
+    batches touch mostly the same entries (the windows around the watermark). Measured
+    with py-spy on the aggregator (10,000-customer bench): decoding its entries took
+    5.1 % of the worker's samples without this, 0.6 % with it (1 MiB per partition).
 
     Kept equal to the table: a stage puts here only what it writes (or reads and leaves
     unchanged), and drops what it changed without writing. It lives in the stage's
