@@ -94,10 +94,11 @@ class BatchRunner:
             started = time.perf_counter()
             out = apply(batch)
             applied = time.perf_counter()
-            await self.committer.commit(out)
-            self.metrics.stage_batch_seconds.labels(stage, "apply").observe(applied - started)
-            self.metrics.stage_batch_seconds.labels(stage, "commit").observe(
-                time.perf_counter() - applied)
+            seconds = self.metrics.stage_batch_seconds
+            await self.committer.commit(
+                out, lambda step, took: seconds.labels(stage, step).observe(took))
+            seconds.labels(stage, "apply").observe(applied - started)
+            seconds.labels(stage, "commit").observe(time.perf_counter() - applied)
             return
         except TRANSIENT as exc:
             self._stop(stage, exc)

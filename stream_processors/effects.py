@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import weakref
 from collections import defaultdict
 from collections.abc import (
@@ -333,15 +334,26 @@ class Committer:
         #: minutes, silently, before it gives up on a request).
         self.broker_timeout = broker_timeout
 
-    async def commit(self, out: Output) -> None:
+    async def commit(self, out: Output,
+                     took: Callable[[str, float], object] = lambda step, seconds: None,
+                     ) -> None:
+        """Apply ``out``. ``took(step, seconds)`` hears how long each step waited:
+        ``rows`` (ClickHouse), ``messages``, then ``state`` (the broker's
+        acknowledgements): which one holds a stage's batches up, for ops."""
+        started = time.perf_counter()
         if any(out.rows.values()):
             await self._write_rows(out.rows)
+        inserted = time.perf_counter()
+        took("rows", inserted - started)
         await asyncio.wait_for(self._send(out), self.broker_timeout)
+        sent = time.perf_counter()
+        took("messages", sent - inserted)
         for group in out.saves:
-            sent = [future for store in group if isinstance(store, Staged)
-                    for future in store.apply()]
-            if sent:  # acknowledged before the next group, and before the batch is done
-                await asyncio.wait_for(asyncio.gather(*sent), self.broker_timeout)
+            changelog = [future for store in group if isinstance(store, Staged)
+                         for future in store.apply()]
+            if changelog:  # acknowledged before the next group, and before the batch is done
+                await asyncio.wait_for(asyncio.gather(*changelog), self.broker_timeout)
+        took("state", time.perf_counter() - sent)
         for callback in out.callbacks:
             callback()
 

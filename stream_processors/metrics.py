@@ -130,8 +130,10 @@ class WorkerMetrics(NamedTuple):
                 buckets=_STAGE_BATCH_BUCKETS, registry=registry),
             stage_batch_seconds=Histogram(
                 f"{prefix}_stage_batch_seconds", "Time a stage takes on one batch: `apply` "
-                "holds the event loop (no other stage runs meanwhile), `commit` waits for "
-                "ClickHouse and the broker.", ["stage", "step"],
+                "holds the event loop (no other stage runs meanwhile); `commit` waits, in "
+                "turn, for the rows in ClickHouse (`rows`), the broker's acknowledgement of "
+                "the messages (`messages`) and of the changelog records (`state`).",
+                ["stage", "step"],
                 buckets=_SECONDS_BUCKETS, registry=registry),
             sink_insert_seconds=Histogram(
                 f"{prefix}_sink_insert_seconds", "Duration of one ClickHouse insert.", ["table"],

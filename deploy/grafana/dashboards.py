@@ -136,6 +136,15 @@ def pipeline_health() -> Dashboard:
                       "past the revision horizon (in cx_missed)", "C")], (0, 37), unit="ops",
                 w=24, description="Data that came after its CX window closed. Within "
                 "JOURNEY_CX_REVISION_DAYS it revises the window; later, the window lacks it."),
+            _series("Where a stage's batches wait (mean seconds per batch)", [
+                _prom('sum by (stage, step) (rate(journey_stage_batch_seconds_sum'
+                      '{step!="commit"}[5m])) / sum by (stage, step) '
+                      '(rate(journey_stage_batch_seconds_count{step!="commit"}[5m]))',
+                      "{{stage}} {{step}}")], (0, 45), unit="s", w=24,
+                description="apply: the event loop held (no other stage runs); rows: "
+                "ClickHouse's inserts; messages and state: the broker's acknowledgements of "
+                "the batch's messages, then of its changelog records. Touchpoints become "
+                "visible after update_journey's rows."),
         ],
     ).auto_panel_ids()
 

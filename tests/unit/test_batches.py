@@ -100,3 +100,32 @@ def test_a_batch_of_bundles_is_applied_in_runs_of_whole_records_of_bounded_messa
     for run, messages in runs:
         assert {m.offset for m in messages} == {offset for offset, _ in run}
     assert list(parts([], open_, 10)) == []
+
+
+def test_a_batch_s_commit_is_timed_step_by_step() -> None:
+    """Which wait holds a stage's batches up: ClickHouse (``rows``), the broker's
+    acknowledgement of the messages, or of the changelog records (``state``)."""
+    slow = 0.3
+
+    async def write(batch: dict) -> None:
+        await asyncio.sleep(slow)  # a slow insert
+
+    registry = CollectorRegistry()
+    runner = BatchRunner(Committer(write, {JOURNEY_EVENTS: _Topic(JOURNEY_EVENTS, [])}),
+                         WorkerMetrics.create(registry), P)
+
+    def stage(batch: list[Message]) -> Output:
+        out = echo(batch)
+        out.rows["touchpoints"].append(("a row",))
+        return out
+
+    asyncio.run(runner.run("update_journey", "t.journey-events", [Message(0, 1, b"a", b"1")],
+                           stage))
+    took = {}
+    for step in ("apply", "rows", "messages", "state", "commit"):
+        labels = {"stage": "update_journey", "step": step}
+        took[step] = (registry.get_sample_value("journey_stage_batch_seconds_count", labels),
+                      registry.get_sample_value("journey_stage_batch_seconds_sum", labels))
+    assert all(count == 1 for count, _ in took.values()), took
+    assert took["rows"][1] >= slow > took["messages"][1] + took["state"][1]
+    assert took["commit"][1] >= took["rows"][1] + took["messages"][1] + took["state"][1]
