@@ -87,13 +87,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from deploy.status import components, format_status, group_lag, probe
+    from deploy.status import components, format_status, group_state, group_whole, probe
 
     settings = _settings(args)
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     found = [probe(c) for c in components(settings)]
-    print(format_status(found, group_lag(settings), settings.topic_prefix))
-    return 0 if all(c.healthy for c in found) else 1
+    group = group_state(settings)
+    print(format_status(found, group, settings.topic_prefix))
+    return 0 if all(c.healthy for c in found) and group_whole(found, group) else 1
 
 
 def _stop_on_signals() -> None:
@@ -294,7 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_up)
 
     p = sub.add_parser("status", help="each component of the stack: health, partitions, "
-                       "consumer lag (exit 1 if one is unhealthy)")
+                       "consumer lag, and whether the workers own every input partition "
+                       "once (exit 1 if one is unhealthy, or a partition is owned by none "
+                       "or by two)")
     _stack_options(p)
     p.set_defaults(func=_cmd_status)
 

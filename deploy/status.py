@@ -4,7 +4,9 @@ What runs comes from ``<data dir>/stack.json`` when `journey up` wrote one (ever
 worker of ``--workers N``), else from the settings (one worker and one collector at
 their configured ports: a deployment's own). Each is probed the way `journey up`
 probes it; the consumer group's lag per topic comes from the broker itself (committed
-offsets against log ends), so it holds however many workers there are.
+offsets against log ends), so it holds however many workers there are. The group as a
+whole is checked too: every input partition the broker has must be owned by exactly
+one worker (a worker that is ready says so of itself, not of the group).
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ import json
 import socket
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deploy.stack import STATE_FILE
 from schemas.settings import Settings
 
-__all__ = ["Component", "components", "format_status", "group_lag", "probe"]
+__all__ = ["Component", "Group", "components", "coverage", "format_status", "group_state",
+           "group_whole", "probe"]
 
 
 @dataclass
@@ -32,6 +36,9 @@ class Component:
     pid: int | None = None
     state: str = "?"
     detail: str = ""
+    #: A worker's input partitions (``topic:partition``), as its /readyz lists them;
+    #: None: not a worker, or it did not say.
+    inputs: list[str] | None = None
 
     @property
     def healthy(self) -> bool:
@@ -77,6 +84,7 @@ def probe(component: Component, timeout: float = 2.0) -> Component:
             return component
         component.state = "ready" if status == 200 else "not ready"
         partitions = answer.get("partitions", "?")
+        component.inputs = answer.get("inputs")
         _, metrics = _get(component.address, timeout)  # its /metrics
         lag = _sum(metrics, "journey_consumer_lag")
         rebuilt = _sum(metrics, "journey_state_rebuilds_total")
@@ -100,8 +108,18 @@ def probe(component: Component, timeout: float = 2.0) -> Component:
     return component
 
 
-def group_lag(settings: Settings, timeout: float = 5.0) -> dict[str, int] | str:
-    """The worker group's lag per input topic (records not yet committed), or why not."""
+@dataclass
+class Group:
+    """What the broker says of the worker group."""
+
+    #: Records not yet committed, per input topic.
+    lag: dict[str, int] = field(default_factory=dict)
+    #: Every partition of every input topic (``topic:partition``).
+    partitions: list[str] = field(default_factory=list)
+
+
+def group_state(settings: Settings, timeout: float = 5.0) -> Group | str:
+    """The worker group's lag per input topic and its input partitions, or why not."""
     from kafka import KafkaAdminClient, KafkaConsumer
     from kafka.errors import KafkaError
 
@@ -121,16 +139,27 @@ def group_lag(settings: Settings, timeout: float = 5.0) -> dict[str, int] | str:
             ends = consumer.end_offsets(tps) if tps else {}
         finally:
             consumer.close()
-        lag: dict[str, int] = {}
+        group = Group(partitions=[f"{tp.topic}:{tp.partition}" for tp in tps])
         for tp, end in ends.items():
             meta = committed.get(tp)
             done = meta.offset if meta is not None and meta.offset >= 0 else 0
-            lag[tp.topic] = lag.get(tp.topic, 0) + max(0, end - done)
-        return lag
+            group.lag[tp.topic] = group.lag.get(tp.topic, 0) + max(0, end - done)
+        return group
     except (KafkaError, KeyError) as exc:
         return f"could not read the group's offsets ({exc!r})"
     finally:
         admin.close()
+
+
+def coverage(found: list[Component], partitions: list[str]) -> tuple[list[str], list[str]]:
+    """(input partitions no worker owns, those two or more workers say they own), from
+    what each worker that answered listed; ([], []) when none listed its inputs."""
+    said = [c.inputs for c in found if c.inputs is not None]
+    if not said:
+        return [], []
+    owned = Counter(tp for inputs in said for tp in inputs)
+    return ([tp for tp in partitions if not owned[tp]],
+            sorted(tp for tp, n in owned.items() if n > 1))
 
 
 def _partitions(consumer: Any, topics: set[str]) -> list[Any]:
@@ -143,8 +172,9 @@ def _partitions(consumer: Any, topics: set[str]) -> list[Any]:
     return out
 
 
-def format_status(found: list[Component], lag: dict[str, int] | str, prefix: str) -> str:
-    """A table, one line per component, then the group's lag by topic."""
+def format_status(found: list[Component], group: Group | str, prefix: str) -> str:
+    """A table, one line per component, then the group's lag by topic, and whether its
+    workers own every input partition once."""
     width = max(len("component"), *(len(c.name) for c in found))
     addresses = [c.address.split(" (", 1)[0] for c in found]  # `journey up` adds notes
     room = max(len(a) for a in addresses)
@@ -153,14 +183,40 @@ def format_status(found: list[Component], lag: dict[str, int] | str, prefix: str
         mark = "" if c.healthy else "  <-"
         lines.append(f"{c.name:<{width}}  {c.state:<9}  {address:<{room}}  {c.detail}{mark}"
                      .rstrip())
-    if isinstance(lag, str):
-        lines.append(f"\nconsumer lag: {lag}")
-    else:
-        total = sum(lag.values())
-        per_topic = ", ".join(f"{topic.removeprefix(prefix + '.')} {n:,}"
-                              for topic, n in sorted(lag.items()))
-        lines.append(f"\nconsumer lag: {total:,} records ({per_topic or 'no topics yet'})")
+    if isinstance(group, str):
+        lines.append(f"\nconsumer lag: {group}")
+        return "\n".join(lines)
+    total = sum(group.lag.values())
+    per_topic = ", ".join(f"{topic.removeprefix(prefix + '.')} {n:,}"
+                          for topic, n in sorted(group.lag.items()))
+    lines.append(f"\nconsumer lag: {total:,} records ({per_topic or 'no topics yet'})")
+    workers = sum(c.inputs is not None for c in found)
+    if workers:
+        missing, twice = coverage(found, group.partitions)
+        if not missing and not twice:
+            lines.append(f"partitions: each of the {len(group.partitions)} input partitions "
+                         f"owned by one of {workers} worker{'s' * (workers > 1)}")
+        if missing:
+            lines.append(f"partitions: {len(missing)} of {len(group.partitions)} input "
+                         f"partitions owned by no worker: {_names(missing, prefix)}  <-")
+        if twice:
+            lines.append(f"partitions: owned by more than one worker: {_names(twice, prefix)}  <-")
     return "\n".join(lines)
+
+
+def group_whole(found: list[Component], group: Group | str) -> bool:
+    """Whether the workers that listed their inputs own every input partition once
+    (True when the broker or the workers could not say)."""
+    if isinstance(group, str):
+        return True
+    missing, twice = coverage(found, group.partitions)
+    return not missing and not twice
+
+
+def _names(tps: list[str], prefix: str) -> str:
+    """``touchpoints[3], journey-events[0]``: at most 8 named."""
+    shown = [f"{tp.removeprefix(prefix + '.').replace(':', '[')}]" for tp in tps[:8]]
+    return ", ".join(shown) + (f" and {len(tps) - 8} more" if len(tps) > 8 else "")
 
 
 def _get(url: str, timeout: float) -> tuple[int, str]:

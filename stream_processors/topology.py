@@ -511,7 +511,11 @@ async def healthz(web: Web, request: Request) -> Response:
 async def readyz(web: Web, request: Request) -> Response:
     """Consuming: the worker holds partitions and no rebalance or recovery is under way
     (``/healthz`` only says the process answers). ``journey up`` waits for this."""
-    partitions = len(app.consumer.assignment()) if app.consumer else 0
-    ready = partitions > 0 and not app.rebalancing
-    return web.json({"ready": ready, "partitions": partitions},
+    assignment = app.consumer.assignment() if app.consumer else set()
+    ready = bool(assignment) and not app.rebalancing
+    # The input partitions it owns (its tables' changelogs left out), by which `journey
+    # status` tells whether the group as a whole owns every partition exactly once.
+    inputs = sorted(f"{tp.topic}:{tp.partition}" for tp in assignment
+                    if app.topics.acks_enabled_for(tp.topic))
+    return web.json({"ready": ready, "partitions": len(assignment), "inputs": inputs},
                     status=200 if ready else 503)

@@ -158,11 +158,23 @@ def test_up_with_two_workers_shares_the_partitions_and_status_shows_each(
         print(shown.stdout)
         assert lines[0].split()[:3] == ["component", "state", "address"]
         rows = {line.split()[0]: line.split()[1] for line in lines[1:] if line.strip()
-                and not line.startswith("consumer lag")}
+                and not line.startswith(("consumer lag", "partitions:"))}
         assert rows == {"broker": "up", "clickhouse": "up", "worker-1": "ready",
                         "worker-2": "ready", "collector": "up"}
-        # The two workers share the partitions (the same topics, 4 partitions each).
+        # The two workers share the partitions (the same topics, 4 partitions each): the
+        # five input topics' 20 partitions, each owned by one of them.
         assert held[1] > 0 and held[2] > 0
+        inputs = {}
+        for i, port in enumerate((worker_port, worker_port + 1), start=1):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz") as r:
+                inputs[i] = set(json.loads(r.read())["inputs"])
+        topics = ("touchpoints", "touchpoints-by-device", "journey-events", "cx-partials",
+                  "dead-letters")
+        assert inputs[1].isdisjoint(inputs[2]) and len(inputs[1] | inputs[2]) == 5 * 4, inputs
+        assert {tp.rsplit(":", 1)[0].split(".", 1)[1] for tp in inputs[1] | inputs[2]} == \
+            set(topics)
+        assert "partitions: each of the 20 input partitions owned by one of 2 workers" in \
+            shown.stdout
         assert re.search(r"worker-1 .* \d+ partitions assigned, lag [\d,]+", shown.stdout)
         assert re.search(r"^consumer lag: [\d,]+ records \(.*touchpoints \d+",
                          shown.stdout, re.M)
