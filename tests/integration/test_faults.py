@@ -260,6 +260,16 @@ def scenario_a(rng: random.Random, ch: OwnClickHouse, workers: list, restart: Ca
         restart(i % 2)
 
 
+def scenario_e(rng: random.Random, ch: OwnClickHouse, workers: list, restart: Callable) -> None:
+    """SIGTERM a worker at three random instants while the replay runs: a graceful stop,
+    as a deploy or a scale-down does it (Faust cancels its agents mid-batch)."""
+    for i, at in enumerate(sorted(rng.uniform(2, SEND_SECONDS) for _ in range(3))):
+        _sleep_until(at)
+        print(f"{_now():5.1f} s: SIGTERM worker {i % 2} (planned at {at:.1f} s)")
+        workers[i % 2].process.terminate()
+        restart(i % 2, False)
+
+
 def scenario_b(rng: random.Random, ch: OwnClickHouse, workers: list,
                restart: Callable) -> None:
     """SIGKILL ClickHouse mid-replay; start it again 30 s later."""
@@ -328,10 +338,10 @@ def no_fault(rng: random.Random, ch: OwnClickHouse, workers: list,
 
 
 @pytest.mark.parametrize("scenario", [no_fault, scenario_a, scenario_b, scenario_c,
-                                      scenario_d],
+                                      scenario_d, scenario_e],
                          ids=["no-fault", "a-kill-worker-3x", "b-kill-clickhouse",
                               "c-kill-worker-while-clickhouse-is-down",
-                              "d-kill-worker-during-rebalance"])
+                              "d-kill-worker-during-rebalance", "e-stop-worker-3x"])
 def test_the_pipeline_ends_exact_after(scenario, settings, start_worker, tmp_path) -> None:
     global _t0
     people = with_second_device(simulate(CUSTOMERS, seed=61, prefix="f-"))
