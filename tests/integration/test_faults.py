@@ -361,7 +361,8 @@ def test_the_pipeline_ends_exact_after(scenario, settings, start_worker, tmp_pat
     def restart(i: int, kill: bool = True) -> None:
         if kill:
             workers[i].process.kill()
-        workers[i].process.wait()
+        code = workers[i].process.wait()
+        print(f"{_now():5.1f} s: worker {i} exited with {code}")
         workers[i] = start_worker(data_dir=tmp_path / f"worker-{i}", **config)
 
     def supervise() -> bool:
