@@ -15,8 +15,8 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-__all__ = ["Continuity", "caught_up", "disown_stale", "fetched_within", "guard_commits", "lag",
-           "seek_uncommitted_to_start"]
+__all__ = ["Continuity", "caught_up", "disown_stale", "fetched_within", "guard_commits",
+           "inputs", "lag", "seek_uncommitted_to_start"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,15 @@ def fetched_within(app: Any, tp: TopicPartition, seconds: float) -> bool:
     return stamp is not None and time.time() * 1000 - stamp <= seconds * 1000
 
 
+def inputs(app: Any) -> list[TopicPartition]:
+    """The assigned partitions the streams read: its tables' changelog partitions, also
+    in the assignment, are left out (recovery reads them)."""
+    consumer = app.consumer
+    if consumer is None:
+        return []
+    return [tp for tp in consumer.assignment() if app.topics.acks_enabled_for(tp.topic)]
+
+
 async def lag(app: Any) -> list[tuple[str, int, int]]:
     """(topic, partition, records behind the highwater) of each assigned input partition.
 
@@ -61,9 +70,7 @@ async def lag(app: Any) -> list[tuple[str, int, int]]:
     the streams, and an idle one kept reading 1 behind its highwater for ever."""
     consumer = app.consumer
     out = []
-    for tp in consumer.assignment():
-        if not app.topics.acks_enabled_for(tp.topic):
-            continue
+    for tp in inputs(app):
         try:
             position = await consumer.position(tp)
             highwater = consumer.highwater(tp)

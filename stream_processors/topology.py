@@ -513,9 +513,8 @@ async def readyz(web: Web, request: Request) -> Response:
     (``/healthz`` only says the process answers). ``journey up`` waits for this."""
     assignment = app.consumer.assignment() if app.consumer else set()
     ready = bool(assignment) and not app.rebalancing
-    # The input partitions it owns (its tables' changelogs left out), by which `journey
-    # status` tells whether the group as a whole owns every partition exactly once.
-    inputs = sorted(f"{tp.topic}:{tp.partition}" for tp in assignment
-                    if app.topics.acks_enabled_for(tp.topic))
+    # The input partitions it owns, by which `journey status` tells whether the group as
+    # a whole owns every partition exactly once.
+    inputs = sorted(f"{tp.topic}:{tp.partition}" for tp in consumer.inputs(app))
     return web.json({"ready": ready, "partitions": len(assignment), "inputs": inputs},
                     status=200 if ready else 503)
