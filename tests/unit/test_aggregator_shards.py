@@ -16,3 +16,17 @@ def test_an_entry_holds_at_most_360_windows_of_one_spec() -> None:
         assert max(per_shard.values()) <= 360, spec.name
         assert SHARD_SECONDS[spec.name] // hop <= 360
         assert all(span.startswith(f"{spec.name}@") for span in per_shard)
+
+
+def test_the_schedule_gives_each_entry_once_at_its_soonest_time() -> None:
+    from stream_processors.stages.aggregator import Schedule
+
+    schedule = Schedule()
+    for key, when in [(b"a", 30.0), (b"b", 10.0), (b"a", 20.0), (b"a", 40.0), (b"c", 50.0)]:
+        schedule.at(key, when)
+    assert schedule.due == {b"a": 20.0, b"b": 10.0, b"c": 50.0}  # the soonest of each
+    assert schedule.pop(5.0) is None  # nothing due yet
+    assert [schedule.pop(25.0), schedule.pop(25.0), schedule.pop(25.0)] == [b"b", b"a", None]
+    schedule.at(b"a", 40.0)  # the windows a keeps: due again later
+    assert [schedule.pop(100.0), schedule.pop(100.0), schedule.pop(100.0)] == [b"a", b"c", None]
+    assert schedule.due == {}

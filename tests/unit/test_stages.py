@@ -677,8 +677,8 @@ class _RunAggregator:
 
 
 def test_a_failed_batch_leaves_no_closing_forgotten_in_memory() -> None:
-    """The attempt that failed took the window off the closing heap; the retry, one
-    message at a time, must still close it (the runner makes the stage forget)."""
+    """The attempt that failed took the window's entry off the closing schedule; the retry,
+    one message at a time, must still close it (the runner makes the stage forget)."""
     stage = _RunAggregator(Clock())
 
     async def scenario() -> None:
