@@ -248,10 +248,12 @@ def _chart(series: list, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7))
+    fig, (top, middle, bottom) = plt.subplots(3, 1, figsize=(9, 10))
     for s in series:
         if s.name.startswith("latency"):
             bottom.plot([x for x, _ in s.points], [y for _, y in s.points], label=s.name)
+        elif s.name.endswith("RSS (MiB)"):
+            middle.plot([x for x, _ in s.points], [y for _, y in s.points], label=s.name)
         else:  # a 5 s moving mean: the raw 0.5 s samples come in bursts
             xs, ys = [x for x, _ in s.points], [y for _, y in s.points]
             smooth = [sum(ys[max(0, i - 9):i + 1]) / len(ys[max(0, i - 9):i + 1])
@@ -260,10 +262,13 @@ def _chart(series: list, path: Path) -> None:
     top.set_title("throughput: touchpoints reaching ClickHouse (5 s mean)")
     top.set_xlabel("seconds since the first touchpoint")
     top.set_ylabel("events/s")
+    middle.set_title("memory: the worker's RSS (the last point: after every window settled)")
+    middle.set_xlabel("seconds since the first touchpoint")
+    middle.set_ylabel("MiB")
     bottom.set_title("latency at half of the maximum load")
     bottom.set_xlabel("seconds of sending")
     bottom.set_ylabel("p99 sent → visible (s)")
-    for ax in (top, bottom):
+    for ax in (top, middle, bottom):
         if ax.lines:
             ax.legend(fontsize="small")
     fig.tight_layout()

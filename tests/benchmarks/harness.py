@@ -170,6 +170,9 @@ class Bench:
         cpu_start = sum(_cpu_seconds(pid) for pid in pids)
         ports = [st.settings.worker_web_port for st in stacks]
         series = Series(f"{label}: touchpoints in ClickHouse per second")
+        # Where memory goes over the run: state grows with what was processed, a batch's
+        # transients come and go, and RSS keeps its peaks.
+        memory = Series(f"{label}: worker RSS (MiB)")
         profiler = _start_profiler(pids[0], profile) if profile else None
         try:
             start = _wait(lambda: sum(_processed(p) for p in ports) > 0, timeout, 0.05)
@@ -180,6 +183,7 @@ class Bench:
                 rows = client.execute("SELECT uniqExact(event_id) FROM touchpoints")[0][0]
                 now = time.monotonic()
                 series.points.append((now - start, (rows - last[1]) / (now - last[0])))
+                memory.points.append((now - start, max(_rss(pid) for pid in pids) / 2**20))
                 last = (now, rows)
                 if now - start > timeout:
                     raise RuntimeError(f"{label}: {rows} of {expected} rows after {timeout} s")
@@ -188,6 +192,7 @@ class Bench:
             done = time.monotonic()
             rss = [_rss(pid) for pid in pids]
             peak = [_rss(pid, "VmHWM") for pid in pids]
+            memory.points.append((done - start, max(rss) / 2**20))
             cpu = sum(_cpu_seconds(pid) for pid in pids) - cpu_start
             disk = sum(f.stat().st_size for st in stacks
                        for f in (st.settings.data_dir / "worker").rglob("*") if f.is_file())
@@ -198,10 +203,12 @@ class Bench:
             for stack in stacks:
                 stack.stop()
             client.disconnect()
-        self.series.append(series)
+        self.series += [series, memory]
         return {"events_per_second": expected / (done - start),
                 "seconds": done - start, "touchpoints_visible_seconds": visible - start,
                 "worker_rss_bytes": max(rss), "worker_rss_at_start_bytes": rss_start,
+                "worker_rss_mib_over_time": [(round(t, 1), round(m, 1))
+                                             for t, m in memory.points],
                 "worker_disk_bytes": disk, "worker_peak_rss_bytes": max(peak),
                 # Busy share of one core: near 1 is CPU-bound, well below waits on I/O.
                 "worker_cpu_seconds": cpu,

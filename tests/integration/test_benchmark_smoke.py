@@ -24,6 +24,9 @@ def test_bench_smoke_measures_everything(tmp_path) -> None:
                    r["memory"]["rocksdb_disk_bytes_per_customer"]):
         assert number > 0
     assert "slope_bytes_per_customer" in r["memory"] and "6b. memory slope" in run.stdout
+    memory = r["pipeline"]["worker_rss_mib_over_time"]  # sampled over the run, then at its end
+    assert len(memory) >= 2 and all(mib > 0 for _, mib in memory)
+    assert memory[-1][1] == round(r["pipeline"]["worker_rss_bytes"] / 2**20, 1)
     assert r["latency"]["visible"] == r["latency"]["events"]  # every sent event arrived
     assert r["collector"]["accepted_requests"] == r["collector"]["requests"]
     assert out.with_suffix(".png").stat().st_size > 10_000
