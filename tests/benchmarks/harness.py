@@ -9,6 +9,7 @@ numbers. ``__main__`` runs them in one go, so the ratios come from one machine s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -183,7 +184,8 @@ class Bench:
                 rows = client.execute("SELECT uniqExact(event_id) FROM touchpoints")[0][0]
                 now = time.monotonic()
                 series.points.append((now - start, (rows - last[1]) / (now - last[0])))
-                memory.points.append((now - start, max(_rss(pid) for pid in pids) / 2**20))
+                with contextlib.suppress(OSError):  # a worker restarted: its pid is gone
+                    memory.points.append((now - start, max(_rss(pid) for pid in pids) / 2**20))
                 last = (now, rows)
                 if now - start > timeout:
                     raise RuntimeError(f"{label}: {rows} of {expected} rows after {timeout} s")
