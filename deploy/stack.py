@@ -150,6 +150,9 @@ class Stack:
         if unknown:
             raise StackError(f"unknown component(s) {sorted(unknown)}; choose from {COMPONENTS}")
         children = [child for name in components for child in self._children(name)]
+        twice = _ports_given_twice(children)
+        if twice:  # two of ours on one port: the second would die at start, named vaguely
+            raise StackError("\n".join(twice))
         taken = [f"port {port} on {host} ({child.name}) is already in use: stop what listens "
                  f"there or choose another port with {setting}"
                  for child in children for host, port, setting in child.ports
@@ -347,6 +350,23 @@ class Stack:
         (root / "users.xml").write_text(_CLICKHOUSE_USERS)
         return root / "config.xml"
 
+
+
+def _ports_given_twice(children: list[_Child]) -> list[str]:
+    """One line for each port that two components were given (the same host, or a
+    wildcard address that covers it)."""
+    wildcard = {"", "0.0.0.0", "::"}
+    seen: list[tuple[str, int, str, str]] = []  # host, port, component, its setting
+    lines = []
+    for child in children:
+        for host, port, setting in child.ports:
+            for other_host, other_port, other, other_setting in seen:
+                if port == other_port and (host == other_host or {host, other_host} & wildcard):
+                    lines.append(f"port {port} is given to both {other} ({other_setting}) and "
+                                 f"{child.name} ({setting}): choose another for one of them")
+                    break
+            seen.append((host, port, child.name, setting))
+    return lines
 
 def _groups(children: list[_Child]) -> list[list[_Child]]:
     """Children in start order, the workers (one consumer group) as one group."""

@@ -29,10 +29,20 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, and never handed out before in this session: the OS may give the
+    same free port to two calls in a row, and a test that starts several servers on them
+    then saw ClickHouse die on the broker's port ("Address already in use")."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def own_clickhouse(settings: Settings, data_dir: Path) -> tuple[Settings, Stack]:

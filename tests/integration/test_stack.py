@@ -97,6 +97,23 @@ def test_up_on_taken_ports_names_them_all_before_starting_anything(tmp_path: Pat
     assert not (tmp_path / "logs").exists() and not (tmp_path / "clickhouse").exists()
 
 
+def test_up_refuses_one_port_given_to_two_components_before_starting_anything(
+        tmp_path: Path) -> None:
+    port = free_port()
+    result = subprocess.run(
+        [sys.executable, "-m", "deploy.cli", "up", "--data-dir", str(tmp_path),
+         "--broker-port", str(port), "--clickhouse-port", str(free_port()),
+         "--clickhouse-http-port", str(port), "--worker-port", str(free_port()),
+         "--collector-port", str(free_port())],
+        cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"journey: port {port} is given to both broker (--broker-port or JOURNEY_BROKER_URL) "
+        "and clickhouse (--clickhouse-http-port or JOURNEY_CLICKHOUSE_HTTP_PORT): choose "
+        "another for one of them"]
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "clickhouse").exists()
+
+
 def _listening_on(port: int) -> set[str]:
     """The local addresses with a listening TCP socket on ``port`` (from /proc/net)."""
     found = set()
