@@ -351,7 +351,6 @@ class Stack:
         return root / "config.xml"
 
 
-
 def _ports_given_twice(children: list[_Child]) -> list[str]:
     """One line for each port that two components were given (the same host, or a
     wildcard address that covers it)."""
@@ -367,6 +366,7 @@ def _ports_given_twice(children: list[_Child]) -> list[str]:
                     break
             seen.append((host, port, child.name, setting))
     return lines
+
 
 def _groups(children: list[_Child]) -> list[list[_Child]]:
     """Children in start order, the workers (one consumer group) as one group."""

@@ -80,8 +80,8 @@ class Schedule:
     Why per entry: the windows of an entry close in order of their starts, so a batch
     whose horizon passes one usually passes its neighbours too, and one heap item per
     window (a tuple, the key and the window's name, for every window of the revision
-    horizon) held about 25 MB on the 20,000-customer bench workload, more than the
-    table itself.
+    horizon) is a lot to hold: on the 20,000-customer bench workload, in-process, the
+    aggregator's live memory at the end fell from 46 to 36 MB with this.
     """
 
     def __init__(self) -> None:
@@ -215,8 +215,7 @@ class Aggregator:
                     self._cached(states, cx_windows, partition, apart)[window] = entry
                     closing.at(apart, self._due(window, entry))
                 if state:
-                    closing.at(key, min(self._due(window, entry)
-                                        for window, entry in state.items()))
+                    closing.at(key, self._soonest(state))
         read: dict[bytes, AggregatorState] = {}  # unchanged: not written back
         tick = self.clock()
         for partition in self.held:
@@ -230,15 +229,10 @@ class Aggregator:
                 closed = kept_apart(clock_key(partition))
                 for key in list(self._closing(cx_windows, partition).due):
                     if not key.startswith(closed):
-                        state = states[key] if key in states else read.get(key)
-                        if state is None:
-                            state = read[key] = self._decoded(cx_windows, partition, key)
+                        state = self._read(states, read, cx_windows, partition, key)
                         unpublished.windows.update((key, window) for window in state)
             for key, window in unpublished.take(tick):
-                state = states[key] if key in states else read.get(key)
-                if state is None:
-                    state = read[key] = self._decoded(cx_windows, partition, key)
-                entry = state.get(window)
+                entry = self._read(states, read, cx_windows, partition, key).get(window)
                 if entry is not None and not entry.closed and _samples(entry) >= 0:
                     rows.append(_metric_row(key, window, entry, version, now))
         for key, state in states.items():
@@ -270,13 +264,16 @@ class Aggregator:
             prefix = clock_key(partition)
             for key in keys_with(cx_windows, prefix):
                 if key != prefix and (state := _load(cx_windows, key)):
-                    held.closing.at(key, min(self._due(window, entry)
-                                             for window, entry in state.items()))
+                    held.closing.at(key, self._soonest(state))
         return held.closing
 
     def _due(self, window: str, entry: Window) -> float:
         """When an open window closes, or a closed one leaves the table."""
         return (_window_end(window) + self.revision * entry.closed).timestamp()
+
+    def _soonest(self, state: AggregatorState) -> float:
+        """When the first of an entry's windows is due."""
+        return min(self._due(window, entry) for window, entry in state.items())
 
     def _cached(self, states: dict[bytes, AggregatorState], cx_windows: Store,
                 partition: int, key: bytes) -> AggregatorState:
@@ -285,6 +282,17 @@ class Aggregator:
         state = states.get(key)
         if state is None:
             state = states[key] = self._decoded(cx_windows, partition, key)
+        return state
+
+    def _read(self, states: dict[bytes, AggregatorState], read: dict[bytes, AggregatorState],
+              cx_windows: Store, partition: int, key: bytes) -> AggregatorState:
+        """An entry only read, for its rows: as this batch changed it, or decoded once
+        per batch into ``read`` (not written back)."""
+        state = states.get(key)
+        if state is None:
+            state = read.get(key)
+            if state is None:
+                state = read[key] = self._decoded(cx_windows, partition, key)
         return state
 
     def _decoded(self, cx_windows: Store, partition: int, key: bytes) -> AggregatorState:

@@ -250,12 +250,12 @@ def _chart(series: list, path: Path) -> None:
 
     fig, (top, middle, bottom) = plt.subplots(3, 1, figsize=(9, 10))
     for s in series:
+        xs, ys = [x for x, _ in s.points], [y for _, y in s.points]
         if s.name.startswith("latency"):
-            bottom.plot([x for x, _ in s.points], [y for _, y in s.points], label=s.name)
+            bottom.plot(xs, ys, label=s.name)
         elif s.name.endswith("RSS (MiB)"):
-            middle.plot([x for x, _ in s.points], [y for _, y in s.points], label=s.name)
+            middle.plot(xs, ys, label=s.name)
         else:  # a 5 s moving mean: the raw 0.5 s samples come in bursts
-            xs, ys = [x for x, _ in s.points], [y for _, y in s.points]
             smooth = [sum(ys[max(0, i - 9):i + 1]) / len(ys[max(0, i - 9):i + 1])
                       for i in range(len(ys))]
             top.plot(xs, smooth, label=s.name)
