@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 
         say("3. the real pipeline, one worker (memory store) ...")
         profile = out.parent / "profile.txt" if args.profile else None
-        one = bench.pipeline(main_settings, n, profile=profile, label="1 worker")
+        one = bench.pipeline(main_settings, n, profile=profile, label="1 worker",
+                             chart_progress=True)
         results["pipeline"] = one
         say(f"  {one['events_per_second']:,.0f} events/s ({one['seconds']:.1f} s; touchpoints "
             f"visible after {one['touchpoints_visible_seconds']:.1f} s; the worker busy "
@@ -200,6 +201,12 @@ def _table(r: dict) -> str:
     if "worker_cpu_share" in p:
         rows.append(("", f"{p['worker_cpu_share']:.0%} busy",
                      "the worker's CPU time over the run, of one core"))
+    if p.get("stage_messages"):
+        per = {k: v / r["events"] for k, v in p["stage_messages"].items()}
+        rows_per = p["sink_rows"].get("cx_metrics", 0.0) / r["events"]
+        rows.append(("", f"{per.get('aggregate_cx', 0.0):.2f} parts",
+                     f"CX window parts per touchpoint ({rows_per:.2f} cx_metrics rows, "
+                     f"{per.get('update_journey', 0.0):.2f} journey messages)"))
     if "latency" in r:
         lat = r["latency"]
         rows.append(("4. latency at half load", f"p99 {lat['p99_seconds']:.2f} s",
@@ -248,11 +255,13 @@ def _chart(series: list, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (top, middle, bottom) = plt.subplots(3, 1, figsize=(9, 10))
+    fig, (top, stages, middle, bottom) = plt.subplots(4, 1, figsize=(9, 13))
     for s in series:
         xs, ys = [x for x, _ in s.points], [y for _, y in s.points]
         if s.name.startswith("latency"):
             bottom.plot(xs, ys, label=s.name)
+        elif s.name.endswith("messages taken in"):
+            stages.plot(xs, ys, label=s.name)
         elif s.name.endswith("RSS (MiB)"):
             middle.plot(xs, ys, label=s.name)
         else:  # a 5 s moving mean: the raw 0.5 s samples come in bursts
@@ -262,13 +271,16 @@ def _chart(series: list, path: Path) -> None:
     top.set_title("throughput: touchpoints reaching ClickHouse (5 s mean)")
     top.set_xlabel("seconds since the first touchpoint")
     top.set_ylabel("events/s")
+    stages.set_title("progress: messages each stage has taken in (bundles opened)")
+    stages.set_xlabel("seconds since the first touchpoint")
+    stages.set_ylabel("messages")
     middle.set_title("memory: the worker's RSS (the last point: after every window settled)")
     middle.set_xlabel("seconds since the first touchpoint")
     middle.set_ylabel("MiB")
     bottom.set_title("latency at half of the maximum load")
     bottom.set_xlabel("seconds of sending")
     bottom.set_ylabel("p99 sent → visible (s)")
-    for ax in (top, middle, bottom):
+    for ax in (top, stages, middle, bottom):
         if ax.lines:
             ax.legend(fontsize="small")
     fig.tight_layout()

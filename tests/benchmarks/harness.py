@@ -151,12 +151,16 @@ class Bench:
     # ── 3, 6, 7. the real pipeline ───────────────────────────────────────────
     def pipeline(self, settings: Settings, expected: int, workers: int = 1,
                  timeout: float = 1800, label: str = "pipeline",
-                 profile: Path | None = None) -> dict[str, float]:
+                 profile: Path | None = None, chart_progress: bool = False) -> dict:
         """Worker processes on a pre-filled topic, until ClickHouse has everything.
 
         Timed from the first touchpoint taken in to the moment every touchpoint row is
         in ClickHouse and the worker group has committed every offset of every topic it
         reads (so journey snapshots and metric windows are written too).
+
+        Each stage's messages taken in are sampled over the run from the workers'
+        metrics: a stage that waits while another drains its backlog shows there, and
+        so do the totals per touchpoint (``stage_messages``, ``sink_rows``).
         """
         client = _clickhouse(settings)
         stacks = []
@@ -174,6 +178,7 @@ class Bench:
         # Where memory goes over the run: state grows with what was processed, a batch's
         # transients come and go, and RSS keeps its peaks.
         memory = Series(f"{label}: worker RSS (MiB)")
+        progress: dict[str, Series] = {}
         profiler = _start_profiler(pids[0], profile) if profile else None
         try:
             start = _wait(lambda: sum(_processed(p) for p in ports) > 0, timeout, 0.05)
@@ -186,12 +191,17 @@ class Bench:
                 series.points.append((now - start, (rows - last[1]) / (now - last[0])))
                 with contextlib.suppress(OSError):  # a worker restarted: its pid is gone
                     memory.points.append((now - start, max(_rss(pid) for pid in pids) / 2**20))
+                for stage, taken in _summed(ports, _STAGE_MESSAGES).items():
+                    name = f"{label}: {stage}, messages taken in"
+                    progress.setdefault(stage, Series(name)).points.append((now - start, taken))
                 last = (now, rows)
                 if now - start > timeout:
                     raise RuntimeError(f"{label}: {rows} of {expected} rows after {timeout} s")
             visible = time.monotonic()
             _settle(settings, timeout)
             done = time.monotonic()
+            stage_messages = _summed(ports, _STAGE_MESSAGES)
+            sink_rows = _summed(ports, _SINK_ROWS)
             rss = [_rss(pid) for pid in pids]
             peak = [_rss(pid, "VmHWM") for pid in pids]
             memory.points.append((done - start, max(rss) / 2**20))
@@ -206,6 +216,8 @@ class Bench:
                 stack.stop()
             client.disconnect()
         self.series += [series, memory]
+        if chart_progress:
+            self.series += list(progress.values())
         return {"events_per_second": expected / (done - start),
                 "seconds": done - start, "touchpoints_visible_seconds": visible - start,
                 "worker_rss_bytes": max(rss), "worker_rss_at_start_bytes": rss_start,
@@ -214,7 +226,12 @@ class Bench:
                 "worker_disk_bytes": disk, "worker_peak_rss_bytes": max(peak),
                 # Busy share of one core: near 1 is CPU-bound, well below waits on I/O.
                 "worker_cpu_seconds": cpu,
-                "worker_cpu_share": cpu / (done - start) / workers}
+                "worker_cpu_share": cpu / (done - start) / workers,
+                # Messages each stage took in (bundles opened) and rows per table, at the
+                # end; per touchpoint they say where the work goes (README, Benchmarks).
+                "stage_messages": stage_messages, "sink_rows": sink_rows,
+                "stage_messages_over_time": {stage: [(round(t, 1), n) for t, n in s.points]
+                                             for stage, s in progress.items()}}
 
     # ── 4. latency ───────────────────────────────────────────────────────────
     def latency(self, settings: Settings, workload: Workload, rate: float,
@@ -446,14 +463,40 @@ async def _segment_load(settings: Settings, tps: list[Touchpoint], concurrency: 
             "p99_request_seconds": _quantile(latencies, 0.99)}
 
 
-def _processed(port: int) -> float:
+_STAGE_MESSAGES = "journey_stage_batch_messages_sum"
+_SINK_ROWS = "journey_sink_rows_total"
+
+
+def _scrape(port: int) -> str:
+    """A worker's metrics page ("" while it is not up)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
+            return r.read().decode()
     except OSError:
-        return 0.0
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("journey_touchpoints_processed_total{"))
+        return ""
+
+
+def _by_label(text: str, name: str) -> dict[str, float]:
+    """A one-label metric's samples, by label value (``name{label="value"} n``)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            series, _, value = line.rpartition(" ")
+            out[series.split('"')[1]] = float(value)
+    return out
+
+
+def _summed(ports: list[int], name: str) -> dict[str, float]:
+    """``_by_label`` summed over the workers."""
+    total: dict[str, float] = {}
+    for port in ports:
+        for label, value in _by_label(_scrape(port), name).items():
+            total[label] = total.get(label, 0.0) + value
+    return total
+
+
+def _processed(port: int) -> float:
+    return sum(_by_label(_scrape(port), "journey_touchpoints_processed_total").values())
 
 
 def _settle(settings: Settings, timeout: float, rounds: int = 3) -> None:

@@ -27,6 +27,16 @@ def test_bench_smoke_measures_everything(tmp_path) -> None:
     memory = r["pipeline"]["worker_rss_mib_over_time"]  # sampled over the run, then at its end
     assert len(memory) >= 2 and all(mib > 0 for _, mib in memory)
     assert memory[-1][1] == round(r["pipeline"]["worker_rss_bytes"] / 2**20, 1)
+    # Every touchpoint of the pre-filled topic went through the router and into ClickHouse;
+    # each stage's count only grows over the run and ends at its total.
+    taken = r["pipeline"]["stage_messages"]
+    assert taken["route_by_device"] >= r["events"]
+    assert r["pipeline"]["sink_rows"]["touchpoints"] >= r["events"]
+    for stage, points in r["pipeline"]["stage_messages_over_time"].items():
+        counts = [n for _, n in points]
+        assert counts == sorted(counts) and counts[-1] <= taken[stage], stage
+    assert set(r["pipeline"]["stage_messages_over_time"]) >= {"route_by_device", "update_journey"}
+    assert "CX window parts per touchpoint" in run.stdout
     assert r["latency"]["visible"] == r["latency"]["events"]  # every sent event arrived
     assert r["collector"]["accepted_requests"] == r["collector"]["requests"]
     assert out.with_suffix(".png").stat().st_size > 10_000
