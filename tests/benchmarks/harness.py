@@ -29,6 +29,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kafka import KafkaConsumer
 from kafka import TopicPartition as KafkaPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.stack import Stack
 from producers.simulator import simulate
@@ -477,13 +478,10 @@ def _scrape(port: int) -> str:
 
 
 def _by_label(text: str, name: str) -> dict[str, float]:
-    """A one-label metric's samples, by label value (``name{label="value"} n``)."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith(name + "{"):
-            series, _, value = line.rpartition(" ")
-            out[series.split('"')[1]] = float(value)
-    return out
+    """The samples called ``name`` of a one-label metric, by label value."""
+    return {next(iter(sample.labels.values())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name == name and sample.labels}
 
 
 def _summed(ports: list[int], name: str) -> dict[str, float]:
