@@ -179,11 +179,22 @@ class Bench:
         # Where memory goes over the run: state grows with what was processed, a batch's
         # transients come and go, and RSS keeps its peaks.
         memory = Series(f"{label}: worker RSS (MiB)")
+        # Each stage's messages taken in, every _PROGRESS_SECONDS and at the end: a page
+        # of the worker's metrics costs its event loop about 12 ms to render.
         progress: dict[str, Series] = {}
+
+        def sample_progress(at: float, pages: list[str]) -> dict[str, float]:
+            taken = _summed(pages, _STAGE_MESSAGES)
+            for stage, n in taken.items():
+                name = f"{label}: {stage}, messages taken in"
+                progress.setdefault(stage, Series(name)).points.append((at, n))
+            return taken
+
         profiler = _start_profiler(pids[0], profile) if profile else None
         try:
             start = _wait(lambda: sum(_processed(p) for p in ports) > 0, timeout, 0.05)
             last = (start, 0)
+            next_progress = 0.0
             rows = 0
             while rows < expected:
                 time.sleep(0.5)
@@ -192,17 +203,18 @@ class Bench:
                 series.points.append((now - start, (rows - last[1]) / (now - last[0])))
                 with contextlib.suppress(OSError):  # a worker restarted: its pid is gone
                     memory.points.append((now - start, max(_rss(pid) for pid in pids) / 2**20))
-                for stage, taken in _summed(ports, _STAGE_MESSAGES).items():
-                    name = f"{label}: {stage}, messages taken in"
-                    progress.setdefault(stage, Series(name)).points.append((now - start, taken))
+                if now - start >= next_progress:
+                    sample_progress(now - start, [_scrape(port) for port in ports])
+                    next_progress = now - start + _PROGRESS_SECONDS
                 last = (now, rows)
                 if now - start > timeout:
                     raise RuntimeError(f"{label}: {rows} of {expected} rows after {timeout} s")
             visible = time.monotonic()
             _settle(settings, timeout)
             done = time.monotonic()
-            stage_messages = _summed(ports, _STAGE_MESSAGES)
-            sink_rows = _summed(ports, _SINK_ROWS)
+            pages = [_scrape(port) for port in ports]
+            stage_messages = sample_progress(done - start, pages)
+            sink_rows = _summed(pages, _SINK_ROWS)
             rss = [_rss(pid) for pid in pids]
             peak = [_rss(pid, "VmHWM") for pid in pids]
             memory.points.append((done - start, max(rss) / 2**20))
@@ -465,6 +477,7 @@ async def _segment_load(settings: Settings, tps: list[Touchpoint], concurrency: 
 
 
 _STAGE_MESSAGES = "journey_stage_batch_messages_sum"
+_PROGRESS_SECONDS = 2.0
 _SINK_ROWS = "journey_sink_rows_total"
 
 
@@ -484,11 +497,11 @@ def _by_label(text: str, name: str) -> dict[str, float]:
             for sample in family.samples if sample.name == name and sample.labels}
 
 
-def _summed(ports: list[int], name: str) -> dict[str, float]:
-    """``_by_label`` summed over the workers."""
+def _summed(pages: list[str], name: str) -> dict[str, float]:
+    """``_by_label`` summed over the workers' metrics pages."""
     total: dict[str, float] = {}
-    for port in ports:
-        for label, value in _by_label(_scrape(port), name).items():
+    for page in pages:
+        for label, value in _by_label(page, name).items():
             total[label] = total.get(label, 0.0) + value
     return total
 
