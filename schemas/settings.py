@@ -86,6 +86,12 @@ class Settings:
         "JOURNEY_SINK_BATCH_SIZE records on an internal topic (each a bundle of up to "
         "hundreds of messages) is applied and committed in runs of whole records up to "
         "this. Bounds the memory a batch holds and how long it holds the worker.")
+    router_max_ahead: int = _setting(
+        8, "JOURNEY_ROUTER_MAX_AHEAD",
+        "Most records (bundles: batches of the stage upstream) any internal partition "
+        "this worker holds may have waiting before its stage takes them in; past it the "
+        "router stops taking touchpoints until every one is at half of it or less, so a "
+        "backlog goes through the stages together. 0: no limit.")
     sink_flush_seconds: float = _setting(
         0.1, "JOURNEY_SINK_FLUSH_SECONDS",
         "Longest wait before a partial batch is processed and flushed (a quiet topic's "
@@ -167,6 +173,12 @@ class Settings:
         "Longest a worker's fetch waits for data. Tansu answers only when the wait ends, "
         "so it bounds the delay each internal hop adds (Faust's fixed 1.5 s made "
         "end-to-end latency several seconds).")
+    broker_max_poll_records: int = _setting(
+        2000, "JOURNEY_BROKER_MAX_POLL_RECORDS",
+        "Most records one fetch hands to the worker's streams, over all its partitions. "
+        "Faust fetches again only once every record of the last fetch is in a stream's "
+        "buffer, so an unbounded fetch (about 40,000 touchpoints of a backlog) kept the "
+        "internal topics waiting. 0: no bound.")
     broker_commit_interval: float = _setting(
         2.8, "JOURNEY_BROKER_COMMIT_INTERVAL",
         "How often the worker commits consumer offsets, in seconds (Faust's default). After "
@@ -286,6 +298,10 @@ class Settings:
             raise ConfigError("JOURNEY_SINK_BATCH_SIZE must be at least 1")
         if self.stage_batch_messages < 1:
             raise ConfigError("JOURNEY_STAGE_BATCH_MESSAGES must be at least 1")
+        if self.broker_max_poll_records < 0:
+            raise ConfigError("JOURNEY_BROKER_MAX_POLL_RECORDS must be 0 (no bound) or more")
+        if self.router_max_ahead < 0:
+            raise ConfigError("JOURNEY_ROUTER_MAX_AHEAD must be 0 (no limit) or more")
         if self.gc_threshold < 0:
             raise ConfigError("JOURNEY_GC_THRESHOLD must be 0 (off) or more")
         if self.tail_touchpoints < 1 or self.tail_days <= 0:

@@ -100,6 +100,7 @@ def create_app(settings: Settings) -> faust.App:
         producer_acks=-1,
         producer_linger=0.005,
         producer_max_batch_size=256 * 1024,
+        broker_max_poll_records=settings.broker_max_poll_records or None,
         web_host=settings.worker_web_host,
         web_port=settings.worker_web_port,
         web_in_thread=False,

@@ -16,7 +16,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 __all__ = ["Continuity", "caught_up", "disown_stale", "fetched_within", "guard_commits",
-           "inputs", "lag", "seek_uncommitted_to_start"]
+           "inputs", "lag", "pause_fetching", "position", "seek_uncommitted_to_start"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,42 @@ async def lag(app: Any) -> list[tuple[str, int, int]]:
         if position is not None and highwater is not None:
             out.append((tp.topic, tp.partition, max(0, highwater - position)))
     return out
+
+
+async def pause_fetching(app: Any, tps: Sequence[TopicPartition], pause: bool) -> None:
+    """Stop (``pause``) or restart fetching ``tps``, in aiokafka's consumer.
+
+    Not Faust's ``pause_partitions``: that only leaves the partitions out of what Faust
+    hands to the streams, and records aiokafka had returned already are dropped with the
+    position past them (measured: a hole in every paused partition, read again by
+    ``Continuity`` each time, and a bench run that stalled). aiokafka's pause drops what
+    it fetched and had not returned, its position left before it. The call runs in the
+    consumer's thread: a pause makes a future the fetcher waits on, of that thread's
+    loop. A rebalance gives the consumer fresh partition states, unpaused."""
+    thread = app.consumer._thread
+
+    async def apply() -> None:
+        aio = thread._ensure_consumer()
+        assigned = aio.assignment()
+        mine = [tp for tp in tps if tp in assigned]
+        if mine:
+            (aio.pause if pause else aio.resume)(*mine)
+
+    await thread.call_thread(apply)
+
+
+def position(app: Any, tp: TopicPartition) -> int | None:
+    """The consumer's fetch position in ``tp``, if it has one (None while aiokafka
+    resets it, or once revoked). Read as aiokafka's own ``position`` reads it, without
+    that coroutine's wait for a reset, nor a call into the consumer's thread."""
+    try:
+        aio = app.consumer._thread._ensure_consumer()
+        if not aio._subscription.is_assigned(tp):
+            return None
+        state = aio._subscription.subscription.assignment.state_value(tp)
+        return state.position if state.has_valid_position else None
+    except Exception:  # no consumer yet, or a rebalance replaced the assignment
+        return None
 
 
 def disown_stale(app: Any, events: Sequence[Any]) -> list[Any]:

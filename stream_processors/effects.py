@@ -325,9 +325,13 @@ class Committer:
     """Applies a stage's :class:`Output` to the world in the order the module doc gives."""
 
     def __init__(self, write_rows: Callable[[Mapping[str, Sequence[tuple]]], Awaitable[None]],
-                 topics: Mapping[str, Any], broker_timeout: float = 60.0) -> None:
+                 topics: Mapping[str, Any], broker_timeout: float = 60.0,
+                 on_sent: Callable[[Sequence[Any]], object] | None = None) -> None:
         self._write_rows = write_rows
         self._topics = topics
+        #: Hears the broker's acknowledgements (record metadata: topic, partition,
+        #: offset) of each batch's messages.
+        self._on_sent = on_sent
         #: How long the broker may take to acknowledge the batch's messages, and then
         #: each group's changelog records; past it, ``asyncio.TimeoutError``: the broker
         #: is in trouble and the worker stops to replay (Faust's own producer waits 20
@@ -369,4 +373,6 @@ class Committer:
             else:
                 futures.append(await topic.send(key=message.key, value=message.value,
                                                 partition=message.partition))
-        await asyncio.gather(*futures)
+        acknowledged = await asyncio.gather(*futures)
+        if self._on_sent is not None:
+            self._on_sent(acknowledged)

@@ -48,6 +48,8 @@ class WorkerMetrics(NamedTuple):
     table_keys: Gauge
     state_rebuilds: Counter
     suppressed_touchpoints: Counter
+    router_pauses: Counter
+    backlog_records: Gauge
     cx_survey_responses: Counter
     cx_rated_responses: Counter
     cx_ces_score: Histogram
@@ -164,6 +166,13 @@ class WorkerMetrics(NamedTuple):
                 f"{prefix}_suppressed_touchpoints", "Touchpoints and links dropped because "
                 "they name a forgotten customer or device (`journey forget`), by stage "
                 "(by-device, journey).", ["stage"], registry=registry),
+            router_pauses=Counter(
+                f"{prefix}_router_pauses", "Times the router stopped taking touchpoints "
+                "because a stage behind it had more than JOURNEY_ROUTER_MAX_AHEAD records "
+                "waiting.", registry=registry),
+            backlog_records=Gauge(
+                f"{prefix}_backlog_records", "Most records any internal partition of this "
+                "worker has that its stage has not taken in yet.", registry=registry),
             # CX counts, not ratios: NPS, CSAT and quantiles are recording rules over
             # them (deploy/prometheus/rules), so they aggregate across workers.
             cx_survey_responses=Counter(

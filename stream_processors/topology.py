@@ -43,6 +43,11 @@ inputs (stream_processors/windows.py says why the max event time seen would not 
 keyed commands, partitioned as Kafka would partition each key alone: tables stay
 co-partitioned while Faust's and the broker's per-message cost is paid per bundle.
 
+**Backpressure.** The router routes a touchpoint far faster than the stages behind it
+take one in; on a backlog it stops taking touchpoints while an internal partition of
+this worker has more than JOURNEY_ROUTER_MAX_AHEAD records waiting
+(``hold_back_router``, stream_processors/backpressure.py).
+
 Each agent reads batches bounded by size *and* time. Identity lives with the device's
 partition and a journey with its own, so results do not depend on how partitions are
 spread over workers; what a stage keeps in memory is per partition, made on
@@ -67,6 +72,7 @@ from schemas import decode_trusted, utcnow
 from schemas.partitioning import partition_for
 from stream_processors import consumer, logs, recovery
 from stream_processors.app import app, settings
+from stream_processors.backpressure import Backlog, Gate
 from stream_processors.batches import BatchRunner, parts
 from stream_processors.clickhouse.client import connect
 from stream_processors.clickhouse.client import enforce_retention as clickhouse_retention
@@ -183,10 +189,15 @@ journey_updater = JourneyUpdater(
 aggregator = Aggregator(metrics, PARTITIONS, settings.cx_update_seconds,
                         revision=settings.cx_revision)
 rejects = CollectorRejects(PARTITIONS)
+#: The internal partitions' records not yet through their stages, which the router may
+#: run only so far ahead of (stream_processors/backpressure.py).
+backlog = Backlog()
 committer = Committer(sink.write, {
     BY_DEVICE: by_device_topic, JOURNEY_EVENTS: journey_events_topic,
-    CX_PARTIALS: cx_partials_topic, DEAD_LETTERS: dead_letters_topic, ALERTS: alerts_topic})
+    CX_PARTIALS: cx_partials_topic, DEAD_LETTERS: dead_letters_topic, ALERTS: alerts_topic},
+    on_sent=backlog.acknowledged)
 runner = BatchRunner(committer, metrics, PARTITIONS)
+router_gate = Gate(settings.router_max_ahead) if settings.router_max_ahead else None
 
 
 # ── agents ───────────────────────────────────────────────────────────────────
@@ -198,6 +209,7 @@ _continuities: list[consumer.Continuity] = []  # one per agent
 
 async def _batches(stream: StreamT, within: float,
                    open_: Callable[[Sequence[EventT]], list[Message]],
+                   internal: bool = True,
                    ) -> AsyncIterator[tuple[list[EventT], list[Message]]]:
     """Batches bounded by size and time, of this generation's events only: an event
     fetched before a rebalance is left to its partition's owner, to read again
@@ -205,7 +217,8 @@ async def _batches(stream: StreamT, within: float,
     hole: a partition whose records Faust passed over is read again from there
     (consumer.Continuity). Each comes with its messages (``open_``), at most
     JOURNEY_STAGE_BATCH_MESSAGES of them: Faust's batch is applied in runs of whole
-    records (batches.parts says why)."""
+    records (batches.parts says why). An ``internal`` topic's runs, once through, count
+    off its backlog."""
     continuity = consumer.Continuity()
     _continuities.append(continuity)
     async for events in stream.take_events(BATCH, within=within):
@@ -216,12 +229,14 @@ async def _batches(stream: StreamT, within: float,
                 run, messages = still, open_(still)
             if run:
                 yield run, messages
+                if internal:
+                    backlog.through(run)
         consumer.disown_stale(app, fresh)  # a rebalance came during the batch
 
 
 @app.agent(touchpoints_topic)
 async def route_by_device(stream: StreamT) -> None:
-    async for _events, batch in _batches(stream, HOP_WITHIN, _raw):
+    async for _events, batch in _batches(stream, HOP_WITHIN, _raw, internal=False):
         await runner.run("route_by_device", touchpoints_topic.get_topic_name(), batch,
                          lambda b: router.route(b, utcnow()))
 
@@ -263,7 +278,7 @@ async def aggregate_cx(stream: StreamT) -> None:
 
 @app.agent(dead_letters_topic)
 async def record_rejects(stream: StreamT) -> None:
-    async for _events, batch in _batches(stream, WITHIN, _raw):
+    async for _events, batch in _batches(stream, WITHIN, _raw, internal=False):
         await runner.run("record_rejects", dead_letters_topic.get_topic_name(), batch,
                          lambda b: rejects.record(b, utcnow()))
 
@@ -294,6 +309,7 @@ async def _assigned(app: object, assigned: Iterable[Any], **kwargs: object) -> N
 async def _revoked(app: object, revoked: Iterable[Any], **kwargs: object) -> None:
     for topic, held in _HELD_BY:
         held.revoke(tp.partition for tp in revoked if tp.topic == topic.get_topic_name())
+    backlog.forget((tp.topic, tp.partition) for tp in revoked)
 
 
 # ── timers ───────────────────────────────────────────────────────────────────
@@ -307,6 +323,41 @@ async def quiet_logs() -> None:
         logger = logging.getLogger(name)
         logger.setLevel(max(logging.INFO, logger.getEffectiveLevel()))
     logs.quiet_outages(settings.bootstrap_servers)
+
+
+@app.timer(interval=0.1)
+async def hold_back_router() -> None:
+    """Pause the router's partitions while an internal partition of this worker is more
+    than JOURNEY_ROUTER_MAX_AHEAD records behind; resume them at half that. Made again
+    at every check while it holds: a rebalance unpauses every partition it gives."""
+    if app.rebalancing or app.in_recovery:
+        return
+    internal = [(topic.get_topic_name(), partition)
+                for topic in (by_device_topic, journey_events_topic, cx_partials_topic)
+                for partition in _assigned_partitions(topic)]
+    start = {}
+    for topic, partition in backlog.unknown(internal):
+        position = consumer.position(app, TopicPartition(topic, partition))
+        if position is not None:
+            start[(topic, partition)] = position
+    behind = backlog.most_behind(internal, _highwater, start)
+    metrics.backlog_records.set(behind)
+    if router_gate is None:
+        return
+    change = router_gate.update(behind)
+    if router_gate.closed or change is False:
+        tps = [TopicPartition(touchpoints_topic.get_topic_name(), partition)
+               for partition in _assigned_partitions(touchpoints_topic)]
+        await consumer.pause_fetching(app, tps, router_gate.closed)
+        if change:
+            metrics.router_pauses.inc()
+
+
+def _highwater(topic: str, partition: int) -> int | None:
+    try:
+        return app.consumer.highwater(TopicPartition(topic, partition))
+    except Exception:  # just revoked
+        return None
 
 
 @app.timer(interval=1.0)
