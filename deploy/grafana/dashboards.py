@@ -145,6 +145,14 @@ def pipeline_health() -> Dashboard:
                 "ClickHouse's inserts; messages and state: the broker's acknowledgements of "
                 "the batch's messages, then of its changelog records. Touchpoints become "
                 "visible after update_journey's rows."),
+            _series("Backpressure: records waiting for a stage, and router pauses", [
+                _prom("max(journey_backlog_records)", "most records waiting (a worker)", "A"),
+                _prom("sum(rate(journey_router_pauses_total[5m])) * 60",
+                      "router pauses per minute", "B")], (0, 53), w=24,
+                description="The router stops taking touchpoints while an internal partition "
+                "has more than JOURNEY_ROUTER_MAX_AHEAD records (bundles) waiting for its "
+                "stage, so a backlog goes through the stages together. Pauses on a backlog "
+                "are expected; waiting records that stay high mean a stage is stuck."),
         ],
     ).auto_panel_ids()
 
