@@ -87,11 +87,12 @@ class Settings:
         "hundreds of messages) is applied and committed in runs of whole records up to "
         "this. Bounds the memory a batch holds and how long it holds the worker.")
     router_max_ahead: int = _setting(
-        8, "JOURNEY_ROUTER_MAX_AHEAD",
+        0, "JOURNEY_ROUTER_MAX_AHEAD",
         "Most records (bundles: batches of the stage upstream) any internal partition "
         "this worker holds may have waiting before its stage takes them in; past it the "
         "router stops taking touchpoints until every one is at half of it or less, so a "
-        "backlog goes through the stages together. 0: no limit.")
+        "backlog goes through the stages together in bounded memory, at a cost in "
+        "throughput (README, Benchmarks). 0: no limit.")
     sink_flush_seconds: float = _setting(
         0.1, "JOURNEY_SINK_FLUSH_SECONDS",
         "Longest wait before a partial batch is processed and flushed (a quiet topic's "
