@@ -44,9 +44,9 @@ keyed commands, partitioned as Kafka would partition each key alone: tables stay
 co-partitioned while Faust's and the broker's per-message cost is paid per bundle.
 
 **Backpressure.** The router routes a touchpoint far faster than the stages behind it
-take one in; on a backlog it stops taking touchpoints while an internal partition of
-this worker has more than JOURNEY_ROUTER_MAX_AHEAD records waiting
-(``hold_back_router``, stream_processors/backpressure.py).
+take one in; with JOURNEY_ROUTER_MAX_AHEAD set, on a backlog it stops taking
+touchpoints while an internal partition of this worker has more than that many records
+waiting (``hold_back_router``, stream_processors/backpressure.py).
 
 Each agent reads batches bounded by size *and* time. Identity lives with the device's
 partition and a journey with its own, so results do not depend on how partitions are
