@@ -11,8 +11,8 @@ the progress markers travel behind the data; every CX window stayed open meanwhi
 refreshed every few seconds, and 94,364 of 125,086 windows closed in one batch at the
 end (what the worker's RSS climbed by in its last seconds).
 
-So the router's partitions are paused (Faust's ``pause_partitions``: no more of them is
-handed over; what was fetched still is) while any internal partition this worker holds
+So the router's partitions are paused (in aiokafka's consumer: ``consumer.pause_fetching``
+says why not Faust's ``pause_partitions``) while any internal partition this worker holds
 is more than ``high`` records behind, and resumed once all are at most ``low`` behind.
 A record there is one bundle: one batch of the stage upstream, so ``high`` counts
 upstream batches not yet taken in.
@@ -50,20 +50,14 @@ class Backlog:
         highwater known before any fetch of the partition says it. Measured: the router
         sent 151 of a test's 181 batches before the fetches of the internal partitions
         gave their first highwaters, so a backlog counted by those alone stayed 0."""
-        sent = self.sent
         for record in records:
-            key = (record.topic, record.partition)
-            if record.offset >= sent.get(key, 0):
-                sent[key] = record.offset + 1
+            _past(self.sent, (record.topic, record.partition), record.offset)
 
     def through(self, events: Sequence[Any]) -> None:
         """A stage's run of ``events`` is committed."""
-        done = self.done
         for event in events:
             message = event.message
-            key = (message.topic, message.partition)
-            if message.offset >= done.get(key, 0):
-                done[key] = message.offset + 1
+            _past(self.done, (message.topic, message.partition), message.offset)
 
     def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Partitions revoked: the next holder knows how far it got (and a broker that
@@ -97,6 +91,12 @@ class Backlog:
             if high is not None and done is not None:
                 most = max(most, high - done)
         return most
+
+
+def _past(offsets: dict[tuple[str, int], int], key: tuple[str, int], offset: int) -> None:
+    """``offsets[key]`` past ``offset``, never back (a replay repeats lower offsets)."""
+    if offset >= offsets.get(key, 0):
+        offsets[key] = offset + 1
 
 
 class Gate:

@@ -16,7 +16,8 @@ from typing import Any
 from aiokafka import TopicPartition
 
 __all__ = ["Continuity", "caught_up", "disown_stale", "fetched_within", "guard_commits",
-           "inputs", "lag", "pause_fetching", "position", "seek_uncommitted_to_start"]
+           "highwater", "inputs", "lag", "pause_fetching", "position",
+           "seek_uncommitted_to_start"]
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,18 @@ def caught_up(app: Any, tp: TopicPartition, done: int, fresh_seconds: float) -> 
     """
     if app.rebalancing or not fetched_within(app, tp, fresh_seconds):
         return False
-    consumer = app.consumer
+    high = highwater(app, tp)
+    committed = app.consumer._committed_offset.get(tp) or 0
+    return high is not None and max(done, committed) >= high
+
+
+def highwater(app: Any, tp: TopicPartition) -> int | None:
+    """The highwater of ``tp`` as its last fetch response gave it; None before any, or
+    once revoked."""
     try:
-        highwater = consumer.highwater(tp)
+        return app.consumer.highwater(tp)
     except Exception:  # just revoked
-        return False
-    committed = consumer._committed_offset.get(tp) or 0
-    return highwater is not None and max(done, committed) >= highwater
+        return None
 
 
 def fetched_within(app: Any, tp: TopicPartition, seconds: float) -> bool:

@@ -340,7 +340,9 @@ async def hold_back_router() -> None:
         position = consumer.position(app, TopicPartition(topic, partition))
         if position is not None:
             start[(topic, partition)] = position
-    behind = backlog.most_behind(internal, _highwater, start)
+    behind = backlog.most_behind(
+        internal, lambda topic, partition: consumer.highwater(
+            app, TopicPartition(topic, partition)), start)
     metrics.backlog_records.set(behind)
     if router_gate is None:
         return
@@ -351,13 +353,6 @@ async def hold_back_router() -> None:
         await consumer.pause_fetching(app, tps, router_gate.closed)
         if change:
             metrics.router_pauses.inc()
-
-
-def _highwater(topic: str, partition: int) -> int | None:
-    try:
-        return app.consumer.highwater(TopicPartition(topic, partition))
-    except Exception:  # just revoked
-        return None
 
 
 @app.timer(interval=1.0)
