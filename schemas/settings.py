@@ -271,6 +271,12 @@ class Settings:
         "Allocations between two young-generation collections of the worker's Python "
         "garbage collector (CPython's default is 700; 0 turns automatic collection off). "
         "The worker's batches make many short-lived objects and few cycles.")
+    malloc_mmap_threshold: int = _setting(
+        131_072, "JOURNEY_MALLOC_MMAP_THRESHOLD",
+        "Bytes from which the worker's C allocations (glibc) are mapped on their own and "
+        "given back to the system when freed; 0 leaves glibc's sliding threshold, which "
+        "keeps large buffers (fetches, batches, inserts) in the heap, where longer-lived "
+        "state then pins them.")
     log_level: str = _setting(
         "info", "JOURNEY_LOG_LEVEL",
         "debug, info, warning (or warn), error or critical (or crit); any case.")
@@ -303,6 +309,8 @@ class Settings:
             raise ConfigError("JOURNEY_BROKER_MAX_POLL_RECORDS must be 0 (no bound) or more")
         if self.router_max_ahead < 0:
             raise ConfigError("JOURNEY_ROUTER_MAX_AHEAD must be 0 (no limit) or more")
+        if self.malloc_mmap_threshold < 0:
+            raise ConfigError("JOURNEY_MALLOC_MMAP_THRESHOLD must be 0 (glibc's own) or more")
         if self.gc_threshold < 0:
             raise ConfigError("JOURNEY_GC_THRESHOLD must be 0 (off) or more")
         if self.tail_touchpoints < 1 or self.tail_days <= 0:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import logging
 import sys
@@ -16,7 +18,7 @@ from stream_processors.clickhouse.client import (
 )
 from stream_processors.topics import ensure_topics
 
-__all__ = ["prepare", "run_worker", "tune_gc"]
+__all__ = ["prepare", "run_worker", "tune_gc", "tune_malloc"]
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +65,40 @@ def tune_gc(threshold: int) -> None:
     gc.set_threshold(threshold, 20, 20)
 
 
+#: glibc's mallopt parameter for the mmap threshold (malloc.h).
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_malloc(mmap_threshold: int) -> bool:
+    """Fix glibc's mmap threshold at ``mmap_threshold`` bytes; False where that cannot
+    be done (another C library, or 0: leave it).
+
+    Why: glibc starts at 128 KiB but raises the threshold to the size of each mapped
+    block freed (up to 32 MiB), so after the first fetch response or batch is freed the
+    next ones come from the heap. Table values written meanwhile land above them, and
+    the freed space stays resident. Measured on the bench (README, "Benchmarks"): at the
+    end of a 10,000-customer run the worker's heap held 114 MB of free space, 34 MB with
+    the threshold fixed, and its RSS fell by 56-79 MiB (10,000 and 20,000 customers).
+    Fixing it also fixes glibc's trim threshold, so free space at the heap's top is
+    given back."""
+    if mmap_threshold <= 0:
+        return False
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt, _ = libc.mallopt, libc.gnu_get_libc_version
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
+
+
 def run_worker(settings: Settings) -> None:
     """Blocks until the worker stops (SIGTERM or Ctrl-C)."""
     logging.basicConfig(level=settings.python_log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not tune_malloc(settings.malloc_mmap_threshold) and settings.malloc_mmap_threshold:
+        log.info("JOURNEY_MALLOC_MMAP_THRESHOLD: not glibc, left as it is")
     prepare(settings)
     (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
     # Imported late: building the topology reads the settings from the environment.

@@ -63,8 +63,10 @@ _decoder = msgspec.msgpack.Decoder(AggregatorState)
 #: Encoded bytes of entries kept decoded between batches, per partition (decoded, about
 #: nine times as much): the windows around the watermark, which most batches touch.
 #: Measured with py-spy on the 10,000-customer bench: decoding entries took 5.1 % of the
-#: worker's samples without this, 2.6 % with 256 KiB, 0.6 % with 1 MiB.
-DECODED_BYTES = 1024 * 1024
+#: worker's samples without this, 2.6 % with 256 KiB, 0.6 % with 1 MiB. 1 MiB cost 33-41
+#: MiB of RSS at the end of the 10,000- and 20,000-customer runs (65 MiB at the peak)
+#: for no throughput the bench could tell from its noise.
+DECODED_BYTES = 256 * 1024
 
 
 def shard(window: str) -> str:
