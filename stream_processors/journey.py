@@ -39,10 +39,10 @@ from schemas import Touchpoint, decode_trusted
 from stream_processors.cx_metrics import nps_category
 
 __all__ = [
-    "ALERT_KINDS", "FUNNEL", "STAGES", "Alert", "FoldState", "Journey", "JourneyEvent",
-    "JourneyLog", "RowExtra", "Ticket", "Transition",
+    "ALERT_KINDS", "FOLDED_PROPERTIES", "FUNNEL", "STAGES", "Alert", "FoldState", "Journey",
+    "JourneyEvent", "JourneyLog", "RowExtra", "Ticket", "Transition",
     "add_events", "alerts_for", "behind_summary", "compact", "decode_log", "encode_log",
-    "event_of", "fold", "merge_logs", "natural_key", "shed", "touchpoint_of",
+    "event_of", "fold", "for_customer", "merge_logs", "natural_key", "shed", "touchpoint_of",
 ]
 
 #: The funnel, in order; ``loyal`` and ``churned`` come after it.
@@ -418,14 +418,39 @@ def natural_key(e: JourneyEvent) -> str | None:
     return None
 
 
+#: The properties anything reads from a journey's touchpoints (the fold, natural keys,
+#: alerts, CX contributions): all a customer's journey keeps of them. Its touchpoints'
+#: rows are written as they arrive, so the rest would only take room in every journey.
+FOLDED_PROPERTIES: Final = frozenset({"author", "channel", "order_id", "rates", "revenue",
+                                      "score", "status", "survey", "ticket_id"})
+
+
 def event_of(tp: Touchpoint, *, keep_row: bool = False) -> JourneyEvent:
-    """``keep_row``: keep what the touchpoint's row needs (an anonymous journey's)."""
-    extra = (RowExtra(version=tp.version, received_at=tp.received_at,
-                      session_id=tp.session_id, source=tp.source, context=tp.context)
-             if keep_row else None)
+    """``keep_row``: keep what the touchpoint's row needs (an anonymous journey's, whose
+    rows are written again under the customer once identified); otherwise only what the
+    journey reads (``FOLDED_PROPERTIES``, no anonymous id)."""
+    if keep_row:
+        return JourneyEvent(
+            at=tp.occurred_at, event_id=tp.event_id, type=tp.type, channel=tp.channel,
+            anonymous_id=tp.anonymous_id, properties=tp.properties,
+            extra=RowExtra(version=tp.version, received_at=tp.received_at,
+                           session_id=tp.session_id, source=tp.source, context=tp.context))
     return JourneyEvent(at=tp.occurred_at, event_id=tp.event_id, type=tp.type,
-                        channel=tp.channel, anonymous_id=tp.anonymous_id,
-                        properties=tp.properties, extra=extra)
+                        channel=tp.channel, properties=_folded(tp.properties))
+
+
+def for_customer(e: JourneyEvent) -> JourneyEvent:
+    """An anonymous journey's event as a customer's journey keeps it (see event_of)."""
+    if e.raw or e.extra is not None or e.anonymous_id is not None:
+        return msgspec.structs.replace(e, raw=b"", extra=None, anonymous_id=None,
+                                       properties=_folded(e.properties))
+    return e
+
+
+def _folded(properties: dict[str, Any]) -> dict[str, Any]:
+    if properties.keys() <= FOLDED_PROPERTIES:
+        return properties
+    return {k: v for k, v in properties.items() if k in FOLDED_PROPERTIES}
 
 
 def touchpoint_of(e: JourneyEvent) -> Touchpoint | None:

@@ -72,6 +72,7 @@ from stream_processors.journey import (
     encode_log,
     event_of,
     fold,
+    for_customer,
     merge_logs,
     touchpoint_of,
 )
@@ -306,8 +307,7 @@ class JourneyUpdater:
             # and this merge comes after that journey's last write.
             b.fresh[key] += [tp for e in command.log.events
                              if (tp := touchpoint_of(e)) is not None]
-            command.log.events = [msgspec.structs.replace(e, raw=b"", extra=None)
-                                  if e.raw or e.extra else e for e in command.log.events]
+            command.log.events = [for_customer(e) for e in command.log.events]
             merge_logs(journey_log, command.log)
             b.counted.update(e.event_id for e in command.log.events)  # in the device journey
 

@@ -147,6 +147,38 @@ def test_a_device_journey_with_a_summary_joins_the_customers_counts() -> None:
         == sorted(f"v{n}" for n in range(35, 40))
 
 
+def test_a_customers_journey_keeps_only_the_properties_it_reads() -> None:
+    """A device's journey keeps its touchpoints whole (their rows are written again under
+    the customer); a customer's keeps what the fold, alerts and CX metrics read, also of
+    the touchpoints a merge brings in. The row written when a touchpoint arrives keeps
+    everything."""
+    journeys: dict[bytes, bytes] = {}
+    stage = updater()
+    anon = b"anon:d-9"
+    part = partition_for(anon, P)
+    visit = tp("v1", "page_view", 1, anon="d-9", url="/shoes", referrer="ad")
+    stage.update([Message(part, 0, anon, Touch(None, [visit]))], journeys, {}, NOW, 0)
+    [kept] = decode_log(journeys[anon]).events
+    assert (kept.properties, kept.anonymous_id) == ({"url": "/shoes", "referrer": "ad"}, "d-9")
+
+    out = stage.update([Message(part, 1, anon, MergeInto("c-9"))], journeys, {}, NOW, 1)
+    [(_, to, key, merge)] = out.sent(JOURNEY_EVENTS)
+    buy = tp("b9", "order_placed", 2, customer="c-9", order_id="o-9", revenue=7.5,
+             currency="EUR", items=[{"sku": "s-1", "quantity": 2}])
+    out = stage.update([Message(to, 1, key, Touch("c-9", [buy]))], journeys, {}, NOW, 2)
+    [row] = as_dicts(out.rows["touchpoints"], "touchpoints")
+    assert msgspec.json.decode(row["properties"])["items"] == [{"sku": "s-1", "quantity": 2}]
+    out = stage.update([Message(to, 2, key, decode_command(merge))], journeys, {}, NOW, 3)
+    assert [r["event_id"] for r in as_dicts(out.rows["touchpoints"], "touchpoints")] == ["v1"]
+
+    customer = decode_log(journeys[b"c-9"])
+    assert {e.event_id: e.properties for e in customer.events} == {
+        "v1": {}, "b9": {"order_id": "o-9", "revenue": 7.5}}
+    assert all(e.anonymous_id is None and e.extra is None for e in customer.events)
+    [row] = as_dicts(out.rows["customer_journeys"], "customer_journeys")
+    assert (row["orders"], row["revenue"], row["touchpoints"]) == (1, 7.5, 2)
+
+
 def test_one_key_through_100_000_touchpoints_costs_the_same_per_event_and_stays_small(
         monkeypatch) -> None:
     """A bot: the fold steps per touchpoint and the stored value do not grow with the
