@@ -428,7 +428,8 @@ FOLDED_PROPERTIES: Final = frozenset({"author", "channel", "order_id", "rates", 
 def event_of(tp: Touchpoint, *, keep_row: bool = False) -> JourneyEvent:
     """``keep_row``: keep what the touchpoint's row needs (an anonymous journey's, whose
     rows are written again under the customer once identified); otherwise only what the
-    journey reads (``FOLDED_PROPERTIES``, no anonymous id)."""
+    journey reads (``FOLDED_PROPERTIES``; its anonymous id only until add_events has
+    recorded it in the journey's ``anonymous_ids``)."""
     if keep_row:
         return JourneyEvent(
             at=tp.occurred_at, event_id=tp.event_id, type=tp.type, channel=tp.channel,
@@ -436,11 +437,13 @@ def event_of(tp: Touchpoint, *, keep_row: bool = False) -> JourneyEvent:
             extra=RowExtra(version=tp.version, received_at=tp.received_at,
                            session_id=tp.session_id, source=tp.source, context=tp.context))
     return JourneyEvent(at=tp.occurred_at, event_id=tp.event_id, type=tp.type,
-                        channel=tp.channel, properties=_folded(tp.properties))
+                        channel=tp.channel, anonymous_id=tp.anonymous_id,
+                        properties=_folded(tp.properties))
 
 
 def for_customer(e: JourneyEvent) -> JourneyEvent:
-    """An anonymous journey's event as a customer's journey keeps it (see event_of)."""
+    """An anonymous journey's event as a customer's journey keeps it (see event_of;
+    the device's anonymous ids come with the merge)."""
     if e.raw or e.extra is not None or e.anonymous_id is not None:
         return msgspec.structs.replace(e, raw=b"", extra=None, anonymous_id=None,
                                        properties=_folded(e.properties))
@@ -505,6 +508,12 @@ def add_events(log: JourneyLog, events: list[JourneyEvent],
         if log.seen and _seen(log.seen, digest):
             continue
         known.add(event.event_id)
+        if event.anonymous_id and event.anonymous_id not in log.anonymous_ids:
+            log.anonymous_ids.append(event.anonymous_id)
+            del log.anonymous_ids[:-ANONYMOUS_IDS]
+        if event.anonymous_id and event.extra is None and not event.raw:
+            # A customer's touchpoint: its device is in anonymous_ids, its row written.
+            event = msgspec.structs.replace(event, anonymous_id=None)
         if log.base and log.events and _order(event) < _order(log.events[0]):
             base = log.summary
             assert base is not None
@@ -517,9 +526,6 @@ def add_events(log: JourneyLog, events: list[JourneyEvent],
             log.events.insert(at, event)
             if at < log.applied:
                 log.applied = -1
-        if event.anonymous_id and event.anonymous_id not in log.anonymous_ids:
-            log.anonymous_ids.append(event.anonymous_id)
-            del log.anonymous_ids[:-ANONYMOUS_IDS]
         added.append(event)
     changed = bool(added)
     if customer_id and log.customer_id != customer_id:

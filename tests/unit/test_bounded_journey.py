@@ -163,8 +163,8 @@ def test_a_customers_journey_keeps_only_the_properties_it_reads() -> None:
 
     out = stage.update([Message(part, 1, anon, MergeInto("c-9"))], journeys, {}, NOW, 1)
     [(_, to, key, merge)] = out.sent(JOURNEY_EVENTS)
-    buy = tp("b9", "order_placed", 2, customer="c-9", order_id="o-9", revenue=7.5,
-             currency="EUR", items=[{"sku": "s-1", "quantity": 2}])
+    buy = tp("b9", "order_placed", 2, customer="c-9", anon="d-10", order_id="o-9",
+             revenue=7.5, currency="EUR", items=[{"sku": "s-1", "quantity": 2}])
     out = stage.update([Message(to, 1, key, Touch("c-9", [buy]))], journeys, {}, NOW, 2)
     [row] = as_dicts(out.rows["touchpoints"], "touchpoints")
     assert msgspec.json.decode(row["properties"])["items"] == [{"sku": "s-1", "quantity": 2}]
@@ -175,8 +175,10 @@ def test_a_customers_journey_keeps_only_the_properties_it_reads() -> None:
     assert {e.event_id: e.properties for e in customer.events} == {
         "v1": {}, "b9": {"order_id": "o-9", "revenue": 7.5}}
     assert all(e.anonymous_id is None and e.extra is None for e in customer.events)
+    # ... and the devices it was seen on are still the journey's, from either path.
     [row] = as_dicts(out.rows["customer_journeys"], "customer_journeys")
     assert (row["orders"], row["revenue"], row["touchpoints"]) == (1, 7.5, 2)
+    assert sorted(row["anonymous_ids"]) == ["d-10", "d-9"]
 
 
 def test_one_key_through_100_000_touchpoints_costs_the_same_per_event_and_stays_small(
