@@ -442,10 +442,10 @@ def event_of(tp: Touchpoint, *, keep_row: bool = False) -> JourneyEvent:
 
 
 def for_customer(e: JourneyEvent) -> JourneyEvent:
-    """An anonymous journey's event as a customer's journey keeps it (see event_of;
-    the device's anonymous ids come with the merge)."""
-    if e.raw or e.extra is not None or e.anonymous_id is not None:
-        return msgspec.structs.replace(e, raw=b"", extra=None, anonymous_id=None,
+    """An anonymous journey's event as a customer's journey keeps it (see event_of:
+    add_events records its anonymous id, then drops it)."""
+    if e.raw or e.extra is not None:
+        return msgspec.structs.replace(e, raw=b"", extra=None,
                                        properties=_folded(e.properties))
     return e
 
@@ -508,12 +508,13 @@ def add_events(log: JourneyLog, events: list[JourneyEvent],
         if log.seen and _seen(log.seen, digest):
             continue
         known.add(event.event_id)
-        if event.anonymous_id and event.anonymous_id not in log.anonymous_ids:
-            log.anonymous_ids.append(event.anonymous_id)
-            del log.anonymous_ids[:-ANONYMOUS_IDS]
-        if event.anonymous_id and event.extra is None and not event.raw:
-            # A customer's touchpoint: its device is in anonymous_ids, its row written.
-            event = msgspec.structs.replace(event, anonymous_id=None)
+        if event.anonymous_id:
+            if event.anonymous_id not in log.anonymous_ids:
+                log.anonymous_ids.append(event.anonymous_id)
+                del log.anonymous_ids[:-ANONYMOUS_IDS]
+            if event.extra is None and not event.raw:
+                # A customer's touchpoint: its device is in anonymous_ids, its row written.
+                event = msgspec.structs.replace(event, anonymous_id=None)
         if log.base and log.events and _order(event) < _order(log.events[0]):
             base = log.summary
             assert base is not None

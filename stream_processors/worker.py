@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import logging
+import platform
 import sys
 import time
 
@@ -81,14 +81,9 @@ def tune_malloc(mmap_threshold: int) -> bool:
     the threshold fixed, and its RSS fell by 56-79 MiB (10,000 and 20,000 customers).
     Fixing it also fixes glibc's trim threshold, so free space at the heap's top is
     given back."""
-    if mmap_threshold <= 0:
+    if mmap_threshold <= 0 or platform.libc_ver()[0] != "glibc":
         return False
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt, _ = libc.mallopt, libc.gnu_get_libc_version
-    except (OSError, AttributeError, TypeError):
-        return False
+    mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
 
