@@ -67,7 +67,7 @@ class RowExtra(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True)
     context: dict[str, Any] = {}
 
 
-class JourneyEvent(msgspec.Struct, array_like=True, frozen=True):
+class JourneyEvent(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True):
     """What a journey keeps of a touchpoint (compact: array-encoded in the table)."""
 
     at: datetime
@@ -91,7 +91,7 @@ class Transition(msgspec.Struct, frozen=True):
     reason: str
 
 
-class Ticket(msgspec.Struct, kw_only=True):
+class Ticket(msgspec.Struct, kw_only=True, omit_defaults=True):
     ticket_id: str
     opened_at: datetime
     opened_event_id: str = ""
@@ -127,7 +127,7 @@ ALERT_IDS: Final = 256
 STATE_FROM: Final = 32
 
 
-class FoldState(msgspec.Struct, kw_only=True):
+class FoldState(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The fold of a journey's touchpoints so far: everything :class:`Journey` derives,
     kept so that the next touchpoint in order is one step, not a refold."""
 
@@ -273,7 +273,7 @@ class FoldState(msgspec.Struct, kw_only=True):
         stage_at_event[e.event_id] = self.stage
 
 
-class JourneyLog(msgspec.Struct, kw_only=True):
+class JourneyLog(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The stored state of one journey: its identity, the summary of its older
     touchpoints and the tail of its latest ones, in time order."""
 
