@@ -277,6 +277,11 @@ class Settings:
         "given back to the system when freed; 0 leaves glibc's sliding threshold, which "
         "keeps large buffers (fetches, batches, inserts) in the heap, where longer-lived "
         "state then pins them.")
+    malloc_trim_seconds: float = _setting(
+        10.0, "JOURNEY_MALLOC_TRIM_SECONDS",
+        "How often the worker gives the free pages inside its C heap (glibc) back to the "
+        "system: the holes a batch's transients leave between longer-lived values stay "
+        "resident otherwise. Each trim takes a few milliseconds; 0 never trims.")
     log_level: str = _setting(
         "info", "JOURNEY_LOG_LEVEL",
         "debug, info, warning (or warn), error or critical (or crit); any case.")
@@ -311,6 +316,8 @@ class Settings:
             raise ConfigError("JOURNEY_ROUTER_MAX_AHEAD must be 0 (no limit) or more")
         if self.malloc_mmap_threshold < 0:
             raise ConfigError("JOURNEY_MALLOC_MMAP_THRESHOLD must be 0 (glibc's own) or more")
+        if self.malloc_trim_seconds < 0:
+            raise ConfigError("JOURNEY_MALLOC_TRIM_SECONDS must be 0 (never) or more")
         if self.gc_threshold < 0:
             raise ConfigError("JOURNEY_GC_THRESHOLD must be 0 (off) or more")
         if self.tail_touchpoints < 1 or self.tail_days <= 0:

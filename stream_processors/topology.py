@@ -103,6 +103,7 @@ from stream_processors.effects import (
     unbundle,
 )
 from stream_processors.journey import ALERT_KINDS, decode_log
+from stream_processors.malloc import trim_malloc
 from stream_processors.metrics import WorkerMetrics
 from stream_processors.stages import (
     Aggregator,
@@ -457,6 +458,17 @@ def _enforce_retention() -> None:
         log.warning("retention: ClickHouse deletion failed (%s); trying again in an hour", exc)
     finally:
         client.disconnect()
+
+
+async def trim_memory() -> None:
+    """Free heap pages back to the system (stream_processors/malloc.py), every
+    JOURNEY_MALLOC_TRIM_SECONDS: a worker that worked through a backlog keeps no more
+    than its state needs once it is done."""
+    trim_malloc()
+
+
+if settings.malloc_trim_seconds > 0:
+    app.timer(interval=settings.malloc_trim_seconds)(trim_memory)
 
 
 @app.timer(interval=5.0)

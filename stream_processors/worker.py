@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
-import platform
 import sys
 import time
 
@@ -16,9 +14,10 @@ from stream_processors.clickhouse.client import (
     migrate,
     wait_until_ready,
 )
+from stream_processors.malloc import tune_malloc
 from stream_processors.topics import ensure_topics
 
-__all__ = ["prepare", "run_worker", "tune_gc", "tune_malloc"]
+__all__ = ["prepare", "run_worker", "tune_gc"]
 
 log = logging.getLogger(__name__)
 
@@ -63,29 +62,6 @@ def tune_gc(threshold: int) -> None:
     (measured: README, "Benchmarks"). Called once the topology is built."""
     gc.freeze()
     gc.set_threshold(threshold, 20, 20)
-
-
-#: glibc's mallopt parameter for the mmap threshold (malloc.h).
-_M_MMAP_THRESHOLD = -3
-
-
-def tune_malloc(mmap_threshold: int) -> bool:
-    """Fix glibc's mmap threshold at ``mmap_threshold`` bytes; False where that cannot
-    be done (another C library, or 0: leave it).
-
-    Why: glibc starts at 128 KiB but raises the threshold to the size of each mapped
-    block freed (up to 32 MiB), so after the first fetch response or batch is freed the
-    next ones come from the heap. Table values written meanwhile land above them, and
-    the freed space stays resident. Measured on the bench (README, "Benchmarks"): at the
-    end of a 10,000-customer run the worker's heap held 114 MB of free space, 34 MB with
-    the threshold fixed, and its RSS fell by 56-79 MiB (10,000 and 20,000 customers).
-    Fixing it also fixes glibc's trim threshold, so free space at the heap's top is
-    given back."""
-    if mmap_threshold <= 0 or platform.libc_ver()[0] != "glibc":
-        return False
-    mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
 
 
 def run_worker(settings: Settings) -> None:
