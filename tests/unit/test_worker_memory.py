@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from stream_processors.malloc import trim_malloc, tune_malloc
+from stream_processors.malloc import tune_malloc
 
 _PROBE = """
 import ctypes, sys
