@@ -281,7 +281,8 @@ class Settings:
         10.0, "JOURNEY_MALLOC_TRIM_SECONDS",
         "How often the worker gives the free pages inside its C heap (glibc) back to the "
         "system: the holes a batch's transients leave between longer-lived values stay "
-        "resident otherwise. Each trim takes a few milliseconds; 0 never trims.")
+        "resident otherwise. A trim holds the worker while it runs: measured 3-8 ms at "
+        "the bench's sizes, 79 ms giving back 730 MB of a 781 MB heap. 0 never trims.")
     log_level: str = _setting(
         "info", "JOURNEY_LOG_LEVEL",
         "debug, info, warning (or warn), error or critical (or crit); any case.")

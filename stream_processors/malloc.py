@@ -55,7 +55,8 @@ def trim_malloc() -> bool:
     meanwhile, so the free space lies in holes, resident until a later batch reuses it.
     ``malloc_trim`` releases every free page of those holes (``madvise``), and the next
     batch that needs them faults them in again. Measured at the end of the
-    10,000-customer bench run: 3.3 ms, RSS 298 → 266 MB."""
+    10,000-customer bench run: 3.3 ms, RSS 298 → 266 MB. It holds the event loop while
+    it runs, longer on a larger heap: 79 ms giving back 730 MB of a 781 MB heap."""
     libc = _glibc()
     if libc is None:
         return False
