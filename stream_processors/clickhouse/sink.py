@@ -61,6 +61,14 @@ _DATA_CODES = frozenset(getattr(ErrorCodes, name) for name in (
     "DECIMAL_OVERFLOW", "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE") if hasattr(ErrorCodes, name))
 
 
+#: Most rows one insert takes; a table's rows of a batch beyond that go in several, in
+#: order. Why: an insert holds its rows a second time as columns (and the driver a third,
+#: as its block), and a batch where the watermark passes many windows at once (a
+#: backlog's end) has the final rows of all of them. Each insert is idempotent like the
+#: whole (the tables keep the row of the highest version), so a crash between two
+#: replays them all.
+INSERT_ROWS = 20_000
+
 #: Rows that say the batch's other rows are in (a partition's answer to ``journey
 #: forget``, stream_processors/suppression.py): inserted after them, never beside them.
 ACKNOWLEDGING = ("privacy_acks",)
@@ -112,7 +120,9 @@ class ClickHouseSink:
 
     async def _insert_all(self, table: str, rows: Sequence[tuple]) -> list[tuple]:
         """Insert ``rows``; returns a dead-letter row for each row refused as data."""
-        pending = [list(rows)]
+        # A stack: the first slice at its end, so the rows go in in their order.
+        pending = [list(rows[start:start + INSERT_ROWS])
+                   for start in reversed(range(0, len(rows), INSERT_ROWS))]
         refused: list[tuple] = []
         attempt = 0
         while pending:

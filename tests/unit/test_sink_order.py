@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry
 
-from stream_processors.clickhouse.sink import ClickHouseSink
+from stream_processors.clickhouse.sink import INSERT_ROWS, ClickHouseSink
 from stream_processors.metrics import WorkerMetrics
 
 
@@ -43,3 +43,22 @@ def test_a_batchs_tables_are_inserted_side_by_side_and_acknowledgements_last() -
     # The acknowledgement began once every other row was in.
     assert sink.spans["privacy_acks"][0] >= max(ended for _, ended in others)
     assert "support_tickets" not in sink.spans  # no rows, no insert
+
+
+class _Recorded(ClickHouseSink):
+    """Each insert's rows, in the order they were sent."""
+
+    def __init__(self) -> None:
+        super().__init__("clickhouse://nowhere:9/x", "x", WorkerMetrics.create(CollectorRegistry()))
+        self.inserts: list[list[tuple]] = []
+
+    async def _run(self, table: str, rows: Sequence[tuple]) -> None:
+        self.inserts.append(list(rows))
+
+
+def test_a_tables_rows_beyond_one_inserts_worth_go_in_several_in_order() -> None:
+    sink = _Recorded()
+    rows = [(n,) for n in range(2 * INSERT_ROWS + 5)]
+    asyncio.run(sink.write({"cx_metrics": rows}))
+    assert [len(chunk) for chunk in sink.inserts] == [INSERT_ROWS, INSERT_ROWS, 5]
+    assert [row for chunk in sink.inserts for row in chunk] == rows
