@@ -79,7 +79,8 @@ class Settings:
         2000, "JOURNEY_SINK_BATCH_SIZE",
         "Most records a stage takes in one batch: touchpoints on the public topic, "
         "bundles of messages on the internal ones (applied in runs of "
-        "JOURNEY_STAGE_BATCH_MESSAGES). Each batch or run ends with one insert per table.")
+        "JOURNEY_STAGE_BATCH_MESSAGES). Each batch or run ends with one insert per table "
+        "(several, in order, for more than 20,000 rows).")
     stage_batch_messages: int = _setting(
         10000, "JOURNEY_STAGE_BATCH_MESSAGES",
         "Most messages a stage applies at once once bundles are opened: a batch of "
