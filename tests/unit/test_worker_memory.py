@@ -34,10 +34,15 @@ print(libc.mallinfo2().hblkhd - before)
 """
 
 
-def _mapped_bytes_of_a_second_block(threshold: int) -> int:
-    out = subprocess.run([sys.executable, "-c", _PROBE, str(threshold)], check=True,
+def _in_a_child(script: str, arg: object) -> int:
+    """The number ``script`` prints, run in a fresh interpreter (its own heap)."""
+    out = subprocess.run([sys.executable, "-c", script, str(arg)], check=True,
                          capture_output=True, text=True)
     return int(out.stdout)
+
+
+def _mapped_bytes_of_a_second_block(threshold: int) -> int:
+    return _in_a_child(_PROBE, threshold)
 
 
 def test_a_fixed_threshold_keeps_large_blocks_mapped() -> None:
@@ -70,9 +75,7 @@ print(before - rss())
 
 
 def _released_by(action: str) -> int:
-    out = subprocess.run([sys.executable, "-c", _HOLES, action], check=True,
-                         capture_output=True, text=True)
-    return int(out.stdout)
+    return _in_a_child(_HOLES, action)
 
 
 def test_a_trim_gives_the_heaps_free_holes_back() -> None:
