@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from producers import JourneyClient
 from schemas import Touchpoint
 from stream_processors.clickhouse.rows import touchpoint_row
-from stream_processors.clickhouse.sink import ClickHouseSink
+from stream_processors.clickhouse.sink import INSERT_ROWS, ClickHouseSink
 from stream_processors.metrics import WorkerMetrics
 from tests.conftest import free_port, own_clickhouse, wait_for
 
@@ -59,6 +59,18 @@ def test_more_months_than_one_insert_may_touch_are_split_not_refused(settings,
     asyncio.run(sink.write({"touchpoints": rows}))
     assert clickhouse.execute("SELECT count() FROM touchpoints")[0][0] == 120
     assert clickhouse.execute("SELECT count() FROM dead_letters")[0][0] == 0
+
+
+def test_rows_beyond_one_inserts_worth_land_in_several_inserts(settings, clickhouse) -> None:
+    """A batch with more of a table's rows than one insert takes: every row lands, in
+    inserts of at most INSERT_ROWS (what the sink itself observed per insert)."""
+    metrics = WorkerMetrics.create(CollectorRegistry())
+    sink = ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database, metrics)
+    rows = [row(f"r-{i}", NOW - timedelta(seconds=i)) for i in range(2 * INSERT_ROWS + 5)]
+    asyncio.run(sink.write({"touchpoints": rows}))
+    assert clickhouse.execute("SELECT uniqExact(event_id) FROM touchpoints")[0][0] == len(rows)
+    sizes = metrics.sink_batch_rows.labels("touchpoints")
+    assert (sizes._sum.get(), sum(b.get() for b in sizes._buckets)) == (len(rows), 3)
 
 
 def test_an_unreachable_server_is_retried_and_a_stop_still_stops(settings) -> None:

@@ -105,3 +105,20 @@ def test_clickhouse_driver_date_tables_fill_lazily() -> None:
     entries, day = out.stdout.split()
     assert int(entries) < 100
     assert day == "2026-12-04"
+
+
+def _worker_tasks(trim_seconds: str) -> list[str]:
+    """The names of the worker app's background tasks and timers, built with the setting."""
+    probe = ("import stream_processors.topology as t\n"
+             "print(' '.join(getattr(getattr(task, '__wrapped__', task), '__name__', '?')\n"
+             "               for task in t.app._app_tasks))")
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                         text=True, env={**os.environ, "JOURNEY_MALLOC_TRIM_SECONDS": trim_seconds})
+    return out.stdout.split()
+
+
+def test_the_worker_trims_on_a_timer_unless_told_not_to() -> None:
+    assert "trim_memory" in _worker_tasks("10")
+    never = _worker_tasks("0")
+    assert "trim_memory" not in never
+    assert "observe_lag" in never  # the probe does see the other timers
