@@ -409,7 +409,7 @@ class JourneyClient:
 
 
 class KeyHashPartitioner(DefaultPartitioner):
-    """Kafka's default partitioner, with the key hashes remembered (``key_hash``)."""
+    """Kafka's default partitioner, hashing in native code (``key_hash``)."""
 
     def partition(self, topic: str, key: Any, serialized_key: bytes | None, value: Any,
                   serialized_value: bytes | None, cluster: Any) -> int:
