@@ -33,6 +33,7 @@ import msgspec
 
 __all__ = [
     "SETTLED_SPAN",
+    "TIME_CACHE",
     "WINDOWS",
     "Added",
     "Contribution",
@@ -386,7 +387,17 @@ def _windows_holding(spec: WindowSpec, hop: int, pane: int, closed_through: int 
             if closed_through is None or start + size + revision > closed_through]
 
 
-@functools.lru_cache(maxsize=65536)
+#: Entries of the two caches of window times (this one and the aggregator's
+#: ``_window_end``). The windows a batch touches lie around the watermark, a few thousand
+#: at most. With 65,536 entries each they held 37,449 and 44,124 at the end of the
+#: 25,000-customer bench, entries that came and went all run long and left the
+#: interpreter's pools part-empty where they had been. With 4,096, at 50,000 customers:
+#: RSS at the end 409 against 420 MiB, peak 418 against 465 MiB, 15 MB fewer live
+#: blocks, at the same speed (2,894 against 3,108 ev/s; 2,963 against 2,855 at 25,000).
+TIME_CACHE = 4096
+
+
+@functools.lru_cache(maxsize=TIME_CACHE)
 def _at(ts: int) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 

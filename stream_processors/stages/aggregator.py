@@ -34,7 +34,7 @@ from stream_processors.effects import Message, Output, Store, keys_with, named_p
 from stream_processors.metrics import WorkerMetrics
 from stream_processors.stages.partials import clock_key, kept_apart
 from stream_processors.stages.per_partition import Decoded, PerPartition, Unpublished
-from stream_processors.windows import WINDOWS, LowWatermark, spec_named
+from stream_processors.windows import TIME_CACHE, WINDOWS, LowWatermark, spec_named
 
 __all__ = ["SHARD_SECONDS", "Aggregator", "AggregatorState", "Schedule", "Window", "shard"]
 
@@ -344,7 +344,7 @@ def _metric_row(key: bytes, window: str, entry: Window, version: int, now: datet
         late_samples=samples - entry.final_samples if entry.closed else 0)
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=TIME_CACHE)
 def _window_end(window: str) -> datetime:
     name, start_s = window.split("|")
     return datetime.fromtimestamp(int(start_s), UTC) + spec_named(name).size
