@@ -294,10 +294,17 @@ class OpenWindows(msgspec.Struct):
 
     def close(self, horizon: datetime, specs: tuple[WindowSpec, ...] = WINDOWS,
               settle: Callable[[int, int, WindowState], None] | None = None,
-              ) -> dict[WindowKey, WindowState]:
+              wanted: Callable[[WindowKey], bool] | None = None,
+              ) -> dict[WindowKey, WindowState | None]:
         """Close every window that ends at or before ``horizon``; returns those holding
-        something, with their final state. A pane no open window holds any more leaves,
-        through ``settle(hop, start, state)`` when given."""
+        something, with their final state, or None where ``wanted`` says it is not
+        needed. A pane no open window holds any more leaves, through
+        ``settle(hop, start, state)`` when given.
+
+        Why ``wanted``: a window's final state is the sum of its panes, and the caller
+        sends it only if the window changed since its part was last sent; on the bench
+        most closing windows had not (their part went with the last refresh), and
+        summing theirs was most of the time closing took."""
         hops = _by_hop(specs)
         h = int(horizon.timestamp())
         was = self.closed_through
@@ -313,7 +320,8 @@ class OpenWindows(msgspec.Struct):
                                                                (was // hop + 1) * hop)
                     for end in range(first, min(start + size, last) + 1, hop):
                         closing.add((spec.name, _at(end - size)))
-        closed = self.states(closing)
+        closed: dict[WindowKey, WindowState | None] = dict.fromkeys(closing)
+        closed.update(self.states(closing if wanted is None else filter(wanted, closing)))
         self.closed_through = h
         while self.expiry and self.expiry[0][0] <= h:
             _when, hop, start = heapq.heappop(self.expiry)

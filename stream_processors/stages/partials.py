@@ -225,11 +225,12 @@ class PartitionWindows:
                     continue
                 left = len(windows.expiry)
                 closed = windows.close(horizon, settle=functools.partial(
-                    settled.settle, table_key) if self.revision else None)
+                    settled.settle, table_key) if self.revision else None,
+                    wanted=lambda window, k=table_key, p=unpublished.windows: (k, window) in p)
                 if closed or len(windows.expiry) != left:
                     changed[table_key] = windows
                 for window, state in closed.items():
-                    if (table_key, window) in unpublished.windows:
+                    if state is not None:  # changed since its part was last sent
                         unpublished.windows.discard((table_key, window))
                         parts[(_window_key(table_key, window), partition)] = _partial(
                             partition, state)

@@ -137,6 +137,25 @@ def test_a_closed_window_never_changes_and_panes_leave_once_no_window_needs_them
     assert windows.panes == {} and windows.expiry == []
 
 
+def test_closing_sums_only_the_windows_wanted_and_names_every_one_that_closed() -> None:
+    scores = [(10, T), (0, T + timedelta(minutes=7)), (9, T + timedelta(minutes=31))]
+    day_later = T + timedelta(days=1, hours=2)
+    every, some = OpenWindows(), OpenWindows()
+    for windows in (every, some):
+        windows.add([nps_contribution(s, at) for s, at in scores], horizon=None)
+    early_hour = ("1h", T.replace(hour=9, minute=35, second=0))
+    wanted = {early_hour, ("1m", T.replace(second=0))}
+    everything = every.close(day_later)
+    picked = some.close(day_later, wanted=wanted.__contains__)
+    # The same windows close, and panes leave the same way; only the wanted are summed.
+    assert set(picked) == set(everything) and some.expiry == every.expiry
+    assert {k for k, state in picked.items() if state is not None} == wanted
+    # Summed independently: 9:35-10:35 holds the answers of 10:07 and 10:14, not 10:38;
+    # the 10:07 minute the first alone.
+    assert picked[early_hour].ratio() == nps([10, 0]).value
+    assert picked[("1m", T.replace(second=0))].ratio() == nps([10]).value
+
+
 def test_a_contribution_taken_back_leaves_the_window_as_before() -> None:
     from stream_processors.windows import Contribution, WindowState
 
