@@ -34,15 +34,14 @@ print(libc.mallinfo2().hblkhd - before)
 """
 
 
-def _in_a_child(script: str, arg: object) -> int:
-    """The number ``script`` prints, run in a fresh interpreter (its own heap)."""
-    out = subprocess.run([sys.executable, "-c", script, str(arg)], check=True,
-                         capture_output=True, text=True)
-    return int(out.stdout)
+def _in_a_child(script: str, *args: object, env: dict[str, str] | None = None) -> str:
+    """What ``script`` prints, run in a fresh interpreter (its own heap and settings)."""
+    return subprocess.run([sys.executable, "-c", script, *map(str, args)], check=True,
+                          capture_output=True, text=True, env=env).stdout
 
 
 def _mapped_bytes_of_a_second_block(threshold: int) -> int:
-    return _in_a_child(_PROBE, threshold)
+    return int(_in_a_child(_PROBE, threshold))
 
 
 def test_a_fixed_threshold_keeps_large_blocks_mapped() -> None:
@@ -75,7 +74,7 @@ print(before - rss())
 
 
 def _released_by(action: str) -> int:
-    return _in_a_child(_HOLES, action)
+    return int(_in_a_child(_HOLES, action))
 
 
 def test_a_trim_gives_the_heaps_free_holes_back() -> None:
@@ -99,10 +98,8 @@ def test_clickhouse_driver_date_tables_fill_lazily() -> None:
              "from clickhouse_driver.columns.datecolumn import DateColumn as D\n"
              "n = len(D.date_lut)\n"
              "print(n, D.date_lut[(datetime.date(2026, 12, 4) - D.min_value).days])")
-    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
-                         text=True, env={k: v for k, v in os.environ.items()
-                                         if k != "CLICKHOUSE_DRIVER_LASY_DATE_LUT"})
-    entries, day = out.stdout.split()
+    entries, day = _in_a_child(probe, env={k: v for k, v in os.environ.items()
+                                           if k != "CLICKHOUSE_DRIVER_LASY_DATE_LUT"}).split()
     assert int(entries) < 100
     assert day == "2026-12-04"
 
@@ -112,9 +109,8 @@ def _worker_tasks(trim_seconds: str) -> list[str]:
     probe = ("import stream_processors.topology as t\n"
              "print(' '.join(getattr(getattr(task, '__wrapped__', task), '__name__', '?')\n"
              "               for task in t.app._app_tasks))")
-    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
-                         text=True, env={**os.environ, "JOURNEY_MALLOC_TRIM_SECONDS": trim_seconds})
-    return out.stdout.split()
+    return _in_a_child(probe, env={**os.environ,
+                                   "JOURNEY_MALLOC_TRIM_SECONDS": trim_seconds}).split()
 
 
 def test_the_worker_trims_on_a_timer_unless_told_not_to() -> None:
