@@ -131,7 +131,14 @@ class Settings:
     cx_update_seconds: float = _setting(
         5.0, "JOURNEY_CX_UPDATE_SECONDS",
         "How often the rows of open CX metric windows are refreshed in ClickHouse (a "
-        "closing window's final row is written at once).")
+        "closing window's final row is written by the batch that closes it, or the next "
+        "ones: JOURNEY_CX_WINDOWS_PER_BATCH).")
+    cx_windows_per_batch: int = _setting(
+        10_000, "JOURNEY_CX_WINDOWS_PER_BATCH",
+        "At most about this many CX windows published per batch: open windows' parts sent "
+        "by the journey stage, and cx_metrics rows of closing and open windows written by "
+        "the aggregator. The rest go in the next batches, so a worker draining a backlog "
+        "never holds every window's row at once. 0: no bound.")
     watermark_interval_seconds: float = _setting(
         1.0, "JOURNEY_WATERMARK_INTERVAL_SECONDS",
         "How often each stage sends its watermark (event-time progress) downstream.")
@@ -316,6 +323,8 @@ class Settings:
             raise ConfigError("JOURNEY_BROKER_MAX_POLL_RECORDS must be 0 (no bound) or more")
         if self.router_max_ahead < 0:
             raise ConfigError("JOURNEY_ROUTER_MAX_AHEAD must be 0 (no limit) or more")
+        if self.cx_windows_per_batch < 0:
+            raise ConfigError("JOURNEY_CX_WINDOWS_PER_BATCH must be 0 (no bound) or more")
         if self.malloc_mmap_threshold < 0:
             raise ConfigError("JOURNEY_MALLOC_MMAP_THRESHOLD must be 0 (glibc's own) or more")
         if self.malloc_trim_seconds < 0:

@@ -181,14 +181,16 @@ identity = IdentityResolver(PARTITIONS, settings.device_retention,
 journey_updater = JourneyUpdater(
     metrics, PARTITIONS,
     PartitionWindows(metrics, PARTITIONS, settings.lateness, settings.cx_update_seconds,
-                     revision=settings.cx_revision),
+                     revision=settings.cx_revision,
+                     windows_per_batch=settings.cx_windows_per_batch),
     lateness=settings.lateness, first_response_sla=settings.first_response_sla,
     inactive_after=settings.churn_inactive_after, churn_risk_alert=settings.churn_risk_alert,
     anonymous_retention=settings.anonymous_retention,
     merged_retention=settings.merged_retention, privacy_key=settings.privacy_key,
     tail=settings.tail, tail_touchpoints=settings.tail_touchpoints)
 aggregator = Aggregator(metrics, PARTITIONS, settings.cx_update_seconds,
-                        revision=settings.cx_revision)
+                        revision=settings.cx_revision,
+                        rows_per_batch=settings.cx_windows_per_batch)
 rejects = CollectorRejects(PARTITIONS)
 #: The internal partitions' records not yet through their stages, which the router may
 #: run only so far ahead of (stream_processors/backpressure.py).
@@ -384,7 +386,8 @@ async def tick_aggregator() -> None:
     JOURNEY_CX_UPDATE_SECONDS; parts that came in between wait for the next batch, and
     once traffic stops nothing else would bring one (the journey stage sends horizons
     only when they move). So each of this worker's cx-partials partitions with rows due
-    gets a ``Tick``: a batch of its own, through the same crash-safe path."""
+    gets a ``Tick``: a batch of its own, through the same crash-safe path. (A batch that
+    stops at JOURNEY_CX_WINDOWS_PER_BATCH sends its own; this one covers a lost one.)"""
     out = Output(PARTITIONS)
     for partition in aggregator.waiting(_assigned_partitions(cx_partials_topic)):
         out.send(CX_PARTIALS, WATERMARK_KEY, _TICK, partition)

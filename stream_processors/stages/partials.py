@@ -98,8 +98,13 @@ class _Held:
 class PartitionWindows:
     def __init__(self, metrics: WorkerMetrics, partitions: int, lateness: timedelta,
                  update_seconds: float, clock: Callable[[], float] = time.monotonic,
-                 revision: timedelta = timedelta(0)) -> None:
+                 revision: timedelta = timedelta(0),
+                 windows_per_batch: int | None = None) -> None:
+        """``windows_per_batch`` bounds the open windows' parts a batch sends (the rest
+        stay due, for the next batch: watermarks bring one every interval); closing
+        windows' parts are not bounded, they go before the horizon that closes them."""
         self.metrics = metrics
+        self.windows_per_batch = windows_per_batch if windows_per_batch else float("inf")
         self.partitions = partitions
         self.lateness = lateness
         self.revision = revision
@@ -234,9 +239,10 @@ class PartitionWindows:
                         unpublished.windows.discard((table_key, window))
                         parts[(_window_key(table_key, window), partition)] = _partial(
                             partition, state)
-        if refresh:
+        room = self.windows_per_batch - len(parts)
+        if refresh and room > 0:
             due: dict[bytes, list[WindowKey]] = defaultdict(list)
-            for table_key, window in unpublished.take(tick):
+            for table_key, window in unpublished.take(tick, room):
                 due[table_key].append(window)
             for table_key, keys in due.items():
                 windows = changed.get(table_key) or _load_windows(store, table_key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -65,10 +66,16 @@ class Unpublished:
     def due(self, now: float, every: float) -> bool:
         return self.published_at is None or now - self.published_at >= every
 
-    def take(self, now: float) -> set[tuple[bytes, Any]]:
-        """The changed windows, to publish now; starts afresh."""
-        taken, self.windows = self.windows, set()
-        self.published_at = now
+    def take(self, now: float, limit: float = float("inf")) -> set[tuple[bytes, Any]]:
+        """The changed windows, at most ``limit`` of them, to publish now. Once all are
+        taken it starts afresh; while some are left it stays due."""
+        if len(self.windows) <= limit:
+            taken, self.windows = self.windows, set()
+            self.published_at = now
+            return taken
+        windows = self.windows
+        taken = {windows.pop() for _ in range(int(limit))}
+        self.published_at = -math.inf  # published, and the rest due at once
         return taken
 
 

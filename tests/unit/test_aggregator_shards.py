@@ -25,8 +25,12 @@ def test_the_schedule_gives_each_entry_once_at_its_soonest_time() -> None:
     for key, when in [(b"a", 30.0), (b"b", 10.0), (b"a", 20.0), (b"a", 40.0), (b"c", 50.0)]:
         schedule.at(key, when)
     assert schedule.due == {b"a": 20.0, b"b": 10.0, b"c": 50.0}  # the soonest of each
+    assert schedule.first_due() == 10.0
     assert schedule.pop(5.0) is None  # nothing due yet
     assert [schedule.pop(25.0), schedule.pop(25.0), schedule.pop(25.0)] == [b"b", b"a", None]
+    assert schedule.first_due() == 50.0  # a's items at 30 and 40 were stale
     schedule.at(b"a", 40.0)  # the windows a keeps: due again later
+    assert schedule.first_due() == 40.0
     assert [schedule.pop(100.0), schedule.pop(100.0), schedule.pop(100.0)] == [b"a", b"c", None]
     assert schedule.due == {}
+    assert schedule.first_due() == float("inf")

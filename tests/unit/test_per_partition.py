@@ -29,3 +29,18 @@ def test_a_dropped_entry_frees_its_bytes() -> None:
     decoded.put(b"b", "B", 60)
     decoded.put(b"c", "C", 40)
     assert (decoded.get(b"a"), decoded.get(b"b"), decoded.get(b"c")) == (None, "B", "C")
+
+
+def test_changed_windows_are_taken_at_most_a_limit_at_a_time_the_rest_due_at_once() -> None:
+    from stream_processors.stages.per_partition import Unpublished
+
+    unpublished = Unpublished()
+    unpublished.windows.update((b"k", n) for n in range(7))
+    taken = [unpublished.take(100.0, 3), unpublished.take(100.5, 3)]
+    assert [len(t) for t in taken] == [3, 3]
+    assert not unpublished.never_published
+    assert unpublished.due(100.5, 5.0)  # some left: due although just published
+    taken.append(unpublished.take(101.0, 3))  # the last one: it starts afresh
+    assert sorted(n for t in taken for _, n in t) == list(range(7))  # each once
+    assert not unpublished.windows
+    assert (unpublished.due(105.9, 5.0), unpublished.due(106.0, 5.0)) == (False, True)

@@ -28,6 +28,7 @@ def test_environment_is_parsed_by_type() -> None:
     ({"JOURNEY_TOPIC_PARTITIONS": "0"}, "at least 1"),
     ({"JOURNEY_STORE": "redis://"}, "use memory:// or rocksdb://"),
     ({"JOURNEY_ROUTER_MAX_AHEAD": "-1"}, "JOURNEY_ROUTER_MAX_AHEAD must be 0"),
+    ({"JOURNEY_CX_WINDOWS_PER_BATCH": "-1"}, "JOURNEY_CX_WINDOWS_PER_BATCH must be 0"),
     ({"JOURNEY_CLICKHOUSE_URL": "http://h:8123"}, "clickhouse://user:password@host"),
 ])
 def test_bad_values_say_which_variable(env: dict, message: str) -> None:

@@ -452,6 +452,32 @@ def test_a_closing_window_sends_its_final_part_then_the_horizon() -> None:
     assert keys.index(WATERMARK_KEY) > keys.index(first_minute)  # after the parts it closes
 
 
+def test_open_windows_parts_go_at_most_a_bound_a_batch_the_rest_with_the_next() -> None:
+    """Three contributions touch every window spec's windows around them; at most five
+    parts a batch, the next batches (each brought by a watermark) send the rest, and
+    together they are what an unbounded stage sends at once."""
+    contributions = {1: [(3, Contribution("csat", "all", T0, 1.0)),
+                         (4, Contribution("csat", "email", T0, 0.0)),
+                         (5, Contribution("nps", "all", T0 + timedelta(days=3), 1.0))]}
+    unbounded = Output(P)
+    PartitionWindows(new_metrics(), P, timedelta(hours=1), 5.0, Clock()).process(
+        unbounded, {}, [], contributions)
+    expected = sorted((key, decode_partial(v)) for _, _, key, v in unbounded.sent(CX_PARTIALS))
+    bounded = PartitionWindows(new_metrics(), P, timedelta(hours=1), 5.0, Clock(),
+                               windows_per_batch=5)
+    store: dict[bytes, bytes] = {}
+    batches = []
+    out = Output(P)
+    bounded.process(out, store, [], contributions)
+    while sent := out.sent(CX_PARTIALS):
+        batches.append([(key, decode_partial(v)) for _, _, key, v in sent])
+        out = Output(P)
+        bounded.process(out, store, [(1, Watermark("t0", T0))], {})  # moves no horizon
+    assert len(expected) > 10  # several batches' worth
+    assert all(len(parts) <= 5 for parts in batches)
+    assert sorted(part for parts in batches for part in parts) == expected  # each once
+
+
 def test_a_replay_in_smaller_batches_counts_each_contribution_once() -> None:
     """A worker killed after saving the windows of offsets 55 and 59 (its batch's offsets
     not yet committed): the next owner reads them again, and its first batch may end
@@ -604,6 +630,64 @@ def test_parts_that_came_between_updates_are_written_by_a_tick_once_input_stops(
         0, 4.0, 5.0, 80.0)
     assert aggregator.waiting([2]) == []  # written: nothing to tick for
     assert store[b"2|"] == out.saves[0][0][b"2|"]  # a tick moves no clock
+
+
+def _run_with_ticks(aggregator: Aggregator, batch: list[Message], store: dict,
+                    version: int) -> list[list[dict]]:
+    """``batch``, then the ticks each batch sends its partition until none is sent: the
+    rows of each batch."""
+    written = []
+    while batch:
+        out = aggregator.aggregate(batch, store, NOW, version)
+        written.append(as_dicts(out.rows["cx_metrics"], "cx_metrics"))
+        batch = [Message(s.partition, 0, s.key, decode_command(s.value))
+                 for s in out.messages if s.topic == CX_PARTIALS]
+        assert all(isinstance(m.value, Tick) for m in batch)
+        version += 1
+    return written
+
+
+def test_a_batch_writes_at_most_its_rows_and_ticks_itself_through_the_rest() -> None:
+    """Eight windows in eight table entries (one dimension each), three rows a batch:
+    the open windows' rows, then the final ones, come three at a time, each once."""
+    aggregator = Aggregator(new_metrics(), P, 5.0, Clock(), rows_per_batch=3)
+    store: dict[bytes, bytes] = {}
+    start = str(int(T0.timestamp())).encode()
+    parts = [Message(2, k, b"on_time_rate|d%d|1m|%s" % (k, start), Partial(0, k, 8.0, 8))
+             for k in range(8)]
+    expected = {f"d{k}": 100.0 * k / 8 for k in range(8)}  # k of 8 on time
+    refreshed = _run_with_ticks(aggregator, parts, store, 1)
+    assert [len(rows) for rows in refreshed] == [3, 3, 2]
+    assert {r["dimension"]: r["value"] for rows in refreshed for r in rows} == expected
+    assert all(r["final"] == 0 for rows in refreshed for r in rows)
+    assert aggregator.waiting([2]) == []
+    closed = _run_with_ticks(aggregator, horizons(2, T0 + timedelta(minutes=1)), store, 10)
+    assert [len(rows) for rows in closed] == [3, 3, 2]
+    finals = [(r["dimension"], r["value"]) for rows in closed for r in rows]
+    assert sorted(finals) == sorted(expected.items())  # each window's final row once
+    assert all(r["final"] == 1 for rows in closed for r in rows)
+    assert list(store) == [b"2|"] and aggregator.waiting([2]) == []
+
+
+def test_closings_left_for_later_are_a_ticks_work_once_the_input_stops() -> None:
+    """The tick the batch sent was lost (say the worker restarted): the timer's tick,
+    from ``waiting``, finds the closings left; a new holder, from the table."""
+    aggregator = Aggregator(new_metrics(), P, 5.0, Clock(), rows_per_batch=2)
+    store: dict[bytes, bytes] = {}
+    start = str(int(T0.timestamp())).encode()
+    parts = [Message(1, k, b"csat|d%d|1m|%s" % (k, start), Partial(3, 1.0, 1.0, 1))
+             for k in range(5)]
+    _run_with_ticks(aggregator, parts, store, 1)
+    out = aggregator.aggregate(horizons(1, T0 + timedelta(minutes=1)), store, NOW, 5)
+    assert len(out.rows["cx_metrics"]) == 2
+    assert aggregator.waiting([1]) == [1]  # closings left, though no open row is due
+    out = aggregator.aggregate([Message(1, 0, WATERMARK_KEY, Tick())], store, NOW, 6)
+    assert len(out.rows["cx_metrics"]) == 2
+    after = Aggregator(new_metrics(), P, 5.0, Clock(), rows_per_batch=2)
+    [last] = as_dicts(after.aggregate([Message(1, 0, WATERMARK_KEY, Tick())], store, NOW, 7)
+                      .rows["cx_metrics"], "cx_metrics")
+    assert (last["final"], last["value"]) == (1, 100.0)
+    assert list(store) == [b"1|"]
 
 
 def test_a_new_holder_writes_every_open_window_the_last_one_may_not_have() -> None:
