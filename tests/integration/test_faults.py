@@ -355,7 +355,10 @@ def test_the_pipeline_ends_exact_after(scenario, settings, start_worker, tmp_pat
               # Runs far smaller than a replay's batches: a kill falls between the runs
               # of one batch (applied and committed, its offsets not yet), and a replay
               # comes in batches that end anywhere (a CX window's mark once moved back).
-              "stage_batch_messages": 300}
+              "stage_batch_messages": 300,
+              # CX windows published 500 a batch: closings and refreshes carried from
+              # batch to batch (in memory only) when a kill comes.
+              "cx_windows_per_batch": 500}
     workers = [start_worker(data_dir=tmp_path / f"worker-{i}", **config) for i in range(2)]
 
     def restart(i: int, kill: bool = True) -> None:
