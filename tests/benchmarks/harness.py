@@ -215,6 +215,9 @@ class Bench:
             pages = [_scrape(port) for port in ports]
             stage_messages = sample_progress(done - start, pages)
             sink_rows = _summed(pages, _SINK_ROWS)
+            # RSS at rest: once the worker's heap trim ran after the work (it runs every
+            # JOURNEY_MALLOC_TRIM_SECONDS), not whatever the last batches left free.
+            time.sleep(settings.malloc_trim_seconds + 1)
             rss = [_rss(pid) for pid in pids]
             peak = [_rss(pid, "VmHWM") for pid in pids]
             memory.points.append((done - start, max(rss) / 2**20))
