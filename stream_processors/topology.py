@@ -83,7 +83,6 @@ from stream_processors.commands import (
     Command,
     Expire,
     Marks,
-    Tick,
     Touch,
     decode_command,
     decode_partial,
@@ -377,9 +376,6 @@ async def send_watermarks() -> None:
     await committer.commit(out)
 
 
-_TICK = encode_command(Tick())
-
-
 @app.timer(interval=1.0)
 async def tick_aggregator() -> None:
     """The aggregator writes open windows' rows inside a batch, at most every
@@ -389,8 +385,7 @@ async def tick_aggregator() -> None:
     gets a ``Tick``: a batch of its own, through the same crash-safe path. (A batch that
     stops at JOURNEY_CX_WINDOWS_PER_BATCH sends its own; this one covers a lost one.)"""
     out = Output(PARTITIONS)
-    for partition in aggregator.waiting(_assigned_partitions(cx_partials_topic)):
-        out.send(CX_PARTIALS, WATERMARK_KEY, _TICK, partition)
+    aggregator.tick(out, _assigned_partitions(cx_partials_topic))
     if out.messages:
         await committer.commit(out)
 

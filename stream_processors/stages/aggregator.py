@@ -284,10 +284,15 @@ class Aggregator:
             decoded.drop(key)
             if cx_windows.get(key) is not None:
                 del cx_windows[key]
-        for partition in self.waiting(self.held) if len(rows) >= budget else ():
-            out.send(CX_PARTIALS, WATERMARK_KEY, _TICK, partition)  # goes on without input
+        if len(rows) >= budget:  # more to write: goes on without input
+            self.tick(out, self.held)
         out.save(cx_windows)  # a window's state is saved once its row is in ClickHouse
         return out
+
+    def tick(self, out: Output, partitions: Iterable[int]) -> None:
+        """Queue a :class:`Tick` in ``out`` for each of ``partitions`` ``waiting``."""
+        for partition in self.waiting(partitions):
+            out.send(CX_PARTIALS, WATERMARK_KEY, _TICK, partition)
 
     def waiting(self, partitions: Iterable[int]) -> list[int]:
         """Those of ``partitions`` (the ones this worker holds) with rows to write now:
