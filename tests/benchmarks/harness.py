@@ -220,7 +220,7 @@ class Bench:
             time.sleep(settings.malloc_trim_seconds + 1)
             rss = [_rss(pid) for pid in pids]
             peak = [_rss(pid, "VmHWM") for pid in pids]
-            memory.points.append((done - start, max(rss) / 2**20))
+            memory.points.append((time.monotonic() - start, max(rss) / 2**20))  # at rest
             cpu = sum(_cpu_seconds(pid) for pid in pids) - cpu_start
             disk = sum(f.stat().st_size for st in stacks
                        for f in (st.settings.data_dir / "worker").rglob("*") if f.is_file())
