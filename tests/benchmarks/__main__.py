@@ -16,11 +16,13 @@ import json
 import platform
 import shutil
 import signal
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from tests.benchmarks.harness import Bench, make_workload, top_costs
+from tests.benchmarks.harness import Bench, Workload, make_workload, top_costs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-seconds", type=float, default=30.0,
                    help="how long to offer load for the latency measurement (default 30)")
     p.add_argument("--smoke", action="store_true",
-                   help="tiny sizes, for CI: 300 customers, 5 s of latency load")
+                   help="tiny sizes, for CI: 300 customers, 5 s of latency load, 2 slope runs")
     p.add_argument("--profile", action="store_true",
                    help="record the single worker with py-spy and print its top costs")
     p.add_argument("--skip", nargs="*", default=[],
@@ -41,11 +43,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="measurements to leave out (naive: also Faust's floor; sdk: also "
                         "kafka-python's; slope: the memory slope's run at half the "
                         "customers)")
+    p.add_argument("--slope-runs", type=int, default=3,
+                   help="runs at each of the memory slope's two sizes (default 3); the slope "
+                        "is taken between their medians, as one run's RSS at rest moves by "
+                        "tens of MB from run to run")
     p.add_argument("--out", type=Path, default=Path(".journey/bench/bench.json"),
                    help="JSON results (the chart goes beside it as .png)")
     args = p.parse_args(argv)
     if args.smoke:
-        args.customers, args.latency_seconds = 300, 5.0
+        args.customers, args.latency_seconds, args.slope_runs = 300, 5.0, 2
+    if args.slope_runs < 1:
+        p.error("--slope-runs must be at least 1")
     out: Path = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -116,18 +124,14 @@ def main(argv: list[str] | None = None) -> int:
             say(f"  {rocks['events_per_second']:,.0f} events/s")
 
         if "slope" not in args.skip:
-            half = args.customers // 2
-            say(f"6b. memory slope: the same with {half:,} customers ...")
-            s = bench.fresh()
-            small = make_workload(half)
-            bench.prefill(s, small)
-            low = bench.pipeline(s, len(small), label=f"1 worker, {half:,} customers")
-            results["memory"]["slope_bytes_per_customer"] = (
-                (one["worker_rss_bytes"] - low["worker_rss_bytes"])
-                / (args.customers - half))
-            results["memory"]["slope_customers"] = [half, args.customers]
-            say(f"  {results['memory']['slope_bytes_per_customer']:,.0f} bytes per customer "
-                f"between {half:,} and {args.customers:,}")
+            results["memory"].update(_slope(bench, say, args.customers, workload, one,
+                                            args.slope_runs))
+            m = results["memory"]
+            say(f"  {m['slope_bytes_per_customer']:,.0f} bytes per customer between "
+                f"{m['slope_customers'][0]:,} and {args.customers:,} (medians of "
+                f"{args.slope_runs} runs each; single pairs "
+                f"{min(m['slope_pair_bytes_per_customer']):,.0f} to "
+                f"{max(m['slope_pair_bytes_per_customer']):,.0f})")
 
         if "scale" not in args.skip:
             say("7. scale-out: two worker processes ...")
@@ -172,6 +176,38 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(results))
     print(f"\nJSON: {out}   chart: {chart}")
     return 0
+
+
+def _slope(bench: Bench, say: Callable[[str], None], customers: int, workload: Workload,
+           first: dict, runs: int) -> dict:
+    """RSS at rest per customer between ``customers`` and half of them: the medians of
+    ``runs`` runs at each size (``first``: the main run, one of the large ones), taken
+    in turns, small then large, so a drift of the machine falls on both sizes.
+
+    Why medians: one pair of runs of the same code read from -76 to 3,265 bytes per
+    customer (2026-12-04), as where a run's last batches leave CPython's pools scattered
+    moves its RSS by tens of MB."""
+    half = customers // 2
+    small = make_workload(half)
+    highs, lows = [first["worker_rss_bytes"]], []
+    for run in range(1, runs + 1):
+        for size, load, rss in ((half, small, lows), (customers, workload, highs)):
+            if size == customers and run == runs:
+                break  # the main run was the first large one
+            say(f"6b. memory slope, run {run} of {runs}: {size:,} customers ...")
+            s = bench.fresh()
+            bench.prefill(s, load)
+            got = bench.pipeline(s, len(load), label=f"1 worker, {size:,} customers",
+                                 chart=False)
+            rss.append(got["worker_rss_bytes"])
+            say(f"  RSS at rest {got['worker_rss_bytes'] / 2**20:,.0f} MiB")
+    gap = customers - half
+    return {"slope_bytes_per_customer":
+                (statistics.median(highs) - statistics.median(lows)) / gap,
+            "slope_customers": [half, customers],
+            "slope_rss_bytes": {str(half): lows, str(customers): highs},
+            "slope_pair_bytes_per_customer": [(h - lo) / gap for h, lo in zip(highs, lows,
+                                                                             strict=True)]}
 
 
 def _ratios(r: dict) -> None:
@@ -233,8 +269,10 @@ def _table(r: dict) -> str:
                      "RocksDB store"))
     if "slope_bytes_per_customer" in m:
         low, high = m["slope_customers"]
+        pairs = m.get("slope_pair_bytes_per_customer") or [m["slope_bytes_per_customer"]]
         rows.append(("6b. memory slope", f"{m['slope_bytes_per_customer']:,.0f} B/customer",
-                     f"RSS at {high:,} less at {low:,} customers, memory store"))
+                     f"median RSS at {high:,} less at {low:,} customers, memory store "
+                     f"({len(pairs)} runs each; pairs {min(pairs):,.0f} to {max(pairs):,.0f})"))
     if "rocksdb_disk_bytes_per_customer" in m:
         rows.append(("6c. RocksDB on disk", f"{m['rocksdb_disk_bytes_per_customer']:,.0f} "
                      "B/customer", "state files after the run"))

@@ -152,7 +152,8 @@ class Bench:
     # ── 3, 6, 7. the real pipeline ───────────────────────────────────────────
     def pipeline(self, settings: Settings, expected: int, workers: int = 1,
                  timeout: float = 1800, label: str = "pipeline",
-                 profile: Path | None = None, chart_progress: bool = False) -> dict:
+                 profile: Path | None = None, chart_progress: bool = False,
+                 chart: bool = True) -> dict:
         """Worker processes on a pre-filled topic, until ClickHouse has everything.
 
         Timed from the first touchpoint taken in to the moment every touchpoint row is
@@ -231,7 +232,8 @@ class Bench:
             for stack in stacks:
                 stack.stop()
             client.disconnect()
-        self.series += [series, memory]
+        if chart:
+            self.series += [series, memory]
         if chart_progress:
             self.series += list(progress.values())
         return {"events_per_second": expected / (done - start),

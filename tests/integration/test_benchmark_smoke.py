@@ -24,6 +24,13 @@ def test_bench_smoke_measures_everything(tmp_path) -> None:
                    r["memory"]["rocksdb_disk_bytes_per_customer"]):
         assert number > 0
     assert "slope_bytes_per_customer" in r["memory"] and "6b. memory slope" in run.stdout
+    # --smoke: two runs at each size, the main run the first large one; the slope is
+    # between the medians (of two: their means).
+    sizes = r["memory"]["slope_rss_bytes"]
+    low, high = (sizes[str(n)] for n in r["memory"]["slope_customers"])
+    assert len(low) == len(high) == 2 and high[0] == r["memory"]["memory_store_rss_bytes"]
+    assert r["memory"]["slope_bytes_per_customer"] == (
+        (sum(high) / 2 - sum(low) / 2) / (r["customers"] - r["customers"] // 2))
     memory = r["pipeline"]["worker_rss_mib_over_time"]  # sampled over the run, then at its end
     assert len(memory) >= 2 and all(mib > 0 for _, mib in memory)
     assert memory[-1][1] == round(r["pipeline"]["worker_rss_bytes"] / 2**20, 1)
