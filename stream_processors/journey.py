@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import zlib
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -654,12 +655,35 @@ _decoder = msgspec.msgpack.Decoder(JourneyLog)
 _state_decoder = msgspec.msgpack.Decoder(FoldState)
 
 
+#: A stored log this long or longer is kept zlib-compressed (level 1).
+COMPRESS_FROM: Final = 256
+#: The first byte of a zlib stream (deflate, 32 KiB window); a msgpack-encoded log
+#: starts with a map's (0x80-0x8f, 0xde, 0xdf), so the two never mix up.
+_ZLIB = 0x78
+
+
 def encode_log(log: JourneyLog) -> bytes:
-    """Compact binary form kept in the Faust table and its changelog."""
-    return _encoder.encode(log)
+    """Compact binary form kept in the Faust table and its changelog: msgpack, then
+    zlib from ``COMPRESS_FROM`` bytes, if that is smaller.
+
+    Why: a worker's memory store holds every journey's value, which the bench measured
+    at 980 bytes per customer at 50,000 customers, most of the state (the slope of RSS
+    per customer, README "Benchmarks"); zlib at level 1 halves it (0.48 on the bench
+    workload's journeys, which hold event ids and digests that do not compress) for
+    about 10 µs per journey written and 5 µs per journey read, a few hundred ns per
+    touchpoint as each batch writes a journey once. Values written before this (plain
+    msgpack) are read as they are."""
+    data = _encoder.encode(log)
+    if len(data) < COMPRESS_FROM:
+        return data
+    packed = zlib.compress(data, 1)
+    return packed if len(packed) < len(data) else data
 
 
 def decode_log(data: bytes) -> JourneyLog:
+    """A log as ``encode_log`` stored it, compressed or not."""
+    if data[:1] and data[0] == _ZLIB:
+        data = zlib.decompress(data)
     return _decoder.decode(data)
 
 

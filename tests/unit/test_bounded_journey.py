@@ -5,6 +5,7 @@ The expected values come from the plain fold of every touchpoint in event-time o
 """
 
 import random
+import zlib
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -16,6 +17,7 @@ from stream_processors.clickhouse.rows import journey_row
 from stream_processors.commands import Merge, MergeInto, Touch, decode_command
 from stream_processors.effects import JOURNEY_EVENTS, Message
 from stream_processors.journey import (
+    COMPRESS_FROM,
     SEEN_IDS,
     FoldState,
     Journey,
@@ -206,7 +208,7 @@ def test_a_journey_is_stored_without_its_default_fields_and_reads_as_before() ->
     fold(log)
     compact(log, tail=timedelta(seconds=5), tail_touchpoints=8)
     stored = encode_log(log)
-    named = msgspec.msgpack.decode(stored)
+    named = msgspec.msgpack.decode(_unpacked(stored))
     defaults = JourneyLog(key="")
     assert {f for f in named if named[f] == getattr(defaults, f)} == set()
     assert {"state", "merged_into", "pending_rated", "swept_version"}.isdisjoint(named)
@@ -214,6 +216,35 @@ def test_a_journey_is_stored_without_its_default_fields_and_reads_as_before() ->
     before = msgspec.msgpack.encode(every_field(log))
     assert len(stored) < len(before)
     assert decode_log(before) == decode_log(stored) == log
+
+
+def _unpacked(stored: bytes) -> bytes:
+    """A stored value as msgpack: zlib-compressed ones inflated (zlib's own header
+    says which they are: it starts with 0x78, a msgpack map never does)."""
+    return zlib.decompress(stored) if stored[0] == 0x78 else stored
+
+
+def test_a_long_journey_is_stored_compressed_a_short_one_plain_and_both_read_back() -> None:
+    """From COMPRESS_FROM bytes of msgpack the value is zlib-compressed: smaller, and
+    the same log once read. A short one stays plain msgpack (zlib's header and checksum
+    would not pay), and so does a value written before compression, which reads as it
+    did."""
+    short = JourneyLog(key="c-1", customer_id="c-1")
+    add_events(short, [event_of(decode_trusted(tp("e0", "page_view", 0, customer="c-1")))])
+    plain = msgspec.msgpack.encode(short)
+    assert len(plain) < COMPRESS_FROM and encode_log(short) == plain
+    assert decode_log(plain) == short
+
+    long = JourneyLog(key="c-2", customer_id="c-2")
+    add_events(long, [event_of(decode_trusted(tp(f"e{n}", "page_view", n, customer="c-2")))
+                      for n in range(30)])
+    fold(long)
+    plain = msgspec.msgpack.encode(long)
+    stored = encode_log(long)
+    assert len(plain) >= COMPRESS_FROM and stored[0] == 0x78
+    assert zlib.decompress(stored) == plain  # zlib's own inflate, not ours
+    assert len(stored) < 0.7 * len(plain)
+    assert decode_log(stored) == decode_log(plain) == long
 
 
 def test_one_key_through_100_000_touchpoints_costs_the_same_per_event_and_stays_small(
@@ -259,4 +290,4 @@ def test_one_key_through_100_000_touchpoints_costs_the_same_per_event_and_stays_
     assert late <= 2 * cost[0]
     print(f"value {sizes[0]} B at 10 touchpoints, {sizes[-1]} B at 100,000; fold steps per "
           f"touchpoint {cost[0]:.1f} then {late:.2f}")
-    assert msgspec.msgpack.decode(journeys[key])  # a plain msgpack value
+    assert msgspec.msgpack.decode(zlib.decompress(journeys[key]))  # msgpack, compressed
