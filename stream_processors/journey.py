@@ -662,7 +662,7 @@ COMPRESS_FROM: Final = 256
 _ZLIB = 0x78
 
 
-def encode_log(log: JourneyLog) -> bytes:
+def encode_log(log: JourneyLog, compress: bool = True) -> bytes:
     """Compact binary form kept in the Faust table and its changelog: msgpack, then
     zlib from ``COMPRESS_FROM`` bytes, if that is smaller.
 
@@ -674,7 +674,7 @@ def encode_log(log: JourneyLog) -> bytes:
     touchpoint as each batch writes a journey once. Values written before this (plain
     msgpack) are read as they are."""
     data = _encoder.encode(log)
-    if len(data) < COMPRESS_FROM:
+    if not compress or len(data) < COMPRESS_FROM:
         return data
     packed = zlib.compress(data, 1)
     return packed if len(packed) < len(data) else data

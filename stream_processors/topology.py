@@ -186,7 +186,8 @@ journey_updater = JourneyUpdater(
     inactive_after=settings.churn_inactive_after, churn_risk_alert=settings.churn_risk_alert,
     anonymous_retention=settings.anonymous_retention,
     merged_retention=settings.merged_retention, privacy_key=settings.privacy_key,
-    tail=settings.tail, tail_touchpoints=settings.tail_touchpoints)
+    tail=settings.tail, tail_touchpoints=settings.tail_touchpoints,
+    compress=settings.compress_journeys)
 aggregator = Aggregator(metrics, PARTITIONS, settings.cx_update_seconds,
                         revision=settings.cx_revision,
                         rows_per_batch=settings.cx_windows_per_batch)

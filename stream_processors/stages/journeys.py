@@ -125,8 +125,10 @@ class JourneyUpdater:
                  inactive_after: timedelta | None, churn_risk_alert: int,
                  anonymous_retention: timedelta | None = None,
                  merged_retention: timedelta | None = None, privacy_key: str = "",
-                 tail: timedelta = timedelta(days=90), tail_touchpoints: int = 128) -> None:
+                 tail: timedelta = timedelta(days=90), tail_touchpoints: int = 128,
+                 compress: bool = True) -> None:
         self.metrics = metrics
+        self.compress = compress
         self.suppression = Suppression(privacy_key, "journey")
         self.partitions = partitions
         self.windows = windows
@@ -184,7 +186,7 @@ class JourneyUpdater:
             if journey_log.events and not journey_log.merged_into:
                 self._emit(b, out, key, journey_log, now, version, contributions[partition],
                            offset)
-            journeys[key] = encode_log(journey_log)
+            journeys[key] = encode_log(journey_log, self.compress)
         self.windows.process(out, cx_partials, marks, contributions, now)
         out.save(cx_partials)
         out.save(b.suppressed, journeys)

@@ -291,3 +291,27 @@ def test_one_key_through_100_000_touchpoints_costs_the_same_per_event_and_stays_
     print(f"value {sizes[0]} B at 10 touchpoints, {sizes[-1]} B at 100,000; fold steps per "
           f"touchpoint {cost[0]:.1f} then {late:.2f}")
     assert msgspec.msgpack.decode(zlib.decompress(journeys[key]))  # msgpack, compressed
+
+
+def test_with_compression_off_the_stage_writes_plain_msgpack_and_reads_compressed() -> None:
+    """JOURNEY_COMPRESS_JOURNEYS=false, for a rolling upgrade from a version before
+    compression: the same journeys are written as plain msgpack (which such a worker
+    reads), and what a compressing worker wrote is read and rewritten plain."""
+    key = b"c-7"
+    part = partition_for(key, P)
+
+    def batch(first: int) -> list[Message]:
+        touchpoints = [tp(f"e{n}", "page_view", n, customer="c-7") for n in range(first,
+                                                                              first + 20)]
+        return [Message(part, first, key, Touch("c-7", touchpoints))]
+
+    on, journeys = updater(), {}
+    on.update(batch(0), journeys, {}, NOW, 1)
+    assert journeys[key][0] == 0x78  # compressed by default
+
+    off = updater()
+    off.compress = False
+    off.update(batch(20), journeys, {}, NOW, 2)
+    plain = msgspec.msgpack.decode(journeys[key])  # no zlib: an older worker reads it
+    assert plain["key"] == "c-7" and len(plain["events"]) == 40
+    assert decode_log(journeys[key]).touchpoints == 40
