@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
                    choices=["naive", "latency", "collector", "sdk", "rocksdb", "scale",
                             "slope"],
                    help="measurements to leave out (naive: also Faust's floor; sdk: also "
-                        "kafka-python's; slope: the memory slope's run at half the "
-                        "customers)")
+                        "kafka-python's; slope: the memory slope's runs, at half the "
+                        "customers and again at the full count)")
     p.add_argument("--slope-runs", type=int, default=3,
                    help="runs at each of the memory slope's two sizes (default 3); the slope "
                         "is taken between their medians, as one run's RSS at rest moves by "
