@@ -123,10 +123,11 @@ class Settings:
         "or a long customer's journey costs the same per event and stays under 64 KB.")
     compress_journeys: bool = _setting(
         True, "JOURNEY_COMPRESS_JOURNEYS",
-        "Store a journey of 256 bytes or more zlib-compressed, which halves the state "
-        "(README, Benchmarks). Every version since reads both forms; earlier ones read "
-        "plain values only, so in a rolling upgrade from one set false until none is "
-        "left (values are compressed as their journeys next change).")
+        "Store journeys zlib-compressed with a preset dictionary, in about a third of "
+        "the bytes (README, Benchmarks). Every version reads plain values, and from this "
+        "one on every form; a5dce46 and earlier cannot read these, so in a rolling "
+        "upgrade from one set false until none is left (values are compressed again as "
+        "their journeys next change).")
     cx_revision_days: float = _setting(
         35.0, "JOURNEY_CX_REVISION_DAYS",
         "Revision horizon. A CX window that closed less than this long ago is revised by "

@@ -28,6 +28,7 @@ from kafka import KafkaProducer
 from producers import JourneyClient
 from schemas import utcnow
 from schemas.privacy import id_hash, pseudonym
+from stream_processors.dictionaries import DICTIONARIES
 from tests.conftest import REPO, TEST_CLIENT_KEY, TEST_WRITE_KEY, read_topic, wait_for
 
 GONE, LAPTOP, PHONE = "gone-7", "gone-7-laptop", "gone-7-phone"
@@ -75,9 +76,15 @@ def live_state(settings, topic: str) -> dict[bytes, bytes]:
 
 
 def _inflated(value: bytes) -> bytes:
-    """A value as msgpack: a long journey is stored zlib-compressed (its first byte
-    0x78, zlib's header; a msgpack value never starts so), where an id would not show."""
-    return zlib.decompress(value) if value[:1] == b"\x78" else value
+    """A value as msgpack: a journey is stored zlib-compressed (its first byte 0x78,
+    zlib's header; a msgpack value never starts so), where an id would not show. zlib
+    inflates it with the preset dictionary its header names (RFC 1950 FDICT, DICTID)."""
+    if value[:1] != b"\x78":
+        return value
+    if not value[1] & 0x20:
+        return zlib.decompress(value)
+    return zlib.decompressobj(zdict=DICTIONARIES[int.from_bytes(value[2:6], "big")]
+                              ).decompress(value)
 
 
 def test_forget_during_a_live_replay(settings, clickhouse, start_worker, start_collector,

@@ -9,12 +9,14 @@ import zlib
 from datetime import UTC, datetime, timedelta
 
 import msgspec
+import pytest
 
 from producers.simulator import simulate
 from schemas import decode_trusted
 from schemas.partitioning import partition_for
 from stream_processors.clickhouse.rows import journey_row
 from stream_processors.commands import Merge, MergeInto, Touch, decode_command
+from stream_processors.dictionaries import DICTIONARIES, JOURNEYS_1
 from stream_processors.effects import JOURNEY_EVENTS, Message
 from stream_processors.journey import (
     COMPRESS_FROM,
@@ -219,32 +221,64 @@ def test_a_journey_is_stored_without_its_default_fields_and_reads_as_before() ->
 
 
 def _unpacked(stored: bytes) -> bytes:
-    """A stored value as msgpack: zlib-compressed ones inflated (zlib's own header
-    says which they are: it starts with 0x78, a msgpack map never does)."""
-    return zlib.decompress(stored) if stored[0] == 0x78 else stored
+    """A stored value as msgpack, inflated by zlib itself: a compressed value starts
+    with zlib's header (0x78, which a msgpack map never does), and names its preset
+    dictionary in it (RFC 1950: the FDICT bit, then the dictionary's Adler-32)."""
+    if stored[0] != 0x78:
+        return stored
+    if not stored[1] & 0x20:
+        return zlib.decompress(stored)
+    inflater = zlib.decompressobj(zdict=DICTIONARIES[int.from_bytes(stored[2:6], "big")])
+    return inflater.decompress(stored)
 
 
-def test_a_long_journey_is_stored_compressed_a_short_one_plain_and_both_read_back() -> None:
-    """From COMPRESS_FROM bytes of msgpack the value is zlib-compressed: smaller, and
-    the same log once read. A short one stays plain msgpack (zlib's header and checksum
-    would not pay), and so does a value written before compression, which reads as it
-    did."""
-    short = JourneyLog(key="c-1", customer_id="c-1")
-    add_events(short, [event_of(decode_trusted(tp("e0", "page_view", 0, customer="c-1")))])
-    plain = msgspec.msgpack.encode(short)
-    assert len(plain) < COMPRESS_FROM and encode_log(short) == plain
-    assert decode_log(plain) == short
+def test_a_journey_is_stored_compressed_with_the_dictionary_a_tiny_one_plain() -> None:
+    """From COMPRESS_FROM bytes of msgpack the value is zlib-compressed with the
+    journeys' dictionary, named in zlib's header: smaller than zlib alone makes it, and
+    the same log once read. A value too short to gain stays plain msgpack."""
+    tiny = JourneyLog(key="a-1", merged_into="c-1")
+    plain = msgspec.msgpack.encode(tiny)
+    assert len(plain) < COMPRESS_FROM and encode_log(tiny) == plain
+    assert decode_log(plain) == tiny
 
-    long = JourneyLog(key="c-2", customer_id="c-2")
-    add_events(long, [event_of(decode_trusted(tp(f"e{n}", "page_view", n, customer="c-2")))
-                      for n in range(30)])
-    fold(long)
-    plain = msgspec.msgpack.encode(long)
-    stored = encode_log(long)
-    assert len(plain) >= COMPRESS_FROM and stored[0] == 0x78
-    assert zlib.decompress(stored) == plain  # zlib's own inflate, not ours
-    assert len(stored) < 0.7 * len(plain)
-    assert decode_log(stored) == decode_log(plain) == long
+    log = JourneyLog(key="c-2", customer_id="c-2")
+    add_events(log, [event_of(decode_trusted(tp(f"e{n}", kind, n, customer="c-2")))
+                     for n, kind in enumerate(["ad_click", "page_view", "product_viewed",
+                                               "cart_updated", "page_view"])])
+    fold(log)
+    plain = msgspec.msgpack.encode(log)
+    stored = encode_log(log)
+    assert len(plain) >= COMPRESS_FROM and stored[0] == 0x78 and stored[1] & 0x20
+    assert int.from_bytes(stored[2:6], "big") == zlib.adler32(JOURNEYS_1)
+    inflater = zlib.decompressobj(zdict=JOURNEYS_1)
+    assert inflater.decompress(stored) == plain and inflater.eof  # zlib's inflate
+    assert len(stored) < 0.8 * len(zlib.compress(plain, 1))
+    assert decode_log(stored) == decode_log(plain) == log
+
+
+def test_values_compressed_without_a_dictionary_still_read_an_unknown_one_is_named() -> None:
+    """What 6de8bcc-a5dce46 wrote (zlib, no dictionary) reads as before. A value naming
+    a dictionary this version does not hold (written by a newer one) fails with its
+    Adler-32 rather than as garbled msgpack."""
+    log = JourneyLog(key="c-3", customer_id="c-3")
+    add_events(log, [event_of(decode_trusted(tp(f"e{n}", "page_view", n, customer="c-3")))
+                     for n in range(20)])
+    older = zlib.compress(msgspec.msgpack.encode(log), 1)
+    assert not older[1] & 0x20 and decode_log(older) == log
+
+    other = b"another dictionary"
+    packer = zlib.compressobj(1, zdict=other)
+    newer = packer.compress(msgspec.msgpack.encode(log)) + packer.flush()
+    with pytest.raises(ValueError, match=f"{zlib.adler32(other):#010x}"):
+        decode_log(newer)
+
+
+def test_the_journeys_dictionary_never_changes() -> None:
+    """Stored values are readable only with the very bytes they were compressed with:
+    changing JOURNEYS_1 would make every journey written with it unreadable. Add a new
+    dictionary instead (stream_processors/dictionaries.py)."""
+    assert (len(JOURNEYS_1), zlib.adler32(JOURNEYS_1)) == (1542, 199733536)
+    assert DICTIONARIES[199733536] is JOURNEYS_1
 
 
 def test_one_key_through_100_000_touchpoints_costs_the_same_per_event_and_stays_small(
@@ -290,7 +324,7 @@ def test_one_key_through_100_000_touchpoints_costs_the_same_per_event_and_stays_
     assert late <= 2 * cost[0]
     print(f"value {sizes[0]} B at 10 touchpoints, {sizes[-1]} B at 100,000; fold steps per "
           f"touchpoint {cost[0]:.1f} then {late:.2f}")
-    assert msgspec.msgpack.decode(zlib.decompress(journeys[key]))  # msgpack, compressed
+    assert journeys[key][0] == 0x78 and msgspec.msgpack.decode(_unpacked(journeys[key]))
 
 
 def test_with_compression_off_the_stage_writes_plain_msgpack_and_reads_compressed() -> None:
