@@ -106,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
             "memory_store_rss_bytes_per_100k_customers":
                 (one["worker_rss_bytes"] - one["worker_rss_at_start_bytes"])
                 * 100_000 / args.customers}
+        say("6a. the worker's state, read back from its changelogs ...")
+        state = bench.state(main_settings)
+        results["memory"]["state"] = state
+        results["memory"]["state_bytes_per_customer"] = (
+            sum(t["bytes"] for t in state.values()) / args.customers)
+        say("  " + "; ".join(f"{name} {t['keys']:,} keys, {t['bytes'] / 1e6:,.1f} MB"
+                             for name, t in state.items() if t["keys"]))
         if profile is not None and profile.exists():
             results["profile_top_costs"] = top_costs(profile)
 
@@ -267,6 +274,11 @@ def _table(r: dict) -> str:
     if "rocksdb_store_rss_bytes_per_100k_customers" in m:
         rows.append(("", f"{m['rocksdb_store_rss_bytes_per_100k_customers'] / 2**20:,.0f} MiB",
                      "RocksDB store"))
+    if "state_bytes_per_customer" in m:
+        journeys = m["state"]["journeys"]
+        rows.append(("6a. state", f"{m['state_bytes_per_customer']:,.0f} B/customer",
+                     f"keys and values of every table (journeys: {journeys['keys']:,} keys, "
+                     f"{journeys['bytes'] / r['customers']:,.0f} B/customer)"))
     if "slope_bytes_per_customer" in m:
         low, high = m["slope_customers"]
         pairs = m.get("slope_pair_bytes_per_customer") or [m["slope_bytes_per_customer"]]

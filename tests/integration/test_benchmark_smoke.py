@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+from producers.simulator import simulate
+
 
 def test_bench_smoke_measures_everything(tmp_path) -> None:
     out = tmp_path / "bench.json"
@@ -31,6 +33,16 @@ def test_bench_smoke_measures_everything(tmp_path) -> None:
     assert len(low) == len(high) == 2 and high[0] == r["memory"]["memory_store_rss_bytes"]
     assert r["memory"]["slope_bytes_per_customer"] == (
         (sum(high) / 2 - sum(low) / 2) / (r["customers"] - r["customers"] // 2))
+    # The state read back from the changelogs: a journey for every customer who was
+    # identified (the simulator's, counted here), besides anonymous ones.
+    identified = {tp.customer_id for person in simulate(r["customers"], seed=11, prefix="b-")
+                  for tp in person.events if tp.customer_id}
+    state = r["memory"]["state"]
+    assert state["journeys"]["keys"] >= len(identified) > 0
+    assert state["journeys"]["bytes"] > 40 * state["journeys"]["keys"]
+    assert r["memory"]["state_bytes_per_customer"] == (
+        sum(t["bytes"] for t in state.values()) / r["customers"])
+    assert "6a. state" in run.stdout
     memory = r["pipeline"]["worker_rss_mib_over_time"]  # sampled over the run, then at its end
     assert len(memory) >= 2 and all(mib > 0 for _, mib in memory)
     assert memory[-1][1] == round(r["pipeline"]["worker_rss_bytes"] / 2**20, 1)
