@@ -142,11 +142,10 @@ class Settings:
         "ones: JOURNEY_CX_WINDOWS_PER_BATCH).")
     cx_windows_per_batch: int = _setting(
         10_000, "JOURNEY_CX_WINDOWS_PER_BATCH",
-        "At most about this many CX windows published per batch: closing and open "
-        "windows' parts sent by the journey stage, and cx_metrics rows of closing and open "
-        "windows written by the aggregator. The rest go in the next batches, so a worker "
-        "draining a backlog, or whose watermark jumped, never holds every window's row at "
-        "once nor its event loop for long. 0: no bound.")
+        "At most about this many CX windows published per batch: open windows' parts sent "
+        "by the journey stage, and cx_metrics rows of closing and open windows written by "
+        "the aggregator. The rest go in the next batches, so a worker draining a backlog "
+        "never holds every window's row at once. 0: no bound.")
     watermark_interval_seconds: float = _setting(
         1.0, "JOURNEY_WATERMARK_INTERVAL_SECONDS",
         "How often each stage sends its watermark (event-time progress) downstream.")

@@ -34,7 +34,6 @@ class WorkerMetrics(NamedTuple):
     cx_window_too_late: Counter
     cx_late_contributions: Counter
     cx_window_revisions: Counter
-    cx_closing_held_back: Counter
     cx_watermark_seconds: Gauge
     sink_rows: Counter
     sink_batch_rows: Histogram
@@ -109,12 +108,6 @@ class WorkerMetrics(NamedTuple):
                 f"{prefix}_cx_window_too_late", "Metric contributions that missed a CX "
                 "window closed longer than the revision horizon ago (longer windows still "
                 "open or revisable took them): numbers in cx_metrics lack them.",
-                registry=registry),
-            cx_closing_held_back=Counter(
-                f"{prefix}_cx_closing_held_back", "Journey-stage batches that closed "
-                "JOURNEY_CX_WINDOWS_PER_BATCH windows and left the rest to the next ones: "
-                "the horizon told to the aggregator waits until every window before it "
-                "has closed (a watermark that jumped: a backlog's end, or idle sources).",
                 registry=registry),
             cx_late_contributions=Counter(
                 f"{prefix}_cx_late_contributions", "Metric contributions that came after "

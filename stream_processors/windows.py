@@ -453,20 +453,13 @@ class LowWatermark(msgspec.Struct):
     def idle(self) -> bool:
         return len(self.marks) >= self.channels and all(m.idle for m in self.marks.values())
 
-    def target(self, lateness: timedelta) -> datetime | None:
-        """Watermark less lateness, where it is past the horizon (None: nothing new to
-        close). Not yet the horizon: that moves once every window up to it is closed."""
+    def advance(self, lateness: timedelta) -> datetime | None:
+        """Move the horizon to watermark less lateness; returns it when it moved."""
         value = self.value
         if value is None:
             return None
         horizon = value - lateness
         if self.horizon is not None and horizon <= self.horizon:
             return None
-        return horizon
-
-    def advance(self, lateness: timedelta) -> datetime | None:
-        """Move the horizon to watermark less lateness; returns it when it moved."""
-        horizon = self.target(lateness)
-        if horizon is not None:
-            self.horizon = horizon
+        self.horizon = horizon
         return horizon

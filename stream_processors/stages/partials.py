@@ -16,13 +16,8 @@ Every key starts with its partition: the worker stages a write by it.
 What is sent when:
 - an open window's part at most every JOURNEY_CX_UPDATE_SECONDS, however many batches
   changed it (the aggregator keeps the latest part per partition);
-- a closing window's last part in the batch that closes it, then the partition's new
-  horizon, after it: the aggregator finalises a window once every partition's horizon
-  passed its end. A batch closes windows until it has JOURNEY_CX_WINDOWS_PER_BATCH
-  parts; when the watermark jumped past more (a backlog's end, every input gone idle)
-  the next batches close the rest, and the horizon is told only once every window
-  before it is closed (measured before: one batch closing 249,346 windows held the
-  event loop 5.7 s at the end of the bench's 50,000 customers);
+- a closing window's last part at once, then the partition's new horizon, after it:
+  the aggregator finalises a window once every partition's horizon passed its end;
 - after a restart or a rebalance, every open window once more (what was sent before is
   not known; repeats are harmless);
 - a closed window's part again, in the batch a late contribution changed it, while the
@@ -105,10 +100,9 @@ class PartitionWindows:
                  update_seconds: float, clock: Callable[[], float] = time.monotonic,
                  revision: timedelta = timedelta(0),
                  windows_per_batch: int | None = None) -> None:
-        """``windows_per_batch`` bounds the parts a batch sends, about: closing windows'
-        first (a key's closing windows go together, so a batch may pass the bound by
-        one key's), then open windows'. The rest wait for the next batch (watermarks
-        bring one every interval), and the horizon for the last closing window."""
+        """``windows_per_batch`` bounds the open windows' parts a batch sends (the rest
+        stay due, for the next batch: watermarks bring one every interval); closing
+        windows' parts are not bounded, they go before the horizon that closes them."""
         self.metrics = metrics
         self.windows_per_batch = windows_per_batch if windows_per_batch else float("inf")
         self.partitions = partitions
@@ -209,11 +203,10 @@ class PartitionWindows:
             state.merge(settled.window(table_key, window))
             parts[(_window_key(table_key, window), partition)] = _partial(partition, state)
         prefix = clock_key(partition)
-        target = clock.target(self.lateness)
-        horizon = None
+        horizon = clock.advance(self.lateness)
         tick = self.clock()
         refresh = unpublished.due(tick, self.update_seconds)
-        if target is not None or refresh:
+        if horizon is not None or refresh:
             first = unpublished.never_published
             # The entries this batch created too: left for the next batch, their windows
             # would close after this horizon told the aggregator they had (measured: their
@@ -222,30 +215,21 @@ class PartitionWindows:
                 apart = kept_apart(prefix)
                 held.keys = {key for key in keys_with(store, prefix)
                              if key != prefix and not key.startswith(apart)}
-            until = None if target is None else int(target.timestamp())
-            pending = False  # keys left with windows to close: the horizon waits for them
             for table_key in held.keys | changed.keys():
                 windows = changed.get(table_key)
                 if windows is None:
                     next_end = held.next_end.get(table_key, 0)  # 0: not known here yet
-                    closes = until is not None and next_end is not None and next_end <= until
-                    if not first and (not closes or len(parts) >= self.windows_per_batch):
-                        pending = pending or closes
-                        continue  # nothing of it to close, or not in this batch
+                    if not first and (horizon is None or next_end is None
+                                      or next_end > horizon.timestamp()):
+                        continue  # nothing of it to close: leave it undecoded
                     windows = _load_windows(store, table_key)
-                    held.next_end[table_key] = windows.next_end
                 if first:
                     unpublished.windows.update((table_key, window)
                                                for window in windows.open_windows())
-                if target is None:
-                    continue
-                next_end = windows.next_end
-                if (len(parts) >= self.windows_per_batch and next_end is not None
-                        and next_end <= until):
-                    pending = True  # the batch has its bound of parts: the next one
+                if horizon is None:
                     continue
                 left = len(windows.expiry)
-                closed = windows.close(target, settle=functools.partial(
+                closed = windows.close(horizon, settle=functools.partial(
                     settled.settle, table_key) if self.revision else None,
                     wanted=lambda window, k=table_key, p=unpublished.windows: (k, window) in p)
                 if closed or len(windows.expiry) != left:
@@ -255,10 +239,6 @@ class PartitionWindows:
                         unpublished.windows.discard((table_key, window))
                         parts[(_window_key(table_key, window), partition)] = _partial(
                             partition, state)
-            if target is not None and not pending:
-                horizon = clock.horizon = target  # every window up to it closed
-            elif target is not None:
-                self.metrics.cx_closing_held_back.inc()
         room = self.windows_per_batch - len(parts)
         if refresh and room > 0:
             due: dict[bytes, list[WindowKey]] = defaultdict(list)

@@ -478,64 +478,6 @@ def test_open_windows_parts_go_at_most_a_bound_a_batch_the_rest_with_the_next() 
     assert sorted(part for parts in batches for part in parts) == expected  # each once
 
 
-def test_a_watermark_jump_closes_at_most_a_bound_a_batch_and_the_horizon_waits() -> None:
-    """Every input goes quiet three days on: the horizon jumps past hundreds of windows
-    of twelve dimensions. Bounded, the stage closes about its bound of windows a batch
-    (each batch brought by a watermark) and tells the horizon only in the batch that
-    closed the last, after its parts; the aggregator's view, each window's latest part,
-    is what an unbounded stage gives at once."""
-    contributions = {1: [(n, Contribution("csat", f"d{n % 12}", T0 + timedelta(seconds=n),
-                                          float(n % 2))) for n in range(60)]}
-    jump = all_inputs_at(1, T0 + timedelta(days=3))
-
-    def run(bound: int | None) -> tuple[list[list[tuple[bytes, object]]], int]:
-        metrics = new_metrics()
-        stage = PartitionWindows(metrics, P, timedelta(hours=1), 5.0, Clock(),
-                                 windows_per_batch=bound)
-        store: dict[bytes, bytes] = {}
-        batches = []
-        marks: list[tuple[int, Watermark]] = []  # the first batch: open windows' parts
-        while not batches or all(key != WATERMARK_KEY for key, _ in batches[-1]):
-            out = Output(P)
-            stage.process(out, store, marks, {} if batches else contributions)
-            batches.append([(key, decode_command(v) if key == WATERMARK_KEY
-                             else decode_partial(v)) for _, _, key, v in out.sent(CX_PARTIALS)])
-            marks = jump
-            assert len(batches) < 100
-        return batches, int(metrics.cx_closing_held_back._value.get())
-
-    def latest(batches: list[list[tuple[bytes, object]]]) -> dict[bytes, object]:
-        return {k: v for batch in batches for k, v in batch if k != WATERMARK_KEY}
-
-    at_once, held_back = run(None)
-    assert len(at_once) == 2 and held_back == 0
-    bounded, held_back = run(40)
-    closing = bounded[1:]
-    # The windows a dimension's minute is in that end by the horizon (T0 + 3 days less
-    # the hour's lateness): its 1m, 12 of 1h, 24 of 24h, and the 7d and 30d ones ending
-    # at one of the three midnights after T0.
-    per_key = 1 + 12 + 24 + 3 + 3
-    assert len(closing) >= 5 and held_back == len(closing) - 1
-    assert all(len(batch) < 40 + per_key for batch in closing)
-    assert [k for k, _ in closing[-1][-P:]] == [WATERMARK_KEY] * P  # after the last parts
-    assert all(k != WATERMARK_KEY for batch in bounded[:-1] for k, _ in batch)
-    horizon = T0 + timedelta(days=3) - timedelta(hours=1)
-    assert [v for k, v in closing[-1] if k == WATERMARK_KEY] == [
-        Marks([Watermark("j1", horizon)])] * P == [v for k, v in at_once[-1]
-                                                   if k == WATERMARK_KEY]
-
-    def ends_by_horizon(key: bytes) -> bool:
-        _metric, _dimension, spec, start = key.decode().split("|")
-        return int(start) + spec_named(spec).size.total_seconds() <= horizon.timestamp()
-
-    closed = {k: v for k, v in latest(at_once).items() if ends_by_horizon(k)}
-    assert len(closed) == 12 * per_key
-    assert {k: v for k, v in latest(bounded).items() if ends_by_horizon(k)} == closed
-    # The hour from T0 holds all five of d1's answers (n = 1, 13, ... 49: each 1.0).
-    assert closed[b"csat|d1|1h|" + str(int(T0.timestamp())).encode()] == Partial(
-        1, 5.0, 5.0, 5)
-
-
 def test_a_replay_in_smaller_batches_counts_each_contribution_once() -> None:
     """A worker killed after saving the windows of offsets 55 and 59 (its batch's offsets
     not yet committed): the next owner reads them again, and its first batch may end
