@@ -8,16 +8,18 @@ rules are hand-checked in tests/unit/test_journey.py, come from tests/truth.py.
 
 from __future__ import annotations
 
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from producers.simulator import SimulatedCustomer
 from schemas import Touchpoint
+from stream_processors.dictionaries import DICTIONARIES
 from stream_processors.windows import WINDOWS
 
 __all__ = ["JourneyFacts", "closed_windows", "detractor_and_low_csat_alerts", "journey_facts",
-           "journey_key", "same", "ticket_facts", "touchpoint_owners"]
+           "journey_key", "same", "stored_msgpack", "ticket_facts", "touchpoint_owners"]
 
 
 def journey_key(person: SimulatedCustomer) -> str:
@@ -177,3 +179,15 @@ def _value(metric: str, inside: list) -> float | None:
 
 def same(a: float | None, b: float | None) -> bool:
     return a is b is None or (a is not None and b is not None and abs(a - b) < 1e-9)
+
+
+def stored_msgpack(value: bytes) -> bytes:
+    """A stored journey value as msgpack, inflated by zlib itself: a compressed value
+    starts with zlib's header (0x78, which a msgpack map never does) and names its
+    preset dictionary there (RFC 1950: the FDICT bit, then the dictionary's Adler-32)."""
+    if value[:1] != b"\x78":
+        return value
+    if not value[1] & 0x20:
+        return zlib.decompress(value)
+    return zlib.decompressobj(zdict=DICTIONARIES[int.from_bytes(value[2:6], "big")]
+                              ).decompress(value)

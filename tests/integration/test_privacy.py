@@ -20,7 +20,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import zlib
 from datetime import timedelta
 
 from kafka import KafkaProducer
@@ -28,8 +27,8 @@ from kafka import KafkaProducer
 from producers import JourneyClient
 from schemas import utcnow
 from schemas.privacy import id_hash, pseudonym
-from stream_processors.dictionaries import DICTIONARIES
 from tests.conftest import REPO, TEST_CLIENT_KEY, TEST_WRITE_KEY, read_topic, wait_for
+from tests.reference import stored_msgpack
 
 GONE, LAPTOP, PHONE = "gone-7", "gone-7-laptop", "gone-7-phone"
 KEPT = "kept-1"  # forgotten through the collector's endpoint
@@ -72,19 +71,8 @@ def live_state(settings, topic: str) -> dict[bytes, bytes]:
     latest: dict[bytes, bytes | None] = {}
     for record in read_topic(settings, topic, expected=0, timeout=10, settle=3.0):
         latest[record.key] = record.value
-    return {k: _inflated(v) for k, v in latest.items() if v is not None}
-
-
-def _inflated(value: bytes) -> bytes:
-    """A value as msgpack: a journey is stored zlib-compressed (its first byte 0x78,
-    zlib's header; a msgpack value never starts so), where an id would not show. zlib
-    inflates it with the preset dictionary its header names (RFC 1950 FDICT, DICTID)."""
-    if value[:1] != b"\x78":
-        return value
-    if not value[1] & 0x20:
-        return zlib.decompress(value)
-    return zlib.decompressobj(zdict=DICTIONARIES[int.from_bytes(value[2:6], "big")]
-                              ).decompress(value)
+    # A journey is stored compressed, where an id would not show: searched inflated.
+    return {k: stored_msgpack(v) for k, v in latest.items() if v is not None}
 
 
 def test_forget_during_a_live_replay(settings, clickhouse, start_worker, start_collector,

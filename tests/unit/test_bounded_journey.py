@@ -32,6 +32,7 @@ from stream_processors.journey import (
     event_of,
     fold,
 )
+from tests.reference import stored_msgpack
 from tests.truth import journey_key, true_journeys
 from tests.unit.test_stages import NOW, P, as_dicts, tp, updater
 
@@ -210,7 +211,7 @@ def test_a_journey_is_stored_without_its_default_fields_and_reads_as_before() ->
     fold(log)
     compact(log, tail=timedelta(seconds=5), tail_touchpoints=8)
     stored = encode_log(log)
-    named = msgspec.msgpack.decode(_unpacked(stored))
+    named = msgspec.msgpack.decode(stored_msgpack(stored))
     defaults = JourneyLog(key="")
     assert {f for f in named if named[f] == getattr(defaults, f)} == set()
     assert {"state", "merged_into", "pending_rated", "swept_version"}.isdisjoint(named)
@@ -218,18 +219,6 @@ def test_a_journey_is_stored_without_its_default_fields_and_reads_as_before() ->
     before = msgspec.msgpack.encode(every_field(log))
     assert len(stored) < len(before)
     assert decode_log(before) == decode_log(stored) == log
-
-
-def _unpacked(stored: bytes) -> bytes:
-    """A stored value as msgpack, inflated by zlib itself: a compressed value starts
-    with zlib's header (0x78, which a msgpack map never does), and names its preset
-    dictionary in it (RFC 1950: the FDICT bit, then the dictionary's Adler-32)."""
-    if stored[0] != 0x78:
-        return stored
-    if not stored[1] & 0x20:
-        return zlib.decompress(stored)
-    inflater = zlib.decompressobj(zdict=DICTIONARIES[int.from_bytes(stored[2:6], "big")])
-    return inflater.decompress(stored)
 
 
 def test_a_journey_is_stored_compressed_with_the_dictionary_a_tiny_one_plain() -> None:
@@ -324,7 +313,7 @@ def test_one_key_through_100_000_touchpoints_costs_the_same_per_event_and_stays_
     assert late <= 2 * cost[0]
     print(f"value {sizes[0]} B at 10 touchpoints, {sizes[-1]} B at 100,000; fold steps per "
           f"touchpoint {cost[0]:.1f} then {late:.2f}")
-    assert journeys[key][0] == 0x78 and msgspec.msgpack.decode(_unpacked(journeys[key]))
+    assert journeys[key][0] == 0x78 and msgspec.msgpack.decode(stored_msgpack(journeys[key]))
 
 
 def test_with_compression_off_the_stage_writes_plain_msgpack_and_reads_compressed() -> None:
