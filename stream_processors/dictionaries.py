@@ -52,6 +52,7 @@ _WORDS_1: Final = (
     "account_created", "subscription_cancelled",
 )
 
+
 class _Event1(msgspec.Struct, array_like=True):
     """A journey event as ``JourneyEvent`` encodes it (frozen here with the dictionary)."""
 
