@@ -22,7 +22,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
@@ -55,9 +55,13 @@ class Workload:
         return len(self.records)
 
 
-def make_workload(customers: int, seed: int = 11) -> Workload:
-    people = simulate(customers, seed=seed, prefix="b-")
-    tps = sorted((e for p in people for e in p.events), key=lambda e: e.occurred_at)
+def make_workload(customers: int, seed: int = 11, as_of: datetime | None = None) -> Workload:
+    """``as_of``: the journeys as they stand then, started 45 to 75 days before (by
+    default: now). The same ``as_of`` gives the same touchpoints at the same times."""
+    start = None if as_of is None else as_of - timedelta(days=75)
+    people = simulate(customers, seed=seed, prefix="b-", start=start)
+    tps = sorted((e for p in people for e in p.events
+                  if as_of is None or e.occurred_at <= as_of), key=lambda e: e.occurred_at)
     return Workload(customers, [(tp.key.encode(), _encode(tp)) for tp in tps], tps)
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 
 from producers.simulator import simulate
 
@@ -68,3 +70,21 @@ def test_journey_state_bench_smoke_prints_its_table() -> None:
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     rows = [line for line in run.stdout.splitlines() if line.startswith("| 1,000 |")]
     assert len(rows) == 2  # batches of 1 and of 10
+
+
+def test_stages_bench_smoke_runs_every_touchpoint_through_every_stage() -> None:
+    run = subprocess.run([sys.executable, "-m", "tests.benchmarks.stages", "--customers", "300"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = run.stdout
+    # Counted from the simulator, as of the bench's day (its journeys as they stand then).
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    people = simulate(300, seed=11, prefix="b-", start=today - timedelta(days=75))
+    touchpoints = sum(e.occurred_at <= today for p in people for e in p.events)
+    assert f"{touchpoints:,} touchpoints in " in out
+    for stage in ("router", "identity", "journey", "aggregator"):
+        assert re.search(rf"^\| {stage} \| \d+\.\d\d \|", out, re.M), stage
+    rows = dict(re.findall(r"(\w+) ([\d,]+)", out.split("rows: ")[1].splitlines()[0]))
+    assert int(rows["touchpoints"].replace(",", "")) >= touchpoints
+    assert int(rows["cx_metrics"].replace(",", "")) > 0
+    assert re.search(r"final values' digest [0-9a-f]{16}$", out, re.M)
