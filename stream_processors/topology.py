@@ -79,10 +79,8 @@ from stream_processors.clickhouse.client import enforce_retention as clickhouse_
 from stream_processors.clickhouse.rows import COLUMNS
 from stream_processors.clickhouse.sink import ClickHouseSink
 from stream_processors.commands import (
-    WATERMARK_KEY,
     Command,
     Expire,
-    Marks,
     Touch,
     decode_command,
     decode_partial,
@@ -98,6 +96,7 @@ from stream_processors.effects import (
     Message,
     Output,
     Staged,
+    decode_batch,
     named_partition,
     unbundle,
 )
@@ -250,7 +249,7 @@ async def resolve_identity(stream: StreamT) -> None:
         await runner.run(
             "resolve_identity", by_device_topic.get_topic_name(), batch,
             lambda b, e=events: identity.resolve(
-                _decoded(b, _by_device), _staged(devices, e, _key_partition), utcnow(),
+                decode_batch(b, _by_device), _staged(devices, e, _key_partition), utcnow(),
                 _staged(device_suppressions, e, named_partition)),
             forget=identity.suppression.known.clear)
 
@@ -261,7 +260,7 @@ async def update_journey(stream: StreamT) -> None:
         await runner.run(
             "update_journey", journey_events_topic.get_topic_name(), batch,
             lambda b, e=events: journey_updater.update(
-                _decoded(b, decode_command), _staged(journeys, e, _key_partition),
+                decode_batch(b, decode_command), _staged(journeys, e, _key_partition),
                 _staged(cx_partials, e, named_partition), utcnow(), _row_version(),
                 _staged(journey_suppressions, e, named_partition)),
             forget=_forgetting(journey_updater.windows.held,
@@ -274,7 +273,7 @@ async def aggregate_cx(stream: StreamT) -> None:
         await runner.run(
             "aggregate_cx", cx_partials_topic.get_topic_name(), batch,
             lambda b, e=events: aggregator.aggregate(
-                _decoded(b, decode_partial), _staged(cx_windows, e, named_partition),
+                decode_batch(b, decode_partial), _staged(cx_windows, e, named_partition),
                 utcnow(), _row_version()),
             forget=aggregator.held.clear)
 
@@ -498,19 +497,6 @@ def _unbundled(events: Sequence[EventT]) -> list[Message]:
         except msgspec.DecodeError:
             items = [(e.key, e.value)]
         out += [Message(partition, offset, key, value) for key, value in items]
-    return out
-
-
-def _decoded(batch: Sequence[Message], decode: Callable[[bytes], Any]) -> list[Message]:
-    """Values decoded: watermarks as such (one message each), the rest by ``decode``."""
-    out = []
-    for partition, offset, key, value in batch:  # Message(), not _replace(): 2.3x faster
-        if key != WATERMARK_KEY:
-            out.append(Message(partition, offset, key, decode(value)))
-            continue
-        command = decode_command(value)
-        marks = command.marks if isinstance(command, Marks) else [command]
-        out += [Message(partition, offset, key, mark) for mark in marks]
     return out
 
 

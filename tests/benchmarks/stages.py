@@ -32,7 +32,6 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -41,8 +40,6 @@ from schemas.partitioning import partition_for
 from schemas.settings import Settings
 from stream_processors.commands import (
     BUNDLE_KEY,
-    WATERMARK_KEY,
-    Marks,
     decode_command,
     decode_partial,
     encode_bundle,
@@ -54,6 +51,7 @@ from stream_processors.effects import (
     Message,
     Outbox,
     Output,
+    decode_batch,
     unbundle,
 )
 from stream_processors.metrics import WorkerMetrics
@@ -240,20 +238,13 @@ class Pipeline:
 
 
 def _decoded(stage: str, records: list[tuple[int, int, bytes, bytes]]) -> list[Message]:
-    """As the worker's agents hand batches to the stages (topology._unbundled, _decoded)."""
+    """As the worker's agents hand batches to the stages: bundles opened, then decoded
+    (stream_processors/topology.py)."""
     if stage == "router":
         return [Message(p, offset, key, value) for p, offset, key, value in records]
-    decode: Callable[[bytes], Any] = decode_partial if stage == "aggregator" else decode_command
-    out = []
-    for partition, offset, key, value in records:
-        for k, v in unbundle(key, value):
-            if k != WATERMARK_KEY:
-                out.append(Message(partition, offset, k, decode(v)))
-                continue
-            command = decode_command(v)
-            marks = command.marks if isinstance(command, Marks) else [command]
-            out += [Message(partition, offset, k, mark) for mark in marks]
-    return out
+    opened = [Message(partition, offset, k, v) for partition, offset, key, value in records
+              for k, v in unbundle(key, value)]
+    return decode_batch(opened, decode_partial if stage == "aggregator" else decode_command)
 
 
 def main(argv: list[str] | None = None) -> int:
