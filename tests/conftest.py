@@ -17,7 +17,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -60,16 +60,20 @@ def own_clickhouse(settings: Settings, data_dir: Path) -> tuple[Settings, Stack]
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.25,
-             what: str = "condition") -> object:
-    """Poll until ``predicate`` returns something truthy; fail with ``what`` on timeout."""
+             what: str = "condition", done: Callable[[Any], bool] = bool) -> Any:
+    """Poll until ``done(predicate())`` (by default: the value is truthy); fail with
+    ``what`` and the last value on timeout. ``done=lambda left: not left`` waits for
+    what is still missing to be empty, and a timeout then names what is missing."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         last = predicate()
-        if last:
+        if done(last):
             return last
         time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last value: {last!r})")
+    shown = repr(sorted(last) if isinstance(last, set | frozenset) else last)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last value: "
+                f"{shown[:500]})")
 
 
 @pytest.fixture(scope="session")

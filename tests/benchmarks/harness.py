@@ -37,6 +37,7 @@ from schemas import Touchpoint
 from schemas.settings import Settings
 from stream_processors.clickhouse.client import connect, migrate
 from stream_processors.topics import ensure_topics
+from tests.changelogs import changelog_state
 
 __all__ = ["Bench", "Workload", "make_workload"]
 
@@ -260,7 +261,7 @@ class Bench:
         """Each table's live state after a run, read back from its changelog: keys, and
         bytes of keys and values (what the memory store holds, before a dict's and an
         allocator's overhead). Unlike RSS it does not move from run to run."""
-        return asyncio.run(_live_state(settings))
+        return _live_state(settings)
 
     # ── 4. latency ───────────────────────────────────────────────────────────
     def latency(self, settings: Settings, workload: Workload, rate: float,
@@ -415,35 +416,14 @@ TABLES = ("devices", "journeys", "cx-partials", "cx-windows", "device-suppressio
           "journey-suppressions")
 
 
-async def _live_state(settings: Settings) -> dict[str, dict[str, int]]:
-    """Each table's latest value per key, as its changelog holds it (Tansu does not
-    compact: every write is there, the last one per key counts; None deleted it)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
-                                enable_auto_commit=False, auto_offset_reset="earliest",
-                                max_partition_fetch_bytes=4 << 20, fetch_max_bytes=16 << 20)
-    await consumer.start()
-    try:
-        topics = await consumer.topics()
-        state = {}
-        for table in TABLES:
-            topic = f"{settings.app_id}-{table}-changelog"  # as many partitions as topics
-            partitions = ([TopicPartition(topic, p) for p in range(settings.topic_partitions)]
-                          if topic in topics else [])
-            latest: dict[bytes, bytes | None] = {}
-            if partitions:
-                consumer.assign(partitions)
-                ends = await consumer.end_offsets(partitions)
-                while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-                    batches = await consumer.getmany(timeout_ms=1000, max_records=20000)
-                    for records in batches.values():
-                        for record in records:
-                            latest[record.key] = record.value
-            live = {k: v for k, v in latest.items() if v is not None}
-            state[table] = {"keys": len(live),
-                            "bytes": sum(len(k) + len(v) for k, v in live.items())}
-        return state
-    finally:
-        await consumer.stop()
+def _live_state(settings: Settings) -> dict[str, dict[str, int]]:
+    """Each table's keys and bytes as its changelog holds them (tests/changelogs.py)."""
+    state = {}
+    for table in TABLES:
+        live = changelog_state(settings.bootstrap_servers,
+                               f"{settings.app_id}-{table}-changelog")
+        state[table] = {"keys": len(live), "bytes": sum(len(k) + len(v) for k, v in live.items())}
+    return state
 
 
 async def _paced(settings: Settings, tps: list[Touchpoint], rate: float, sent: dict[str, float],

@@ -242,11 +242,8 @@ def test_hostile_requests_never_break_the_pipeline(settings, start_collector, st
         assert ids <= sent.accepted, sorted(ids - sent.accepted)[:5]  # nothing refused got in
         return sent.accepted - ids
 
-    left, deadline = missing(), time.monotonic() + 30
-    while left and time.monotonic() < deadline:
-        time.sleep(0.25)
-        left = missing()
-    assert not left, f"{len(left)} accepted events never reached ClickHouse: {sorted(left)[:5]}"
+    wait_for(missing, timeout=30, done=lambda left: not left,
+             what="every accepted event in ClickHouse (last value: the ones missing)")
     dead = [line for line in worker.metrics().splitlines()
             if line.startswith("journey_dead_letters_total") and not line.endswith(" 0.0")]
     assert dead == [], dead
