@@ -261,7 +261,13 @@ class Bench:
         """Each table's live state after a run, read back from its changelog: keys, and
         bytes of keys and values (what the memory store holds, before a dict's and an
         allocator's overhead). Unlike RSS it does not move from run to run."""
-        return _live_state(settings)
+        state = {}
+        for table in TABLES:
+            live = changelog_state(settings.bootstrap_servers,
+                                   f"{settings.app_id}-{table}-changelog")
+            state[table] = {"keys": len(live),
+                            "bytes": sum(len(k) + len(v) for k, v in live.items())}
+        return state
 
     # ── 4. latency ───────────────────────────────────────────────────────────
     def latency(self, settings: Settings, workload: Workload, rate: float,
@@ -414,16 +420,6 @@ async def _consume_all(settings: Settings, topic: str, expected: int) -> float:
 #: The worker's tables (stream_processors/topology.py), whose changelogs hold its state.
 TABLES = ("devices", "journeys", "cx-partials", "cx-windows", "device-suppressions",
           "journey-suppressions")
-
-
-def _live_state(settings: Settings) -> dict[str, dict[str, int]]:
-    """Each table's keys and bytes as its changelog holds them (tests/changelogs.py)."""
-    state = {}
-    for table in TABLES:
-        live = changelog_state(settings.bootstrap_servers,
-                               f"{settings.app_id}-{table}-changelog")
-        state[table] = {"keys": len(live), "bytes": sum(len(k) + len(v) for k, v in live.items())}
-    return state
 
 
 async def _paced(settings: Settings, tps: list[Touchpoint], rate: float, sent: dict[str, float],
