@@ -117,6 +117,8 @@ class _Batch:
         self.counted: set[str] = set()
         #: The partitions' forgotten ids (stream_processors/suppression.py).
         self.suppressed: Store = {}
+        #: Per partition, what new touchpoints contribute to CX windows.
+        self.contributions: dict[int, list[Numbered]] = defaultdict(list)
 
 
 class JourneyUpdater:
@@ -178,16 +180,15 @@ class JourneyUpdater:
             if self._suppressed(b, message):
                 continue
             self._apply(b, out, journeys, message, now, version)
-        contributions: dict[int, list[Numbered]] = defaultdict(list)
         for key, journey_log in b.logs.items():
             if not (journey_log.events or journey_log.merged_into or key in journeys):
                 continue  # e.g. told to merge a device that had no anonymous visit: no state
             partition, offset = b.last[key]
             if journey_log.events and not journey_log.merged_into:
-                self._emit(b, out, key, journey_log, now, version, contributions[partition],
+                self._emit(b, out, key, journey_log, now, version, b.contributions[partition],
                            offset)
             journeys[key] = encode_log(journey_log, self.compress)
-        self.windows.process(out, cx_partials, marks, contributions, now)
+        self.windows.process(out, cx_partials, marks, b.contributions, now)
         out.save(cx_partials)
         out.save(b.suppressed, journeys)
         return out
@@ -284,6 +285,17 @@ class JourneyUpdater:
         elif isinstance(command, MergeInto):
             if journey_log.merged_into or not journey_log.events:
                 return
+            retracted = version
+            if b.fresh.get(key):
+                # This batch's touchpoints of the device get their rows and count in the
+                # CX windows here, as if its batch ended before the merge: the merge
+                # carries only the tail (one folded into the summary would have had no
+                # row: the fuzz lost one), and the customer's journey takes the tail's as
+                # counted already. The retraction below then outranks the rows just made.
+                self._emit(b, out, key, journey_log, now, version,
+                           b.contributions[message.partition], message.offset)
+                b.fresh.pop(key)
+                retracted = version + 1
             out.add(JOURNEY_EVENTS, command.customer_id.encode(),
                     encode_command(Merge(msgspec.structs.replace(journey_log))))
             out.rows["customer_journeys"].append(merged_row(
@@ -295,13 +307,12 @@ class JourneyUpdater:
             out.rows["journey_transitions"] += deleted_transitions(
                 journey_log.key, None, 0,
                 max(journey_log.emitted_transitions, journey_log.touchpoints + 1),
-                journey_log.first_seen, version)
+                journey_log.first_seen, retracted)
             journey_log.merged_into = command.customer_id
             journey_log.events, journey_log.emitted_transitions = [], 0
             journey_log.base, journey_log.state, journey_log.seen = b"", None, b""
             journey_log.transition_digests, journey_log.ticket_digests = {}, {}
             journey_log.version += 1
-            b.fresh.pop(key, None)  # their rows are written under the customer instead
         elif isinstance(command, Merge):
             # Every touchpoint the device journey held is written again under the
             # customer, even one the customer's journey already had (a duplicate routed

@@ -34,7 +34,7 @@ from stream_processors.journey import (
 )
 from tests.reference import stored_msgpack
 from tests.truth import journey_key, true_journeys
-from tests.unit.test_stages import NOW, P, as_dicts, tp, updater
+from tests.unit.test_stages import NOW, T0, P, as_dicts, tp, updater, window_state
 
 
 def comparable(j: Journey) -> dict:
@@ -338,3 +338,40 @@ def test_with_compression_off_the_stage_writes_plain_msgpack_and_reads_compresse
     plain = msgspec.msgpack.decode(journeys[key])  # no zlib: an older worker reads it
     assert plain["key"] == "c-7" and len(plain["events"]) == 40
     assert decode_log(journeys[key]).touchpoints == 40
+
+
+def test_a_device_journeys_last_batch_before_its_merge_gets_its_rows_and_counts() -> None:
+    """The device's touchpoints that arrive in the batch that merges it, one of them
+    late enough to fold straight into its summary: each gets a touchpoint row, and each
+    counts once in the CX windows (an NPS answer here). The fuzz once lost such a row:
+    the merge carried only the tail, and the batch's rows of the device were dropped."""
+    journeys: dict[bytes, bytes] = {}
+    windows: dict[bytes, bytes] = {}
+    stage = updater()
+    stage.tail_touchpoints = 5
+    anon = b"anon:d-1"
+    part = partition_for(anon, P)
+    for n in range(40):
+        stage.update([Message(part, n, anon, Touch(None, [tp(f"v{n}", "page_view", 100 + n,
+                                                             anon="d-1")]))],
+                     journeys, windows, NOW, n)
+    assert decode_log(journeys[anon]).base
+    late = tp("late", "page_view", 1, anon="d-1")  # before the tail: into the summary
+    answer = tp("nps", "survey_response", 150, anon="d-1", survey="nps", score=10)
+    out = stage.update([Message(part, 40, anon, Touch(None, [late, answer])),
+                        Message(part, 41, anon, MergeInto("c-1"))], journeys, windows, NOW, 41)
+    rows = as_dicts(out.rows["touchpoints"], "touchpoints")
+    latest: dict[int, dict] = {}  # the device's transitions, as ReplacingMergeTree keeps them
+    for row in as_dicts(out.rows["journey_transitions"], "journey_transitions"):
+        held = latest.get(row["seq"])
+        assert held is None or held["row_version"] != row["row_version"]
+        if held is None or row["row_version"] > held["row_version"]:
+            latest[row["seq"]] = row
+    assert latest and all(r["is_deleted"] for r in latest.values())
+    [(_, to, key, value)] = out.sent(JOURNEY_EVENTS)
+    out = stage.update([Message(to, 0, key, decode_command(value))], journeys, windows, NOW, 42)
+    rows += as_dicts(out.rows["touchpoints"], "touchpoints")
+    assert {"late", "nps"} <= {r["event_id"] for r in rows}
+    answered = sum(window_state(windows, p, "nps", "1h", T0 + timedelta(minutes=150 // 5 * 5))[1]
+                   for p in range(P) if f"{p}|nps|all".encode() in windows)
+    assert answered == 1
