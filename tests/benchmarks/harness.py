@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -197,6 +198,7 @@ class Bench:
             return taken
 
         profiler = _start_profiler(pids[0], profile) if profile else None
+        _pause_gc()
         try:
             start = _wait(lambda: sum(_processed(p) for p in ports) > 0, timeout, 0.05)
             last = (start, 0)
@@ -231,6 +233,7 @@ class Bench:
             disk = sum(f.stat().st_size for st in stacks
                        for f in (st.settings.data_dir / "worker").rglob("*") if f.is_file())
         finally:
+            gc.enable()
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
                 profiler.wait(60)
@@ -277,6 +280,7 @@ class Bench:
         ensure_topics(settings)
         stack = Stack(settings, echo=lambda line: None, start_timeout=120)
         stack.start(["worker"])
+        _pause_gc()
         try:
             # Warm up: the group has joined once a first touchpoint came through.
             asyncio.run(_produce(settings, settings.touchpoints_topic, workload.records[:1]))
@@ -298,6 +302,7 @@ class Bench:
                 # polls' window: look for what is missing by id (seen now: an upper bound).
                 _poll_missing(client, seen, missing[:1000])
         finally:
+            gc.enable()
             stack.stop()
             client.disconnect()
         latencies = sorted(seen[k] - sent[k] for k in sent if k in seen)
@@ -367,6 +372,16 @@ class Bench:
 
 
 # ── helpers ──────────────────────────────────────────────────────────────────
+def _pause_gc() -> None:
+    """Turn this process's cyclic garbage collector off while it times a run (the
+    caller turns it on again): this process holds the workload, and a full collection
+    stops its sending and polling. Measured: a 1.09 s collection during a latency run
+    made its p99 1.60 s, with the touchpoints of two seconds at 1.8 s (0.6-0.8 s in the
+    others). Reference counting still frees what a run allocates."""
+    gc.collect()
+    gc.disable()
+
+
 def _clickhouse(settings: Settings):
     """A client on the run's own database, migrated."""
     admin = connect(settings.clickhouse_url)
