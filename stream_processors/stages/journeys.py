@@ -258,13 +258,6 @@ class JourneyUpdater:
                     del journeys[key]
             return
         if isinstance(command, Touch):
-            if journey_log.merged_into:
-                # The device's link went (JOURNEY_DEVICE_RETENTION_DAYS) while the marker
-                # of its merged journey stayed (a longer JOURNEY_MERGED_RETENTION_DAYS):
-                # the device starts a journey afresh, as if the marker had gone too.
-                # Added to the marker, its touchpoints would never get a row.
-                journey_log = b.logs[key] = _load({}, key, now)
-                journey_log.updated_at = now
             anonymous = journey_log.customer_id is None and command.customer_id is None
             tps = [decode_trusted(raw) for raw in command.touchpoints]
             if command.customer_id:  # a customer's touchpoint may name a forgotten device

@@ -375,25 +375,3 @@ def test_a_device_journeys_last_batch_before_its_merge_gets_its_rows_and_counts(
     answered = sum(window_state(windows, p, "nps", "1h", T0 + timedelta(minutes=150 // 5 * 5))[1]
                    for p in range(P) if f"{p}|nps|all".encode() in windows)
     assert answered == 1
-
-
-def test_a_device_back_after_its_link_went_starts_a_journey_of_its_own() -> None:
-    """Links can be kept for less time than the marker of a merged journey: the device's
-    touchpoint then comes to the marker, and starts a journey afresh with a row."""
-    journeys: dict[bytes, bytes] = {}
-    stage = updater()
-    anon = b"anon:d-5"
-    part = partition_for(anon, P)
-    stage.update([Message(part, 0, anon, Touch(None, [tp("v0", "page_view", 0, anon="d-5")]))],
-                 journeys, {}, NOW, 1)
-    stage.update([Message(part, 1, anon, MergeInto("c-5"))], journeys, {}, NOW, 2)
-    assert decode_log(journeys[anon]).merged_into == "c-5"
-    back = tp("v1", "page_view", 60 * 24 * 500, anon="d-5")
-    out = stage.update([Message(part, 2, anon, Touch(None, [back]))], journeys, {},
-                       NOW + timedelta(days=500), 3)
-    [row] = as_dicts(out.rows["touchpoints"], "touchpoints")
-    assert (row["event_id"], row["journey_key"], row["customer_id"]) == ("v1", "anon:d-5", "")
-    [journey] = as_dicts(out.rows["customer_journeys"], "customer_journeys")
-    assert journey["touchpoints"] == 1
-    log = decode_log(journeys[anon])
-    assert log.merged_into is None and [e.event_id for e in log.events] == ["v1"]
