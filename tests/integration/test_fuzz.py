@@ -235,8 +235,8 @@ def test_hostile_requests_never_break_the_pipeline(settings, start_collector, st
     # Everything accepted is in ClickHouse once, and the worker refused none of it. The
     # event sent last may overtake earlier ones: it has a partition of its own, and an
     # anonymous event takes the by-device hop. So wait for the rest; a lost event still
-    # fails, by the timeout. (CI lost one twice: a device's late touchpoint in the batch
-    # that merged its journey; test_bounded_journey has the case.)
+    # fails, by the timeout. (CI lost one twice, most likely a device's late touchpoint in
+    # the batch that merged its journey: test_stitching has that case.)
     def missing() -> set[str]:
         ids = {r[0] for r in clickhouse.execute(
             "SELECT event_id FROM touchpoints FINAL WHERE event_id != 'after-the-fuzz'")}
