@@ -168,7 +168,8 @@ class Settings:
     merged_retention_days: float = _setting(
         7.0, "JOURNEY_MERGED_RETENTION_DAYS",
         "How long the marker of a device journey merged into its customer's is kept (it "
-        "makes a replayed merge a no-op; replays come within seconds). 0 keeps them.")
+        "makes a replayed merge a no-op; replays come within seconds). 0 keeps them; at "
+        "most JOURNEY_DEVICE_RETENTION_DAYS, unless that is 0.")
     device_retention_days: float = _setting(
         400.0, "JOURNEY_DEVICE_RETENTION_DAYS",
         "A device → customer link unused for this many days is forgotten: the device's "
@@ -341,6 +342,13 @@ class Settings:
         if self.tail_touchpoints < 1 or self.tail_days <= 0:
             raise ConfigError("JOURNEY_TAIL_TOUCHPOINTS must be at least 1 and "
                               "JOURNEY_TAIL_DAYS above 0")
+        links, markers = self.device_retention_days, self.merged_retention_days
+        if links > 0 and not 0 < markers <= links:
+            raise ConfigError(
+                f"JOURNEY_MERGED_RETENTION_DAYS={markers:g} must be above 0 and at most "
+                f"JOURNEY_DEVICE_RETENTION_DAYS={links:g}: a merged journey's marker kept "
+                "longer than its device's link would keep sending the device's later "
+                "touchpoints to the customer after the link was forgotten")
         if self.log_level.strip().lower() not in _LOG_LEVELS:
             raise ConfigError(f"JOURNEY_LOG_LEVEL={self.log_level!r}: use one of "
                               f"{', '.join(sorted(set(_LOG_LEVELS.values())))}")

@@ -375,3 +375,40 @@ def test_a_device_journeys_last_batch_before_its_merge_gets_its_rows_and_counts(
     answered = sum(window_state(windows, p, "nps", "1h", T0 + timedelta(minutes=150))[1]
                    for p in range(P) if f"{p}|nps|all".encode() in windows)  # from the answer
     assert answered == 1
+
+
+def test_a_device_touchpoint_at_its_merged_journeys_marker_goes_on_to_the_customer() -> None:
+    """The device's link can expire a sweep before the marker of its merged journey: its
+    next touchpoint then comes to the marker. It goes on to the customer the marker
+    names, and gets its row and its count there; the marker stays as it was (before,
+    the touchpoint was added to the marker: no row, no count, and a marker that grew)."""
+    journeys: dict[bytes, bytes] = {}
+    windows: dict[bytes, bytes] = {}
+    stage = updater()
+    anon = b"anon:d-5"
+    part = partition_for(anon, P)
+    stage.update([Message(part, 0, anon, Touch(None, [tp("v0", "page_view", 0, anon="d-5")]))],
+                 journeys, windows, NOW, 1)
+    out = stage.update([Message(part, 1, anon, MergeInto("c-5"))], journeys, windows, NOW, 2)
+    [(_, to, key, merge)] = out.sent(JOURNEY_EVENTS)
+    stage.update([Message(to, 0, key, decode_command(merge))], journeys, windows, NOW, 3)
+    marker = journeys[anon]
+
+    answer = tp("a1", "survey_response", 30, anon="d-5", survey="nps", score=10)
+    out = stage.update([Message(part, 2, anon, Touch(None, [answer]))], journeys, windows,
+                       NOW, 4)
+    assert not out.rows["touchpoints"] and not out.rows["customer_journeys"]
+    assert decode_log(journeys[anon]) == decode_log(marker)
+    [(_, to, key, value)] = out.sent(JOURNEY_EVENTS)
+    assert (key, to) == (b"c-5", partition_for(b"c-5", P))
+    out = stage.update([Message(to, 1, key, decode_command(value))], journeys, windows, NOW, 5)
+    [row] = as_dicts(out.rows["touchpoints"], "touchpoints")
+    assert (row["event_id"], row["journey_key"], row["customer_id"]) == ("a1", "c-5", "c-5")
+    assert window_state(windows, to, "nps", "1h", T0 + timedelta(minutes=30))[1] == 1
+    # Sent again (a replay of the device's hop): nothing more at the customer's journey.
+    out = stage.update([Message(part, 2, anon, Touch(None, [answer]))], journeys, windows,
+                       NOW, 6)
+    [(_, to, key, value)] = out.sent(JOURNEY_EVENTS)
+    out = stage.update([Message(to, 2, key, decode_command(value))], journeys, windows, NOW, 7)
+    assert not out.rows["touchpoints"]
+    assert window_state(windows, to, "nps", "1h", T0 + timedelta(minutes=30))[1] == 1

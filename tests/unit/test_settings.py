@@ -30,9 +30,20 @@ def test_environment_is_parsed_by_type() -> None:
     ({"JOURNEY_ROUTER_MAX_AHEAD": "-1"}, "JOURNEY_ROUTER_MAX_AHEAD must be 0"),
     ({"JOURNEY_CX_WINDOWS_PER_BATCH": "-1"}, "JOURNEY_CX_WINDOWS_PER_BATCH must be 0"),
     ({"JOURNEY_CLICKHOUSE_URL": "http://h:8123"}, "clickhouse://user:password@host"),
+    ({"JOURNEY_MERGED_RETENTION_DAYS": "0"}, "JOURNEY_MERGED_RETENTION_DAYS=0 must be above 0 "
+     "and at most JOURNEY_DEVICE_RETENTION_DAYS=400"),
+    ({"JOURNEY_MERGED_RETENTION_DAYS": "30", "JOURNEY_DEVICE_RETENTION_DAYS": "20"},
+     "JOURNEY_MERGED_RETENTION_DAYS=30 must be above 0 and at most"),
 ])
 def test_bad_values_say_which_variable(env: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("/", "/")):
+        Settings.from_env(env)
+
+
+def test_merged_markers_may_be_kept_as_long_as_links() -> None:
+    for env in ({"JOURNEY_MERGED_RETENTION_DAYS": "400"},
+                {"JOURNEY_MERGED_RETENTION_DAYS": "0", "JOURNEY_DEVICE_RETENTION_DAYS": "0"},
+                {"JOURNEY_MERGED_RETENTION_DAYS": "9", "JOURNEY_DEVICE_RETENTION_DAYS": "0"}):
         Settings.from_env(env)
 
 
