@@ -159,3 +159,81 @@ def test_a_batch_that_skips_records_is_held_back_and_the_partition_read_again() 
     continuity.GIVE_UP_SECONDS = 0.0
     assert len(asyncio.run(continuity.check(fake, events(tp, 310)))) == 1
     assert fake.consumer._gap[tp].overlaps(301) and not fake.consumer._gap[tp].overlaps(310)
+
+
+def test_records_fetched_at_a_partitions_tail_that_never_came_are_read_again() -> None:
+    """No later record shows a hole at a partition's tail: once the agent has waited for
+    input long enough, a partition fetched past the next offset it expects is read
+    again from there (measured: after a rebalance, the last records of every internal
+    partition never reached their stages, and the run stalled)."""
+    import asyncio
+
+    from aiokafka import TopicPartition
+
+    from stream_processors.consumer import Continuity
+
+    seeks: list[tuple] = []
+
+    async def seek_wait(partitions) -> None:
+        seeks.extend(partitions.items())
+
+    tail, whole, other = (TopicPartition("t", 0), TopicPartition("t", 1),
+                          TopicPartition("u", 0))
+    fetched = {tail: 40, whole: 12, other: 99}  # aiokafka's fetch positions
+
+    class Subscription:  # what stream_processors.consumer.position reads
+        def is_assigned(self, tp) -> bool:
+            return tp in fetched
+
+        @property
+        def subscription(self):
+            return SimpleNamespace(assignment=SimpleNamespace(
+                state_value=lambda tp: SimpleNamespace(position=fetched[tp],
+                                                       has_valid_position=True)))
+
+    aio = SimpleNamespace(_subscription=Subscription())
+    fake = SimpleNamespace(
+        consumer_generation_id=1, rebalancing=False,
+        topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
+        consumer=SimpleNamespace(
+            _committed_offset=defaultdict(lambda: None, {tail: 30, whole: 10, other: 0}),
+            _gap=defaultdict(IntervalTree), _unacked_messages=set(), seek_wait=seek_wait,
+            _thread=SimpleNamespace(_ensure_consumer=lambda: aio),
+            assignment=lambda: set(fetched)))
+
+    class Message:
+        def __init__(self, tp: TopicPartition, offset: int) -> None:
+            self.tp, self.offset, self.acked = tp, offset, False
+
+    def events(partition, *offsets):
+        return [SimpleNamespace(message=Message(partition, o)) for o in offsets]
+
+    continuity = Continuity("t", within=0.1)
+    continuity.working()
+    # Partition 0 reached the agent up to 35 of the 40 fetched; partition 1 whole.
+    asyncio.run(continuity.check(fake, events(tail, *range(30, 36)) + events(whole, 10, 11)))
+    continuity.waiting()
+    asyncio.run(continuity.reseek(fake))
+    assert seeks == []  # the rest may still be on their way
+    continuity._tail_after = 0.0  # from here, any wait is long enough
+    continuity.working()  # a batch in hand: the rest may be in the next
+    asyncio.run(continuity.reseek(fake))
+    assert seeks == []
+    continuity.waiting()
+    fake.rebalancing = True  # positions mean nothing until the seek after it
+    asyncio.run(continuity.reseek(fake))
+    fake.rebalancing = False
+    asyncio.run(continuity.reseek(fake))  # each position seen anew
+    assert seeks == []
+    fetched[tail] = 41  # still fetching: the position has to stand still first
+    asyncio.run(continuity.reseek(fake))
+    assert seeks == []
+    asyncio.run(continuity.reseek(fake))
+    assert seeks == [(tail, 36)]  # only the agent's topic, only the partition left short
+    # Read again: whole, and nothing more is sought.
+    continuity.working()
+    assert len(asyncio.run(continuity.check(fake, events(tail, *range(36, 41))))) == 5
+    continuity.waiting()
+    asyncio.run(continuity.reseek(fake))
+    asyncio.run(continuity.reseek(fake))
+    assert seeks == [(tail, 36)]
