@@ -175,23 +175,7 @@ class Continuity:
     really hold no record (none of our inputs is written in transactions, but a log's
     retention may delete what was not read in time) are accepted as a gap after
     ``GIVE_UP_SECONDS``, with an error in the log.
-
-    A hole at the **tail** of a partition shows in no batch: no later record comes to
-    start past it. Measured in the fault suite (2 runs in 4 of one scenario): after a
-    rebalance the last 1 to 15 records of every journey-events and by-device partition
-    never reached their stages, every agent waited for input, and 978 final CX windows
-    were never written. So the timer (:meth:`reseek`) also looks at the partitions of
-    the agent's ``topic``: one whose fetch position is past the next offset the agent
-    expects, while the agent has waited for input and the position has not moved for
-    ``TAIL_SECONDS`` (and at least four times the batch's ``within``), was fetched past
-    records the agent never got, as none can still be on their way to it; it is read
-    again from that offset. (Both conditions: right after an assignment the fetcher
-    runs ahead of an agent that had long waited, by whatever is on its way.)
     """
-
-    #: Seconds both the agent has waited for input and a partition's fetch position has
-    #: stood still before the partition is taken to have a hole at its tail.
-    TAIL_SECONDS = 5.0
 
     #: Seconds before a hole not yet filled is sought again: a seek made while Faust
     #: still delivers records it fetched before it is undone by them (they move its read
@@ -199,25 +183,11 @@ class Continuity:
     RESEEK_SECONDS = 2.0
     GIVE_UP_SECONDS = 60.0
 
-    def __init__(self, topic: str | None = None, within: float = 0.0) -> None:
-        self.topic = topic
-        self._tail_after = max(self.TAIL_SECONDS, 4 * within)
-        #: Since when the agent waits for input (None: a batch is in hand).
-        self._waiting_since: float | None = None
+    def __init__(self) -> None:
         self._generation: int | None = None
         self._next: dict[Any, int] = {}
         #: tp → (next offset, last sought at, found at)
         self._holes: dict[Any, tuple[int, float, float]] = {}
-        #: tp of ``topic`` → (fetch position, seen there since)
-        self._fetched: dict[Any, tuple[int, float]] = {}
-
-    def waiting(self) -> None:
-        """The agent is done with its batch and waits for the next."""
-        self._waiting_since = time.monotonic()
-
-    def working(self) -> None:
-        """The agent has a batch in hand."""
-        self._waiting_since = None
 
     async def check(self, app: Any, events: Sequence[Any]) -> list[Any]:
         """The events to process now, in their order; seeks back where records are
@@ -257,39 +227,6 @@ class Continuity:
         for tp, (expected, sought, _found) in list(self._holes.items()):
             if now - sought >= self.RESEEK_SECONDS:
                 await self._seek(app.consumer, tp, expected)
-        for tp, expected, fetched in self.tail_holes(app, now):
-            log.warning("%s[%d]: records from offset %d to %d were fetched but never "
-                        "reached the stream, which waits for input; reading them again",
-                        tp.topic, tp.partition, expected, fetched - 1)
-            self._holes[tp] = (expected, 0.0, now)
-            await self._seek(app.consumer, tp, expected)
-
-    def tail_holes(self, app: Any, now: float) -> list[tuple[Any, int, int]]:
-        """(partition, next offset expected, fetch position) of the ``topic``'s partitions
-        fetched past records the agent never got, once it has waited for input long
-        enough that none can still be on their way to it."""
-        if self.topic is None or app.rebalancing or getattr(app, "in_recovery", False):
-            self._fetched = {}
-            return []
-        since = now - self._tail_after
-        waiting = self._waiting_since is not None and self._waiting_since <= since
-        consumer = app.consumer
-        found = []
-        for tp in inputs(app):
-            if tp.topic != self.topic:
-                continue
-            fetched = position(app, tp)
-            seen = self._fetched.get(tp)
-            if fetched is None or seen is None or seen[0] != fetched:
-                if fetched is not None:
-                    self._fetched[tp] = (fetched, now)
-                continue
-            expected = self._next.get(tp, consumer._committed_offset.get(tp))
-            if (waiting and seen[1] <= since and tp not in self._holes
-                    and expected is not None and fetched > expected
-                    and not _is_gap(consumer, tp, expected)):
-                found.append((tp, expected, fetched))
-        return found
 
     def _gives_up(self, tp: Any, expected: int, offset: int, consumer: Any) -> bool:
         hole = self._holes.get(tp)
@@ -317,7 +254,6 @@ class Continuity:
     def _on_generation(self, app: Any) -> None:
         if app.consumer_generation_id != self._generation:  # a new assignment: start over
             self._generation, self._next, self._holes = app.consumer_generation_id, {}, {}
-            self._fetched = {}
 
 
 def _is_gap(consumer: Any, tp: Any, offset: int) -> bool:

@@ -209,7 +209,7 @@ router_gate = Gate(settings.router_max_ahead) if settings.router_max_ahead else 
 _continuities: list[consumer.Continuity] = []  # one per agent
 
 
-async def _batches(stream: StreamT, topic: Any, within: float,
+async def _batches(stream: StreamT, within: float,
                    open_: Callable[[Sequence[EventT]], list[Message]],
                    internal: bool = True,
                    ) -> AsyncIterator[tuple[list[EventT], list[Message]]]:
@@ -217,17 +217,13 @@ async def _batches(stream: StreamT, topic: Any, within: float,
     fetched before a rebalance is left to its partition's owner, to read again
     (consumer.disown_stale says why acknowledging it would lose others); and without a
     hole: a partition whose records Faust passed over is read again from there
-    (consumer.Continuity; ``topic``, the stream's, is where it looks for records
-    fetched that never came while the agent waits). Each comes with its messages
-    (``open_``), at most
+    (consumer.Continuity). Each comes with its messages (``open_``), at most
     JOURNEY_STAGE_BATCH_MESSAGES of them: Faust's batch is applied in runs of whole
     records (batches.parts says why). An ``internal`` topic's runs, once through, count
     off its backlog."""
-    continuity = consumer.Continuity(topic.get_topic_name(), within)
+    continuity = consumer.Continuity()
     _continuities.append(continuity)
-    continuity.waiting()
     async for events in stream.take_events(BATCH, within=within):
-        continuity.working()
         fresh = await continuity.check(app, consumer.disown_stale(app, events))
         for run, messages in parts(fresh, open_, MOST_MESSAGES):
             still = consumer.disown_stale(app, run)  # a rebalance came during a run
@@ -238,20 +234,18 @@ async def _batches(stream: StreamT, topic: Any, within: float,
                 if internal:
                     backlog.through(run)
         consumer.disown_stale(app, fresh)  # a rebalance came during the batch
-        continuity.waiting()
 
 
 @app.agent(touchpoints_topic)
 async def route_by_device(stream: StreamT) -> None:
-    async for _events, batch in _batches(stream, touchpoints_topic, HOP_WITHIN, _raw,
-                                         internal=False):
+    async for _events, batch in _batches(stream, HOP_WITHIN, _raw, internal=False):
         await runner.run("route_by_device", touchpoints_topic.get_topic_name(), batch,
                          lambda b: router.route(b, utcnow()))
 
 
 @app.agent(by_device_topic)
 async def resolve_identity(stream: StreamT) -> None:
-    async for events, batch in _batches(stream, by_device_topic, HOP_WITHIN, _unbundled):
+    async for events, batch in _batches(stream, HOP_WITHIN, _unbundled):
         await runner.run(
             "resolve_identity", by_device_topic.get_topic_name(), batch,
             lambda b, e=events: identity.resolve(
@@ -262,7 +256,7 @@ async def resolve_identity(stream: StreamT) -> None:
 
 @app.agent(journey_events_topic)
 async def update_journey(stream: StreamT) -> None:
-    async for events, batch in _batches(stream, journey_events_topic, WITHIN, _unbundled):
+    async for events, batch in _batches(stream, WITHIN, _unbundled):
         await runner.run(
             "update_journey", journey_events_topic.get_topic_name(), batch,
             lambda b, e=events: journey_updater.update(
@@ -275,7 +269,7 @@ async def update_journey(stream: StreamT) -> None:
 
 @app.agent(cx_partials_topic)
 async def aggregate_cx(stream: StreamT) -> None:
-    async for events, batch in _batches(stream, cx_partials_topic, WITHIN, _unbundled):
+    async for events, batch in _batches(stream, WITHIN, _unbundled):
         await runner.run(
             "aggregate_cx", cx_partials_topic.get_topic_name(), batch,
             lambda b, e=events: aggregator.aggregate(
@@ -286,8 +280,7 @@ async def aggregate_cx(stream: StreamT) -> None:
 
 @app.agent(dead_letters_topic)
 async def record_rejects(stream: StreamT) -> None:
-    async for _events, batch in _batches(stream, dead_letters_topic, WITHIN, _raw,
-                                         internal=False):
+    async for _events, batch in _batches(stream, WITHIN, _raw, internal=False):
         await runner.run("record_rejects", dead_letters_topic.get_topic_name(), batch,
                          lambda b: rejects.record(b, utcnow()))
 
