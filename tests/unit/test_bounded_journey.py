@@ -15,7 +15,7 @@ from producers.simulator import simulate
 from schemas import decode_trusted
 from schemas.partitioning import partition_for
 from stream_processors.clickhouse.rows import journey_row
-from stream_processors.commands import Link, Merge, MergeInto, Touch, decode_command
+from stream_processors.commands import Merge, MergeInto, Touch, decode_command
 from stream_processors.dictionaries import DICTIONARIES, JOURNEYS_1
 from stream_processors.effects import JOURNEY_EVENTS, Message
 from stream_processors.journey import (
@@ -32,7 +32,6 @@ from stream_processors.journey import (
     event_of,
     fold,
 )
-from stream_processors.stages.identity import IdentityResolver
 from tests.reference import stored_msgpack
 from tests.truth import journey_key, true_journeys
 from tests.unit.test_stages import NOW, T0, P, as_dicts, tp, updater, window_state
@@ -413,42 +412,3 @@ def test_a_device_touchpoint_at_its_merged_journeys_marker_goes_on_to_the_custom
     out = stage.update([Message(to, 2, key, decode_command(value))], journeys, windows, NOW, 7)
     assert not out.rows["touchpoints"]
     assert window_state(windows, to, "nps", "1h", T0 + timedelta(minutes=30))[1] == 1
-
-
-def test_a_pre_login_answer_sent_again_after_the_login_counts_once() -> None:
-    """An SDK retries a pre-login NPS answer after the login: the device journey counted
-    the first copy; the second must be a duplicate in the customer's journey, not a
-    second count. Messages are delivered as the worker delivers them: what the device
-    stage sends straight to the customer's journey is there before anything that takes
-    one more hop through the journey stage (the merge). Before the retry went through
-    the device's journey, it was counted in the customer's journey too: 2 answers."""
-    journeys: dict[bytes, bytes] = {}
-    windows: dict[bytes, bytes] = {}
-    devices: dict[bytes, bytes] = {}
-    stage, identity = updater(), IdentityResolver(P)
-    anon = b"anon:d-8"
-    answer = tp("a8", "survey_response", 20, anon="d-8", survey="nps", score=10)
-    stage.update([Message(partition_for(anon, P), 0, anon, Touch(None, [answer]))], journeys,
-                 windows, NOW, 1)
-    out = identity.resolve([Message(partition_for(b"d-8", P), 0, b"d-8", Link("c-8")),
-                            Message(partition_for(b"d-8", P), 1, b"d-8",
-                                    Touch(None, [answer]))], devices, NOW)
-    offsets: dict[int, int] = {}
-
-    def deliver(sent: list[tuple[str, int, bytes, bytes]], version: int) -> list:
-        messages = []
-        for _, partition, key, value in sent:
-            offsets[partition] = offsets.get(partition, 0) + 1
-            messages.append(Message(partition, offsets[partition], key, decode_command(value)))
-        return stage.update(messages, journeys, windows, NOW, version).sent(JOURNEY_EVENTS)
-
-    sent = out.sent(JOURNEY_EVENTS)
-    straight = [m for m in sent if not m[2].startswith(b"anon:")]
-    deliver(straight, 2)  # one hop: first
-    onwards = deliver([m for m in sent if m not in straight], 3)
-    assert not deliver(onwards, 4)
-    answered = sum(window_state(windows, p, "nps", "1h", T0 + timedelta(minutes=20))[1]
-                   for p in range(P) if f"{p}|nps|all".encode() in windows)
-    assert answered == 1
-    assert [decode_command(value).__class__ for _, _, _, value in onwards] == [Merge, Touch]
-    assert [e.event_id for e in decode_log(journeys[b"c-8"]).events] == ["a8"]
