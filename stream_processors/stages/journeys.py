@@ -4,8 +4,7 @@ A journey's state is a summary of its older touchpoints and the tail of its late
 ones (stream_processors/journey.py folds them; :func:`compact` keeps the tail bounded
 after each batch's rows are built). For each batch, a journey takes in its commands:
 
-- ``Touch``: new touchpoints (duplicates by event id change nothing); at the marker
-  of a merged device journey, they go on to the customer it merged into;
+- ``Touch``: new touchpoints (duplicates by event id change nothing);
 - ``MergeInto`` (to an anonymous journey): its device was identified; the log moves to
   the customer's journey as a ``Merge``, and its own rows are retracted;
 - ``Merge`` (to a customer's journey): a device journey joins it;
@@ -257,14 +256,6 @@ class JourneyUpdater:
                 b.fresh.pop(key, None)
                 if journeys.get(key) is not None:
                     del journeys[key]
-            return
-        if isinstance(command, Touch) and journey_log.merged_into:
-            # The marker of a device journey merged into its customer's: the device's
-            # link went first (its retention ran out a sweep earlier), so its touchpoint
-            # came here. It joins the customer the marker names, as the link would have
-            # sent it; added to the marker it would get no row and count nowhere.
-            out.add(JOURNEY_EVENTS, journey_log.merged_into.encode(), encode_command(
-                Touch(journey_log.merged_into, command.touchpoints)))
             return
         if isinstance(command, Touch):
             anonymous = journey_log.customer_id is None and command.customer_id is None
