@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import TopicPartition
 
-__all__ = ["Continuity", "caught_up", "disown_stale", "fetched_within", "guard_commits",
-           "highwater", "inputs", "lag", "pause_fetching", "position",
+__all__ = ["COMMIT_LIMITS", "Continuity", "caught_up", "disown_stale", "fetched_within",
+           "guard_commits", "highwater", "inputs", "lag", "pause_fetching", "position",
            "seek_uncommitted_to_start"]
 
 log = logging.getLogger(__name__)
@@ -261,8 +261,16 @@ def _is_gap(consumer: Any, tp: Any, offset: int) -> bool:
     return gap is not None and gap.overlaps(offset)
 
 
+#: Topic → how far each of its partitions may be committed (the offset after the last
+#: record whose effects outside the stream are durable; None: not at all yet). Faust
+#: knows only that a record was processed; the router's event time reaches the windows
+#: later, in a marker (stages/routing.py, ``Router.commit_limit``).
+COMMIT_LIMITS: dict[str, Callable[[int], int | None]] = {}
+
+
 def guard_commits() -> None:
-    """Make Faust's consumer never commit past a record it was not told was processed.
+    """Make Faust's consumer never commit past a record it was not told was processed,
+    nor past a topic's ``COMMIT_LIMITS``.
 
     Faust's ``Consumer._new_offset`` commits the first run of consecutive acknowledged
     offsets, and guards against a hole at its head with ``min(acked) - committed > 1``:
@@ -292,7 +300,22 @@ def guard_commits() -> None:
             gap = self._gap.get(tp)
             if gap is None or not gap.overlaps(committed):
                 return None
-        return original(self, tp)
+        topic, partition = tp  # Faust's TP: (topic, partition)
+        limit = COMMIT_LIMITS.get(topic)
+        if limit is None or not acked:
+            return original(self, tp)
+        most = limit(partition)
+        if most is None:
+            return None
+        above = [offset for offset in acked if offset >= most]
+        if not above:
+            return original(self, tp)
+        acked[:] = [offset for offset in acked if offset < most]  # Faust's takes its run
+        try:
+            return original(self, tp) if acked else None
+        finally:
+            acked.extend(above)
+            acked.sort()
 
     Consumer._journey_original_new_offset = original  # type: ignore[attr-defined]
     Consumer._new_offset = _new_offset  # type: ignore[method-assign]

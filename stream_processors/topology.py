@@ -200,6 +200,7 @@ committer = Committer(sink.write, {
     on_sent=backlog.acknowledged)
 runner = BatchRunner(committer, metrics, PARTITIONS)
 router_gate = Gate(settings.router_max_ahead) if settings.router_max_ahead else None
+consumer.COMMIT_LIMITS[touchpoints_topic.get_topic_name()] = router.commit_limit
 
 
 # ── agents ───────────────────────────────────────────────────────────────────
@@ -370,10 +371,12 @@ async def send_watermarks() -> None:
     """Each touchpoint partition's event-time progress, to every downstream partition."""
     out = Output(PARTITIONS)
     mine = _assigned_partitions(touchpoints_topic)
-    for mark in router.watermarks(mine, settings.watermark_idle_seconds, _caught_up):
+    marks, covered = router.watermarks(mine, settings.watermark_idle_seconds, _caught_up)
+    for mark in marks:
         out.mark(BY_DEVICE, mark)
         out.mark(JOURNEY_EVENTS, mark)
     await committer.commit(out)
+    router.marked(covered)  # their offsets may be committed now (Router.commit_limit)
 
 
 @app.timer(interval=1.0)

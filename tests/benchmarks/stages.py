@@ -204,7 +204,7 @@ class Pipeline:
     def timers(self) -> None:
         """What the worker's timers do: the router's watermarks, the aggregator's ticks."""
         out = Output(self.partitions)
-        marks = self.router.watermarks(
+        marks, _covered = self.router.watermarks(
             range(self.partitions), self.settings.watermark_idle_seconds,
             lambda partition, done: done >= self.sizes[partition])
         for mark in marks:

@@ -40,6 +40,29 @@ def test_a_hole_at_the_head_holds_the_commit_back() -> None:
     assert not c._gap[TP] and Consumer._new_offset(c, TP) == 102
 
 
+def test_a_topics_commit_limit_holds_its_offsets_back_until_it_moves() -> None:
+    """The router's offsets are committed only as far as an acknowledged watermark
+    covered them (stages/routing.py, Router.commit_limit)."""
+    from stream_processors.consumer import COMMIT_LIMITS
+
+    guard_commits()
+    limits: dict[int, int | None] = {0: None}
+    COMMIT_LIMITS["t"] = limits.get
+    try:
+        c = consumer(100, [100, 101, 102, 103])
+        assert Consumer._new_offset(c, TP) is None  # no marker yet: nothing
+        limits[0] = 102
+        assert Consumer._new_offset(c, TP) == 102  # up to the marker's
+        assert c._acked[TP] == [102, 103]  # the rest kept, for later
+        c._committed_offset[TP] = 102
+        assert Consumer._new_offset(c, TP) is None  # nothing more below the limit
+        limits[0] = 110
+        assert Consumer._new_offset(c, TP) == 104
+    finally:
+        del COMMIT_LIMITS["t"]
+    assert Consumer._new_offset(consumer(100, [100, 101]), TP) == 102  # no limit: as before
+
+
 def test_a_partition_never_committed_is_read_again_from_its_start() -> None:
     """aiokafka seeks only to a committed offset above 0: without the fix, a partition
     this group never committed kept the position its fetcher reached while the streams

@@ -162,7 +162,7 @@ def test_times_out_of_bounds_go_to_the_dead_letters_and_progress_stops_at_receip
     assert (row["reason"], row["offset"]) == ("out_of_bounds", 1)
     for callback in out.callbacks:
         callback()
-    marks = {m.channel: m.at for m in router.watermarks([0, 1], 10.0, lambda p, d: False)}
+    marks = {m.channel: m.at for m in router.watermarks([0, 1], 10.0, lambda p, d: False)[0]}
     # 50 min ahead is within the bounds (1 h) and kept, but progress stops at now; and
     # at its receipt for a touchpoint that says when it was received.
     assert marks == {"t0": NOW, "t1": NOW - timedelta(minutes=20)}
@@ -180,18 +180,43 @@ def test_router_progress_moves_only_once_the_batch_is_committed() -> None:
     out = router.route([Message(0, 10, None, tp("e1", "page_view", 7, anon="d")),
                         Message(0, 11, None, tp("e2", "page_view", 2, anon="d"))], NOW)
     clock.t += 60
-    [mark] = router.watermarks([0], 10.0, caught_up)
+    [mark] = router.watermarks([0], 10.0, caught_up)[0]
     assert (mark.channel, mark.at) == ("t0", None)  # not committed: nothing passed yet
     assert mark.idle  # quiet for 60 s, and the consumer says caught up
     for callback in out.callbacks:  # what Committer.commit does last
         callback()
-    [mark] = router.watermarks([0], 10.0, caught_up)
+    [mark] = router.watermarks([0], 10.0, caught_up)[0]
     assert mark.at == T0 + timedelta(minutes=7)  # the furthest event time of the batch
     assert not mark.idle  # the commit just happened: not quiet
     assert asked == [(0, 0)]  # asked only while quiet
     clock.t += 11
-    [mark] = router.watermarks([0], 10.0, caught_up)
+    [mark] = router.watermarks([0], 10.0, caught_up)[0]
     assert mark.idle and asked[-1] == (0, 12)  # done: the offset after the last one
+
+
+def test_a_touchpoint_partition_is_committed_only_as_far_as_a_sent_marker_covers() -> None:
+    """The router's event time reaches the windows only in a marker: its records are
+    committed up to what an acknowledged marker covered, so a handover after a commit
+    cannot lose it (the next owner routes the rest again)."""
+    router = Router(new_metrics(), P, "touchpoints")
+    router.sources.assign([0])
+    assert router.commit_limit(0) is None  # no marker yet: hold every offset
+    out = router.route([Message(0, 10, None, tp("e1", "page_view", 7, anon="d"))], NOW)
+    for callback in out.callbacks:
+        callback()
+    marks, covered = router.watermarks([0], 10.0, lambda p, d: False)
+    assert covered == {0: 11} and marks[0].at == T0 + timedelta(minutes=7)
+    assert router.commit_limit(0) is None  # built, not acknowledged
+    later = router.route([Message(0, 11, None, tp("e2", "page_view", 9, anon="d"))], NOW)
+    for callback in later.callbacks:
+        callback()
+    router.marked(covered)  # the broker has the first marker: e2 is not in it
+    assert router.commit_limit(0) == 11
+    router.marked(router.watermarks([0], 10.0, lambda p, d: False)[1])
+    assert router.commit_limit(0) == 12
+    router.sources.revoke([0])
+    router.marked({0: 12})  # acknowledged after the partition went: not this worker's
+    assert router.commit_limit(0) is None and 0 not in router.sources
 
 
 # ── identity ──────────────────────────────────────────────────────────────────
