@@ -4,7 +4,8 @@ A device's link is set by its first ``identify`` (the only touchpoint trusted to
 device to a customer, stages/routing.py says why): the router sends it to the
 customer's journey and a ``Link`` here. That first link sends ``MergeInto`` to
 the device's anonymous journey, so its past joins the customer's; later anonymous
-touchpoints from the device go to the customer. Only a touchpoint that names the
+touchpoints from the device go to the customer, through the device's journey (after
+the merge: stages/journeys.py says why). Only a touchpoint that names the
 customer links: an anonymous one never moves a link. Anonymous touchpoints are not
 decoded here: the device is their key.
 
@@ -129,9 +130,9 @@ class IdentityResolver:
             assert isinstance(command, Touch)
             if linked is None:
                 out.add(JOURNEY_EVENTS, b"anon:" + device, encode_command(command))
-            else:
+            else:  # through the device's journey, after the merge its link sent there
                 self._used(devices, device, linked, seen, clock)
-                out.add(JOURNEY_EVENTS, linked,
+                out.add(JOURNEY_EVENTS, b"anon:" + device,
                         encode_command(Touch(linked.decode(), command.touchpoints)))
         for partition in sorted(marked):  # after this batch's touchpoints
             low = self.inputs[partition]

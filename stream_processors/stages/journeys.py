@@ -4,7 +4,9 @@ A journey's state is a summary of its older touchpoints and the tail of its late
 ones (stream_processors/journey.py folds them; :func:`compact` keeps the tail bounded
 after each batch's rows are built). For each batch, a journey takes in its commands:
 
-- ``Touch``: new touchpoints (duplicates by event id change nothing);
+- ``Touch``: new touchpoints (duplicates by event id change nothing). To a device's
+  journey, a touchpoint the device stage resolved to a customer, or one that reaches
+  the marker of a merged device journey, goes on to that customer (see below);
 - ``MergeInto`` (to an anonymous journey): its device was identified; the log moves to
   the customer's journey as a ``Merge``, and its own rows are retracted;
 - ``Merge`` (to a customer's journey): a device journey joins it;
@@ -14,6 +16,16 @@ Then every changed journey is folded once (only its new touchpoints, when they c
 in time order and it keeps its fold) and written: its snapshot, the transitions and
 tickets that changed, its new touchpoints' rows, the alerts they raise for the first
 time, and what they contribute to the CX windows (handed to :class:`PartitionWindows`).
+
+**A device's touchpoints after its link** come through the device's journey, which
+sends them on to the customer's: so they reach it after the ``Merge`` the link caused
+(sent from there before them), and a copy of a touchpoint the device journey had (an
+SDK's retry of a pre-login event, sent again after the login) is a duplicate there,
+not a second count. Sent straight to the customer's journey, such a copy usually came
+before the merge, and counted in the CX windows once in each journey. A touchpoint that
+reaches a merged journey's marker without a customer (the device's link expired a
+sweep before the marker) goes on to the customer the marker names, as the link would
+have sent it.
 
 Saving order: the CX windows (``cx-partials``) first, then ``journeys``: the journeys'
 known event ids are what keeps a replay from contributing again, so they are saved
@@ -236,13 +248,24 @@ class JourneyUpdater:
                now: datetime, version: int) -> None:
         key: bytes = message.key
         command: Command = message.value
+        if isinstance(command, Touch) and command.customer_id and key.startswith(b"anon:"):
+            self._send_on(out, command.customer_id, command)  # the device stage's link
+            return
         journey_log = b.logs.get(key) or _load(journeys, key, now)
+        if isinstance(command, Touch) and journey_log.merged_into:  # a merged journey's
+            self._send_on(out, journey_log.merged_into, command)
+            return
         b.logs[key] = journey_log
         b.last[key] = (message.partition, message.offset)
         before = journey_log.version
         self._command(b, out, journeys, key, journey_log, command, message, now, version)
         if journey_log.version != before:
             journey_log.updated_at = now
+
+    def _send_on(self, out: Output, customer: str, command: Touch) -> None:
+        """A device's touchpoints, on to the customer's journey (see the module's doc)."""
+        out.add(JOURNEY_EVENTS, customer.encode(),
+                encode_command(Touch(customer, command.touchpoints)))
 
     def _command(self, b: _Batch, out: Output, journeys: Store, key: bytes,
                  journey_log: JourneyLog, command: Command, message: Message, now: datetime,
@@ -389,8 +412,8 @@ class JourneyUpdater:
         """CX counters for a touchpoint new to its journey.
 
         The journey log deduplicates, so replays do not count twice; touchpoints merged
-        in from a device journey were counted there. (A duplicate whose copies straddle
-        the identify, one in each journey, counts twice: rare, and noted.)
+        in from a device journey were counted there (and a device's copies sent after
+        its link come after the merge: a duplicate here).
         """
         m = self.metrics
         p = tp.properties

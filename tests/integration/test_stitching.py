@@ -109,3 +109,43 @@ def test_a_late_visit_in_the_batch_that_merges_its_device_keeps_its_row(
     written = wait_for(rows, timeout=60, done=complete,
                        what="every touchpoint's row, the late visit's too")
     assert customer in written.values()  # the merge moved the tail
+
+
+def test_a_pre_login_answer_sent_again_after_the_login_counts_once(
+        settings, clickhouse, start_worker, tmp_path) -> None:
+    """An SDK sends a pre-login NPS answer again after the login (a retry). The device's
+    journey counted the first copy; the second reached the customer's journey before the
+    merge did and counted there too (2 answers in the window). It now goes through the
+    device's journey, after the merge, and is a duplicate at the customer's."""
+    start_worker(churn_inactive_days=0.0)
+    t0 = (utcnow() - timedelta(days=2)).replace(second=0, microsecond=0)
+
+    def window() -> tuple[int, float]:
+        rows = clickhouse.execute(
+            "SELECT samples, numerator FROM cx_metrics FINAL WHERE metric = 'nps' AND "
+            "dimension = 'all' AND window = '1m' AND window_start = %(start)s",
+            {"start": t0.replace(tzinfo=None)})
+        return rows[0] if rows else (0, 0.0)
+
+    with JourneyClient(settings.bootstrap_servers, settings.touchpoints_topic,
+                       spool_dir=tmp_path / "spool") as sdk:
+        answer = sdk.track("survey_response", anonymous_id="kiosk", event_id="a1",
+                           occurred_at=t0, properties={"survey": "nps", "score": 10})
+        sdk.flush()
+        wait_for(window, timeout=60, done=lambda w: w == (1, 1.0),
+                 what="the anonymous answer in its window")
+        sdk.identify("cust-9", anonymous_id="kiosk", event_id="login",
+                     occurred_at=t0 + timedelta(minutes=5))
+        sdk.send(answer)  # the retry, right behind the login
+        sdk.flush()
+        moved = "SELECT customer_id FROM touchpoints FINAL WHERE event_id = 'a1'"
+        wait_for(lambda: clickhouse.execute(moved) == [("cust-9",)], timeout=60,
+                 what="the device's journey merged into the customer's")
+        # Then a detractor from the customer in the same minute: once it shows in the
+        # window (numerator below samples), everything sent before it is counted too.
+        sdk.track("survey_response", customer_id="cust-9", event_id="a2",
+                  occurred_at=t0 + timedelta(seconds=30), properties={"survey": "nps",
+                                                                      "score": 0})
+    counted = wait_for(window, timeout=60, done=lambda w: w[1] < w[0],
+                       what="the customer's detractor in the window")
+    assert counted == (2, 0.0)  # one promoter, one detractor: the retry counted no more

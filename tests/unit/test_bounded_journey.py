@@ -15,7 +15,7 @@ from producers.simulator import simulate
 from schemas import decode_trusted
 from schemas.partitioning import partition_for
 from stream_processors.clickhouse.rows import journey_row
-from stream_processors.commands import Merge, MergeInto, Touch, decode_command
+from stream_processors.commands import Link, Merge, MergeInto, Touch, decode_command
 from stream_processors.dictionaries import DICTIONARIES, JOURNEYS_1
 from stream_processors.effects import JOURNEY_EVENTS, Message
 from stream_processors.journey import (
@@ -32,6 +32,7 @@ from stream_processors.journey import (
     event_of,
     fold,
 )
+from stream_processors.stages.identity import IdentityResolver
 from tests.reference import stored_msgpack
 from tests.truth import journey_key, true_journeys
 from tests.unit.test_stages import NOW, T0, P, as_dicts, tp, updater, window_state
@@ -375,3 +376,79 @@ def test_a_device_journeys_last_batch_before_its_merge_gets_its_rows_and_counts(
     answered = sum(window_state(windows, p, "nps", "1h", T0 + timedelta(minutes=150))[1]
                    for p in range(P) if f"{p}|nps|all".encode() in windows)  # from the answer
     assert answered == 1
+
+
+def test_a_device_touchpoint_at_its_merged_journeys_marker_goes_on_to_the_customer() -> None:
+    """The device's link can expire a sweep before the marker of its merged journey: its
+    next touchpoint then comes to the marker. It goes on to the customer the marker
+    names, and gets its row and its count there; the marker stays as it was (before,
+    the touchpoint was added to the marker: no row, no count, and a marker that grew)."""
+    journeys: dict[bytes, bytes] = {}
+    windows: dict[bytes, bytes] = {}
+    stage = updater()
+    anon = b"anon:d-5"
+    part = partition_for(anon, P)
+    stage.update([Message(part, 0, anon, Touch(None, [tp("v0", "page_view", 0, anon="d-5")]))],
+                 journeys, windows, NOW, 1)
+    out = stage.update([Message(part, 1, anon, MergeInto("c-5"))], journeys, windows, NOW, 2)
+    [(_, to, key, merge)] = out.sent(JOURNEY_EVENTS)
+    stage.update([Message(to, 0, key, decode_command(merge))], journeys, windows, NOW, 3)
+    marker = journeys[anon]
+
+    answer = tp("a1", "survey_response", 30, anon="d-5", survey="nps", score=10)
+    out = stage.update([Message(part, 2, anon, Touch(None, [answer]))], journeys, windows,
+                       NOW, 4)
+    assert not out.rows["touchpoints"] and not out.rows["customer_journeys"]
+    assert decode_log(journeys[anon]) == decode_log(marker)
+    [(_, to, key, value)] = out.sent(JOURNEY_EVENTS)
+    assert (key, to) == (b"c-5", partition_for(b"c-5", P))
+    out = stage.update([Message(to, 1, key, decode_command(value))], journeys, windows, NOW, 5)
+    [row] = as_dicts(out.rows["touchpoints"], "touchpoints")
+    assert (row["event_id"], row["journey_key"], row["customer_id"]) == ("a1", "c-5", "c-5")
+    assert window_state(windows, to, "nps", "1h", T0 + timedelta(minutes=30))[1] == 1
+    # Sent again (a replay of the device's hop): nothing more at the customer's journey.
+    out = stage.update([Message(part, 2, anon, Touch(None, [answer]))], journeys, windows,
+                       NOW, 6)
+    [(_, to, key, value)] = out.sent(JOURNEY_EVENTS)
+    out = stage.update([Message(to, 2, key, decode_command(value))], journeys, windows, NOW, 7)
+    assert not out.rows["touchpoints"]
+    assert window_state(windows, to, "nps", "1h", T0 + timedelta(minutes=30))[1] == 1
+
+
+def test_a_pre_login_answer_sent_again_after_the_login_counts_once() -> None:
+    """An SDK retries a pre-login NPS answer after the login: the device journey counted
+    the first copy; the second must be a duplicate in the customer's journey, not a
+    second count. Messages are delivered as the worker delivers them: what the device
+    stage sends straight to the customer's journey is there before anything that takes
+    one more hop through the journey stage (the merge). Before the retry went through
+    the device's journey, it was counted in the customer's journey too: 2 answers."""
+    journeys: dict[bytes, bytes] = {}
+    windows: dict[bytes, bytes] = {}
+    devices: dict[bytes, bytes] = {}
+    stage, identity = updater(), IdentityResolver(P)
+    anon = b"anon:d-8"
+    answer = tp("a8", "survey_response", 20, anon="d-8", survey="nps", score=10)
+    stage.update([Message(partition_for(anon, P), 0, anon, Touch(None, [answer]))], journeys,
+                 windows, NOW, 1)
+    out = identity.resolve([Message(partition_for(b"d-8", P), 0, b"d-8", Link("c-8")),
+                            Message(partition_for(b"d-8", P), 1, b"d-8",
+                                    Touch(None, [answer]))], devices, NOW)
+    offsets: dict[int, int] = {}
+
+    def deliver(sent: list[tuple[str, int, bytes, bytes]], version: int) -> list:
+        messages = []
+        for _, partition, key, value in sent:
+            offsets[partition] = offsets.get(partition, 0) + 1
+            messages.append(Message(partition, offsets[partition], key, decode_command(value)))
+        return stage.update(messages, journeys, windows, NOW, version).sent(JOURNEY_EVENTS)
+
+    sent = out.sent(JOURNEY_EVENTS)
+    straight = [m for m in sent if not m[2].startswith(b"anon:")]
+    deliver(straight, 2)  # one hop: first
+    onwards = deliver([m for m in sent if m not in straight], 3)
+    assert not deliver(onwards, 4)
+    answered = sum(window_state(windows, p, "nps", "1h", T0 + timedelta(minutes=20))[1]
+                   for p in range(P) if f"{p}|nps|all".encode() in windows)
+    assert answered == 1
+    assert [decode_command(value).__class__ for _, _, _, value in onwards] == [Merge, Touch]
+    assert [e.event_id for e in decode_log(journeys[b"c-8"]).events] == ["a8"]

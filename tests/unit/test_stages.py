@@ -229,9 +229,11 @@ def test_the_first_link_merges_the_device_and_later_visits_follow_the_login() ->
                             Message(0, 2, b"d-1", Link("c-1")),
                             Message(0, 3, b"d-1", Touch(None, [later]))], devices, NOW)
     sent = [(key, decode_command(value)) for _, _, key, value in out.sent(JOURNEY_EVENTS)]
+    # The later visit goes to c-1 through the device's journey, after the merge it was
+    # sent (the journey stage sends it on: test_bounded_journey).
     assert sent == [(b"anon:d-1", Touch(None, [anonymous])),
                     (b"anon:d-1", MergeInto("c-1")),
-                    (b"c-1", Touch("c-1", [later]))]
+                    (b"anon:d-1", Touch("c-1", [later]))]
     assert list(devices) == [b"d-1"] and decode_link(devices[b"d-1"])[0] == b"c-1"
     again = identity.resolve([Message(0, 4, b"d-1", Link("c-1"))], devices, NOW)
     assert again.sent() == []  # linked already: nothing to merge, nothing to save
@@ -239,7 +241,7 @@ def test_the_first_link_merges_the_device_and_later_visits_follow_the_login() ->
     login = tp("e4", "identify", 3, anon="d-2", customer="c-2")
     old = identity.resolve([Message(0, 5, b"d-2", Touch("c-2", [login]))], devices, NOW)
     assert [(key, decode_command(v)) for _, _, key, v in old.sent()] == [
-        (b"anon:d-2", MergeInto("c-2")), (b"c-2", Touch("c-2", [login]))]
+        (b"anon:d-2", MergeInto("c-2")), (b"anon:d-2", Touch("c-2", [login]))]
 
 
 def test_a_login_as_someone_else_never_moves_the_first_customers_history() -> None:
@@ -252,7 +254,7 @@ def test_a_login_as_someone_else_never_moves_the_first_customers_history() -> No
                             Message(0, 4, b"d-1", Touch(None, [later]))], devices, NOW)
     # No MergeInto: c-1's journey keeps the device's past; only later visits follow c-2.
     assert [(key, decode_command(v)) for _, _, key, v in out.sent(JOURNEY_EVENTS)] == [
-        (b"c-2", Touch("c-2", [later]))]
+        (b"anon:d-1", Touch("c-2", [later]))]
     assert decode_link(devices[b"d-1"])[0] == b"c-2"
 
 
@@ -990,7 +992,8 @@ def test_a_forget_erases_links_of_its_partition_and_drops_what_names_them_after(
                                      Touch(None, [tp("e1", "page_view", 0, anon="d-3")]))],
                             devices, NOW, suppressed)
     assert b"d-9" not in devices
-    assert [key for _, _, key, _ in late.sent(JOURNEY_EVENTS)] == [b"c-2"]
+    assert [(key, decode_command(v).customer_id)
+            for _, _, key, v in late.sent(JOURNEY_EVENTS)] == [(b"anon:d-3", "c-2")]
     # The devices: their later anonymous touchpoints are dropped and counted.
     identity.resolve(forget_everywhere("r/2", devices=("d-1", "d-2")), devices, NOW,
                      suppressed)
