@@ -118,6 +118,18 @@ def test_a_pre_login_answer_sent_again_after_the_login_counts_once(
     merge did and counted there too (2 answers in the window). It now goes through the
     device's journey, after the merge, and is a duplicate at the customer's."""
     start_worker(churn_inactive_days=0.0)
+    # Device and customer on one partition everywhere (touchpoints, by device, journeys):
+    # the login is routed before the retry, the device stage sends its MergeInto and the
+    # retry in one bundle, and the merge reaches the customer's journey a batch after
+    # them. Before, the retry counted there in between: (3, 1.0), 2 runs of 2.
+    partitions = settings.topic_partitions
+
+    def part(key: str) -> int:
+        return partition_for(key.encode(), partitions)
+
+    device = next(d for d in (f"kiosk-{n}" for n in range(1000))
+                  if part(d) == part(f"anon:{d}"))
+    customer = next(c for c in (f"cust-{n}" for n in range(1000)) if part(c) == part(device))
     t0 = (utcnow() - timedelta(days=2)).replace(second=0, microsecond=0)
 
     def window() -> tuple[int, float]:
@@ -129,21 +141,21 @@ def test_a_pre_login_answer_sent_again_after_the_login_counts_once(
 
     with JourneyClient(settings.bootstrap_servers, settings.touchpoints_topic,
                        spool_dir=tmp_path / "spool") as sdk:
-        answer = sdk.track("survey_response", anonymous_id="kiosk", event_id="a1",
+        answer = sdk.track("survey_response", anonymous_id=device, event_id="a1",
                            occurred_at=t0, properties={"survey": "nps", "score": 10})
         sdk.flush()
         wait_for(window, timeout=60, done=lambda w: w == (1, 1.0),
                  what="the anonymous answer in its window")
-        sdk.identify("cust-9", anonymous_id="kiosk", event_id="login",
+        sdk.identify(customer, anonymous_id=device, event_id="login",
                      occurred_at=t0 + timedelta(minutes=5))
         sdk.send(answer)  # the retry, right behind the login
         sdk.flush()
         moved = "SELECT customer_id FROM touchpoints FINAL WHERE event_id = 'a1'"
-        wait_for(lambda: clickhouse.execute(moved) == [("cust-9",)], timeout=60,
+        wait_for(lambda: clickhouse.execute(moved) == [(customer,)], timeout=60,
                  what="the device's journey merged into the customer's")
         # Then a detractor from the customer in the same minute: once it shows in the
         # window (numerator below samples), everything sent before it is counted too.
-        sdk.track("survey_response", customer_id="cust-9", event_id="a2",
+        sdk.track("survey_response", customer_id=customer, event_id="a2",
                   occurred_at=t0 + timedelta(seconds=30), properties={"survey": "nps",
                                                                       "score": 0})
     counted = wait_for(window, timeout=60, done=lambda w: w[1] < w[0],
