@@ -10,6 +10,14 @@ from schemas.partitioning import partition_for
 from tests.conftest import wait_for
 
 
+def first_on(prefix: str, key: str, partitions: int) -> str:
+    """The first of ``<prefix>-0``, ``<prefix>-1``... that Kafka puts on ``key``'s
+    partition."""
+    return next(name for name in (f"{prefix}-{n}" for n in range(1000))
+                if partition_for(name.encode(), partitions)
+                == partition_for(key.encode(), partitions))
+
+
 def test_two_devices_become_one_customer_journey(settings, clickhouse, start_worker,
                                                  tmp_path) -> None:
     # "warning" crashed the worker at start once ("WARNINGING").
@@ -74,13 +82,10 @@ def test_a_late_visit_in_the_batch_that_merges_its_device_keeps_its_row(
     carries only the tail; before 28f3399 such a row was lost, most likely the one CI's
     fuzz missed)."""
     start_worker(tail_touchpoints=4, churn_inactive_days=0.0)
-    partitions = settings.topic_partitions
     device = "tablet"
     # The customer's identify on the device's touchpoints partition, after the late visit:
     # the router, the device's partition and the journey's see them in that order.
-    customer = next(c for c in (f"cust-{n}" for n in range(1000))
-                    if partition_for(c.encode(), partitions)
-                    == partition_for(device.encode(), partitions))
+    customer = first_on("cust", device, settings.topic_partitions)
     t0 = utcnow() - timedelta(days=2)
     visits = [f"v{n}" for n in range(12)]
     with JourneyClient(settings.bootstrap_servers, settings.touchpoints_topic,
@@ -123,13 +128,10 @@ def test_a_pre_login_answer_sent_again_after_the_login_counts_once(
     # retry in one bundle, and the merge reaches the customer's journey a batch after
     # them. Before, the retry counted there in between: (3, 1.0), 2 runs of 2.
     partitions = settings.topic_partitions
-
-    def part(key: str) -> int:
-        return partition_for(key.encode(), partitions)
-
     device = next(d for d in (f"kiosk-{n}" for n in range(1000))
-                  if part(d) == part(f"anon:{d}"))
-    customer = next(c for c in (f"cust-{n}" for n in range(1000)) if part(c) == part(device))
+                  if partition_for(d.encode(), partitions)
+                  == partition_for(f"anon:{d}".encode(), partitions))
+    customer = first_on("cust", device, partitions)
     t0 = (utcnow() - timedelta(days=2)).replace(second=0, microsecond=0)
 
     def window() -> tuple[int, float]:
