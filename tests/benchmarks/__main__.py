@@ -86,11 +86,15 @@ def main(argv: list[str] | None = None) -> int:
 
         if "naive" not in args.skip:
             say("2. naive Faust agent, one table update per event ...")
-            results["naive_events_per_second"] = bench.naive(main_settings, n)
-            say(f"  {results['naive_events_per_second']:,.0f} events/s")
+            results["naive_events_per_second"], results["naive_cpu_share"] = \
+                bench.naive(main_settings, n)
+            say(f"  {results['naive_events_per_second']:,.0f} events/s, "
+                f"busy {results['naive_cpu_share']:.0%} of a core")
             say("2b. Faust's floor: batches JSON-decoded, no table, no work ...")
-            results["faust_floor_events_per_second"] = bench.naive(main_settings, n, bare=True)
-            say(f"  {results['faust_floor_events_per_second']:,.0f} events/s")
+            results["faust_floor_events_per_second"], results["faust_floor_cpu_share"] = \
+                bench.naive(main_settings, n, bare=True)
+            say(f"  {results['faust_floor_events_per_second']:,.0f} events/s, "
+                f"busy {results['faust_floor_cpu_share']:.0%} of a core")
 
         say("3. the real pipeline, one worker (memory store) ...")
         profile = out.parent / "profile.txt" if args.profile else None
@@ -235,7 +239,8 @@ def _table(r: dict) -> str:
         rows.append(("2. naive Faust agent", f"{r['naive_events_per_second']:,.0f} ev/s", ""))
     if "faust_floor_events_per_second" in r:
         rows.append(("2b. Faust floor (no work)",
-                     f"{r['faust_floor_events_per_second']:,.0f} ev/s", ""))
+                     f"{r['faust_floor_events_per_second']:,.0f} ev/s",
+                     f"busy {r['faust_floor_cpu_share']:.0%} of a core"))
     p = r["pipeline"]
     ratio = r["ratios"]
     note = f"{ratio['pipeline_over_ceiling']:.2f}x ceiling"
