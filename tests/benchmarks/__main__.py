@@ -238,9 +238,9 @@ def _table(r: dict) -> str:
     if "naive_events_per_second" in r:
         rows.append(("2. naive Faust agent", f"{r['naive_events_per_second']:,.0f} ev/s", ""))
     if "faust_floor_events_per_second" in r:
-        rows.append(("2b. Faust floor (no work)",
-                     f"{r['faust_floor_events_per_second']:,.0f} ev/s",
-                     f"busy {r['faust_floor_cpu_share']:.0%} of a core"))
+        share, rate = r["faust_floor_cpu_share"], r["faust_floor_events_per_second"]
+        rows.append(("2b. Faust floor (no work)", f"{rate:,.0f} ev/s",
+                     f"busy {share:.0%} of a core: {share / rate * 1e6:.0f} µs of CPU an event"))
     p = r["pipeline"]
     ratio = r["ratios"]
     note = f"{ratio['pipeline_over_ceiling']:.2f}x ceiling"
@@ -249,7 +249,8 @@ def _table(r: dict) -> str:
     rows.append(("3. pipeline, 1 worker", f"{p['events_per_second']:,.0f} ev/s", note))
     if "worker_cpu_share" in p:
         rows.append(("", f"{p['worker_cpu_share']:.0%} busy",
-                     "the worker's CPU time over the run, of one core"))
+                     "the worker's CPU time over the run, of one core: "
+                     f"{p['worker_cpu_seconds'] / r['events'] * 1e6:.0f} µs a touchpoint"))
     if p.get("stage_messages"):
         per = {k: v / r["events"] for k, v in p["stage_messages"].items()}
         rows_per = p["sink_rows"].get("cx_metrics", 0.0) / r["events"]
