@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import shutil
 import signal
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         series = bench.series
     results["wall_seconds"] = time.monotonic() - started
     _ratios(results)
-    out.write_text(json.dumps(results, indent=2, default=str))
+    out.write_text(json.dumps(_strict(results), indent=2, default=str, allow_nan=False))
     chart = out.with_suffix(".png")
     _chart(series, chart)
     print()
@@ -230,6 +231,21 @@ def _ratios(r: dict) -> None:
     if "faust_floor_events_per_second" in r:
         r["ratios"]["pipeline_over_faust_floor"] = pipe / r["faust_floor_events_per_second"]
 
+
+
+def _strict(value: object) -> object:
+    """The results with each unknown number (NaN, infinite) as null.
+
+    Python's ``json`` writes NaN as a bare word no strict parser reads (jq, a browser's
+    JSON.parse); a tiny run can leave a busy share or a quantile unknown.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
 
 def _table(r: dict) -> str:
     rows = [("events", f"{r['events']:,}", f"{r['customers']:,} customers, "
