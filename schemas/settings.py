@@ -124,10 +124,18 @@ class Settings:
     compress_journeys: bool = _setting(
         True, "JOURNEY_COMPRESS_JOURNEYS",
         "Store journeys zlib-compressed with a preset dictionary, in about a third of "
-        "the bytes (README, Benchmarks). Every version reads plain values, and from this "
+        "the bytes (README, Benchmarks); those past 8 KiB stay plain. Every version "
+        "reads plain values, and from this "
         "one on every form; a5dce46 and earlier cannot read these, so in a rolling "
         "upgrade from one set false until none is left (values are compressed again as "
         "their journeys next change).")
+    compress_up_to_bytes: int = _setting(
+        8192, "JOURNEY_COMPRESS_UP_TO_BYTES",
+        "A journey of more msgpack bytes than this (a bot's or a kiosk's long tail) is "
+        "stored plain, and the journey stage keeps such journeys decoded between "
+        "batches, up to 256 KiB of them per partition: compressed, inflated and decoded "
+        "again on every batch, a bot's touchpoints cost 5 times a short journey's. "
+        "0: every journey stored plain.")
     cx_revision_days: float = _setting(
         35.0, "JOURNEY_CX_REVISION_DAYS",
         "Revision horizon. A CX window that closed less than this long ago is revised by "
@@ -339,6 +347,9 @@ class Settings:
             raise ConfigError("JOURNEY_MALLOC_TRIM_SECONDS must be 0 (never) or more")
         if self.gc_threshold < 0:
             raise ConfigError("JOURNEY_GC_THRESHOLD must be 0 (off) or more")
+        if self.compress_up_to_bytes < 0:
+            raise ConfigError("JOURNEY_COMPRESS_UP_TO_BYTES must be 0 (none compressed) "
+                              "or more")
         if self.tail_touchpoints < 1 or self.tail_days <= 0:
             raise ConfigError("JOURNEY_TAIL_TOUCHPOINTS must be at least 1 and "
                               "JOURNEY_TAIL_DAYS above 0")

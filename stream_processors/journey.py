@@ -658,6 +658,13 @@ _state_decoder = msgspec.msgpack.Decoder(FoldState)
 
 #: A stored log this long or longer is kept zlib-compressed (level 1), if that is smaller.
 COMPRESS_FROM: Final = 64
+#: ... and no longer than this, by default (JOURNEY_COMPRESS_UP_TO_BYTES). A log is
+#: inflated and compressed again on every batch that touches it, at a cost that grows
+#: with its bytes; past this (a tail of 70 to 240 touchpoints, as a bot's or a busy
+#: kiosk's) that was most of the batch: per touchpoint 5 times a 10-touchpoint
+#: journey's (the journey_state bench). The bench's simulated customers' logs are at
+#: most 4.7 KB, so none is left plain.
+COMPRESS_UP_TO: Final = 8192
 #: The first byte of a zlib stream (deflate, 32 KiB window); a msgpack-encoded log
 #: starts with a map's (0x80-0x8f, 0xde, 0xdf), so the two never mix up.
 _ZLIB = 0x78
@@ -668,10 +675,10 @@ _FDICT = 0x20
 _primed = zlib.compressobj(1, zdict=JOURNEYS_1)
 
 
-def encode_log(log: JourneyLog, compress: bool = True) -> bytes:
+def encode_log(log: JourneyLog, compress: bool = True, up_to: int = COMPRESS_UP_TO) -> bytes:
     """Compact binary form kept in the Faust table and its changelog: msgpack, then
-    zlib with the journeys' preset dictionary from ``COMPRESS_FROM`` bytes, if that
-    is smaller.
+    zlib with the journeys' preset dictionary from ``COMPRESS_FROM`` bytes up to
+    ``up_to``, if that is smaller.
 
     Why: a worker's memory store holds every journey's value, which the bench measured
     at 977 bytes per customer at 50,000 customers, most of the state (the slope of RSS
@@ -686,7 +693,7 @@ def encode_log(log: JourneyLog, compress: bool = True) -> bytes:
     ``compress`` False (JOURNEY_COMPRESS_JOURNEYS): plain msgpack only, which workers
     of every version read (a rolling upgrade from one that cannot read these)."""
     data = _encoder.encode(log)
-    if not compress or len(data) < COMPRESS_FROM:
+    if not compress or not COMPRESS_FROM <= len(data) <= up_to:
         return data
     packer = _primed.copy()
     packed = packer.compress(data) + packer.flush()

@@ -186,7 +186,7 @@ journey_updater = JourneyUpdater(
     anonymous_retention=settings.anonymous_retention,
     merged_retention=settings.merged_retention, privacy_key=settings.privacy_key,
     tail=settings.tail, tail_touchpoints=settings.tail_touchpoints,
-    compress=settings.compress_journeys)
+    compress=settings.compress_journeys, compress_up_to=settings.compress_up_to_bytes)
 aggregator = Aggregator(metrics, PARTITIONS, settings.cx_update_seconds,
                         revision=settings.cx_revision,
                         rows_per_batch=settings.cx_windows_per_batch)
@@ -265,7 +265,7 @@ async def update_journey(stream: StreamT) -> None:
                 _staged(cx_partials, e, named_partition), utcnow(), _row_version(),
                 _staged(journey_suppressions, e, named_partition)),
             forget=_forgetting(journey_updater.windows.held,
-                               journey_updater.suppression.known))
+                               journey_updater.suppression.known, journey_updater.decoded))
 
 
 @app.agent(cx_partials_topic)
@@ -299,6 +299,7 @@ _HELD_BY = ((touchpoints_topic, router.sources), (by_device_topic, identity.inpu
             (by_device_topic, identity.suppression.known),
             (journey_events_topic, journey_updater.windows.held),
             (journey_events_topic, journey_updater.suppression.known),
+            (journey_events_topic, journey_updater.decoded),
             (cx_partials_topic, aggregator.held))
 
 

@@ -73,6 +73,7 @@ from stream_processors.contributions import (
 from stream_processors.cx_metrics import csat_satisfied, nps_category
 from stream_processors.effects import ALERTS, JOURNEY_EVENTS, Message, Output, Store
 from stream_processors.journey import (
+    COMPRESS_UP_TO,
     Alert,
     Journey,
     JourneyLog,
@@ -90,9 +91,16 @@ from stream_processors.journey import (
 )
 from stream_processors.metrics import WorkerMetrics
 from stream_processors.stages.partials import Numbered, PartitionWindows
+from stream_processors.stages.per_partition import Decoded, PerPartition
 from stream_processors.suppression import Suppression
 
 __all__ = ["JourneyUpdater", "needs_sweep", "past_retention"]
+
+#: Per partition, the encoded bytes of long journeys (stored plain, past
+#: ``compress_up_to``: a bot's, a kiosk's) kept decoded between batches. Decoding such a
+#: log on every batch was a quarter of its batch (the journey_state bench); the
+#: simulated customers' logs are all shorter, so on the full bench nothing is kept.
+DECODED_JOURNEY_BYTES = 256 * 1024
 
 
 def needs_sweep(journey_log: JourneyLog, now: datetime, inactive_after: timedelta) -> bool:
@@ -140,9 +148,10 @@ class JourneyUpdater:
                  anonymous_retention: timedelta | None = None,
                  merged_retention: timedelta | None = None, privacy_key: str = "",
                  tail: timedelta = timedelta(days=90), tail_touchpoints: int = 128,
-                 compress: bool = True) -> None:
+                 compress: bool = True, compress_up_to: int = COMPRESS_UP_TO) -> None:
         self.metrics = metrics
         self.compress = compress
+        self.compress_up_to = compress_up_to
         self.suppression = Suppression(privacy_key, "journey")
         self.partitions = partitions
         self.windows = windows
@@ -154,6 +163,12 @@ class JourneyUpdater:
         self.merged_retention = merged_retention
         self.tail = tail
         self.tail_touchpoints = tail_touchpoints
+        #: Long logs as last written, with the bytes written (see DECODED_JOURNEY_BYTES).
+        #: A batch takes a log out before it changes it and puts it back only once it is
+        #: encoded, so what is here always decodes from the bytes beside it; a failed
+        #: batch (``forget``) or a revocation drops a partition's.
+        self.decoded: PerPartition[Decoded[tuple[JourneyLog, bytes]]] = PerPartition(
+            lambda _partition: Decoded(DECODED_JOURNEY_BYTES))
 
     @property
     def changes_with_time(self) -> bool:
@@ -199,7 +214,10 @@ class JourneyUpdater:
             if journey_log.events and not journey_log.merged_into:
                 self._emit(b, out, key, journey_log, now, version, b.contributions[partition],
                            offset)
-            journeys[key] = encode_log(journey_log, self.compress)
+            stored = journeys[key] = encode_log(journey_log, self.compress,
+                                                self.compress_up_to)
+            if len(stored) > self.compress_up_to and not stored.startswith(b"\x78"):
+                self.decoded[partition].put(key, (journey_log, stored), len(stored))
         self.windows.process(out, cx_partials, marks, b.contributions, now)
         out.save(cx_partials)
         out.save(b.suppressed, journeys)
@@ -218,6 +236,7 @@ class JourneyUpdater:
                 if partition_for(key, self.partitions) != partition:
                     continue
                 held = b.logs.pop(key, None)
+                self.decoded[partition].drop(key)
                 b.fresh.pop(key, None)
                 b.last.pop(key, None)
                 if journeys.get(key) is not None:
@@ -251,7 +270,7 @@ class JourneyUpdater:
         if isinstance(command, Touch) and command.customer_id and key.startswith(b"anon:"):
             self._send_on(out, command.customer_id, command)  # the device stage's link
             return
-        journey_log = b.logs.get(key) or _load(journeys, key, now)
+        journey_log = b.logs.get(key) or self._load(journeys, key, message.partition, now)
         if isinstance(command, Touch) and journey_log.merged_into:  # a merged journey's
             self._send_on(out, journey_log.merged_into, command)
             return
@@ -261,6 +280,18 @@ class JourneyUpdater:
         self._command(b, out, journeys, key, journey_log, command, message, now, version)
         if journey_log.version != before:
             journey_log.updated_at = now
+
+    def _load(self, journeys: Store, key: bytes, partition: int,
+              now: datetime) -> JourneyLog:
+        """The journey as stored: the log kept decoded if it is the one stored (taken
+        out, as this batch may change it), else decoded from the table."""
+        stored = journeys.get(key)
+        kept = self.decoded[partition].take(key)
+        if stored is None:
+            return _new_log(key, now)
+        if kept is not None and kept[1] == stored:
+            return kept[0]
+        return decode_log(stored)
 
     def _send_on(self, out: Output, customer: str, command: Touch) -> None:
         """A device's touchpoints, on to the customer's journey (see the module's doc)."""
@@ -455,10 +486,7 @@ def _ticket_id(row: tuple) -> str:
     return row[_TICKET_ID]
 
 
-def _load(journeys: Store, key: bytes, now: datetime) -> JourneyLog:
-    stored = journeys.get(key)
-    if stored is not None:
-        return decode_log(stored)
+def _new_log(key: bytes, now: datetime) -> JourneyLog:
     text = key.decode()
     # A new journey's versions start from the clock, not 0: one that comes back after
     # its state expired must outrank the rows its earlier self wrote (a journey changes

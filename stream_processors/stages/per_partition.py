@@ -105,6 +105,14 @@ class Decoded(Generic[T]):
         self._items[key] = item  # most recent last
         return item[0]
 
+    def take(self, key: bytes) -> T | None:
+        """The entry, no longer kept: for a caller that may change it."""
+        item = self._items.pop(key, None)
+        if item is None:
+            return None
+        self._bytes -= item[1]
+        return item[0]
+
     def put(self, key: bytes, value: T, size: int) -> None:
         self.drop(key)
         if size > self.budget:

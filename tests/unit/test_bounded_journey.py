@@ -20,6 +20,7 @@ from stream_processors.dictionaries import DICTIONARIES, JOURNEYS_1
 from stream_processors.effects import JOURNEY_EVENTS, Message
 from stream_processors.journey import (
     COMPRESS_FROM,
+    COMPRESS_UP_TO,
     SEEN_IDS,
     FoldState,
     Journey,
@@ -32,7 +33,9 @@ from stream_processors.journey import (
     event_of,
     fold,
 )
+from stream_processors.stages import JourneyUpdater
 from stream_processors.stages.identity import IdentityResolver
+from stream_processors.stages.per_partition import Decoded, PerPartition
 from tests.reference import stored_msgpack
 from tests.truth import journey_key, true_journeys
 from tests.unit.test_stages import NOW, T0, P, as_dicts, tp, updater, window_state
@@ -246,6 +249,34 @@ def test_a_journey_is_stored_compressed_with_the_dictionary_a_tiny_one_plain() -
     assert decode_log(stored) == decode_log(plain) == log
 
 
+def test_a_journey_over_compress_up_to_is_kept_plain_and_reads_as_compressed_ones() -> None:
+    """Inflating and compressing a long tail on every batch cost more than the batch's
+    other work, so a log past COMPRESS_UP_TO bytes of msgpack stays msgpack; one just
+    under it is compressed. Both read back the same log, and so does a long log
+    compressed by an earlier version."""
+    def log_of(touchpoints: int) -> JourneyLog:
+        log = JourneyLog(key="c-9", customer_id="c-9")
+        add_events(log, [event_of(decode_trusted(tp(f"e{n:05d}", "page_view", n,
+                                                    customer="c-9")))
+                         for n in range(touchpoints)])
+        fold(log)
+        return log
+
+    sizes = {n: len(msgspec.msgpack.encode(log_of(n))) for n in range(150, 400)}
+    under = max(n for n, size in sizes.items() if size <= COMPRESS_UP_TO)
+    assert 150 < under < 399
+    for n, compressed in ((under, True), (under + 1, False), (399, False)):
+        log = log_of(n)
+        plain = msgspec.msgpack.encode(log)
+        stored = encode_log(log)
+        assert (stored[0] == 0x78) is compressed, (n, len(plain))
+        assert stored_msgpack(stored) == plain and decode_log(stored) == log
+    long = log_of(399)
+    packer = zlib.compressobj(1, zdict=JOURNEYS_1)
+    before = packer.compress(msgspec.msgpack.encode(long)) + packer.flush()
+    assert decode_log(before) == long
+
+
 def test_values_compressed_without_a_dictionary_still_read_an_unknown_one_is_named() -> None:
     """What 6de8bcc-a5dce46 wrote (zlib, no dictionary) reads as before. A value naming
     a dictionary this version does not hold (written by a newer one) fails with its
@@ -314,7 +345,9 @@ def test_one_key_through_100_000_touchpoints_costs_the_same_per_event_and_stays_
     assert late <= 2 * cost[0]
     print(f"value {sizes[0]} B at 10 touchpoints, {sizes[-1]} B at 100,000; fold steps per "
           f"touchpoint {cost[0]:.1f} then {late:.2f}")
-    assert journeys[key][0] == 0x78 and msgspec.msgpack.decode(stored_msgpack(journeys[key]))
+    # Its tail is over COMPRESS_UP_TO bytes of msgpack, so it is kept plain (read as is).
+    assert len(journeys[key]) > COMPRESS_UP_TO and journeys[key][0] != 0x78
+    assert stored_msgpack(journeys[key]) == journeys[key] == msgspec.msgpack.encode(log)
 
 
 def test_with_compression_off_the_stage_writes_plain_msgpack_and_reads_compressed() -> None:
@@ -452,3 +485,120 @@ def test_a_pre_login_answer_sent_again_after_the_login_counts_once() -> None:
     assert answered == 1
     assert [decode_command(value).__class__ for _, _, _, value in onwards] == [Merge, Touch]
     assert [e.event_id for e in decode_log(journeys[b"c-8"]).events] == ["a8"]
+
+
+def _bot_batches(batches: int, per_batch: int = 5) -> list[list[bytes]]:
+    """A bot's batches: every seventh touchpoint three minutes late (inside the tail),
+    and each batch sending one earlier id again."""
+    out, n = [], 0
+    for _ in range(batches):
+        batch = []
+        for _ in range(per_batch):
+            late = 3 if n % 7 == 6 else 0
+            batch.append(tp(f"e{n:05d}", ["page_view", "cart_updated"][n % 2], n - late,
+                            customer="bot"))
+            n += 1
+        batch.append(tp(f"e{n // 2:05d}", ["page_view", "cart_updated"][n // 2 % 2],
+                        n // 2, customer="bot"))
+        out.append(batch)
+    return out
+
+
+#: Logs past 2 KB count as long in these tests, so their journeys get there quickly.
+SMALL_CAP = 2048
+
+
+def _keeping(budget: int | None = None) -> JourneyUpdater:
+    """The journey stage with logs past SMALL_CAP plain; ``budget`` 0: none kept decoded."""
+    stage = updater()
+    stage.compress_up_to = SMALL_CAP
+    if budget is not None:
+        stage.decoded = PerPartition(lambda _partition: Decoded(budget))
+    return stage
+
+
+def test_a_long_journey_kept_decoded_writes_what_one_decoded_every_batch_does(
+        monkeypatch) -> None:
+    """A log past COMPRESS_UP_TO stays decoded between batches, and the stage writes
+    the same value and rows, batch by batch, as a stage that decodes it every time."""
+    import stream_processors.stages.journeys as stage_module
+    decodes = 0
+
+    def counted(stored: bytes) -> JourneyLog:
+        nonlocal decodes
+        decodes += 1
+        return decode_log(stored)
+
+    monkeypatch.setattr(stage_module, "decode_log", counted)
+    key, kept, plain = b"bot", _keeping(), _keeping(budget=0)
+    part = partition_for(key, P)
+    kept_table: dict[bytes, bytes] = {}
+    plain_table: dict[bytes, bytes] = {}
+    decoded = {"kept": 0, "plain": 0}
+    long_batches = 0
+    for b, batch in enumerate(_bot_batches(80)):
+        long_batches += len(kept_table.get(key, b"")) > SMALL_CAP
+        outs = []
+        for name, stage, table in (("kept", kept, kept_table), ("plain", plain, plain_table)):
+            before = decodes
+            outs.append(stage.update([Message(part, b, key, Touch("bot", batch))], table, {},
+                                     NOW, b))
+            if len(table[key]) > SMALL_CAP and before != decodes:
+                decoded[name] += 1
+        assert kept_table == plain_table, b
+        assert outs[0].rows == outs[1].rows, b
+    assert kept_table[key][0] != 0x78 and len(kept.decoded[part]) == 1
+    # Once long: the stage that keeps it decoded never decodes it again, the other does
+    # so every batch (the first long batch found it compressed in both).
+    assert long_batches > 20 and decoded == {"kept": 1, "plain": long_batches + 1}
+    assert decode_log(kept_table[key]).touchpoints == 80 * 5
+
+
+def test_a_kept_log_is_not_used_once_the_table_holds_other_bytes() -> None:
+    """After a failed commit or a partition taken back and given again, the table may
+    hold a value other than the one last encoded: the stage then reads the table."""
+    key, kept, plain = b"bot", _keeping(), _keeping(budget=0)
+    part = partition_for(key, P)
+    batches = _bot_batches(62)
+    table: dict[bytes, bytes] = {}
+    for b, batch in enumerate(batches[:60]):
+        kept.update([Message(part, b, key, Touch("bot", batch))], table, {}, NOW, b)
+    earlier = dict(table)
+    kept.update([Message(part, 60, key, Touch("bot", batches[60]))], table, {}, NOW, 60)
+    assert len(kept.decoded[part]) == 1 and table != earlier
+    assert len(earlier[key]) > SMALL_CAP
+    other = dict(earlier)  # the write of batch 60 never landed
+    kept.update([Message(part, 61, key, Touch("bot", batches[61]))], other, {}, NOW, 61)
+    reference = dict(earlier)
+    plain.update([Message(part, 61, key, Touch("bot", batches[61]))], reference, {}, NOW, 61)
+    assert other == reference
+    assert decode_log(other[key]).touchpoints == 60 * 5 + 5
+
+
+def test_a_batch_that_fails_after_taking_a_kept_log_leaves_nothing_kept_behind(
+        monkeypatch) -> None:
+    """A batch changes the log it took before anything is written; if it fails there,
+    its retry reads the table again (what the batch runner does even if the stage's
+    memory were not forgotten)."""
+    key, kept, plain = b"bot", _keeping(), _keeping(budget=0)
+    part = partition_for(key, P)
+    batches = _bot_batches(61)
+    table: dict[bytes, bytes] = {}
+    for b, batch in enumerate(batches[:60]):
+        kept.update([Message(part, b, key, Touch("bot", batch))], table, {}, NOW, b)
+    assert len(kept.decoded[part]) == 1
+    reference = dict(table)
+    emit = kept._emit
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the batch fails after the log took its touchpoints")
+
+    monkeypatch.setattr(kept, "_emit", failing)
+    message = Message(part, 60, key, Touch("bot", batches[60]))
+    with pytest.raises(RuntimeError):
+        kept.update([message], table, {}, NOW, 60)
+    monkeypatch.setattr(kept, "_emit", emit)
+    retried = kept.update([message], table, {}, NOW, 60)
+    expected = plain.update([message], reference, {}, NOW, 60)
+    assert table == reference and retried.rows == expected.rows
+    assert len(retried.rows["touchpoints"]) == 5  # the batch's new ones; one is a repeat

@@ -29,6 +29,7 @@ def test_environment_is_parsed_by_type() -> None:
     ({"JOURNEY_STORE": "redis://"}, "use memory:// or rocksdb://"),
     ({"JOURNEY_ROUTER_MAX_AHEAD": "-1"}, "JOURNEY_ROUTER_MAX_AHEAD must be 0"),
     ({"JOURNEY_CX_WINDOWS_PER_BATCH": "-1"}, "JOURNEY_CX_WINDOWS_PER_BATCH must be 0"),
+    ({"JOURNEY_COMPRESS_UP_TO_BYTES": "-1"}, "JOURNEY_COMPRESS_UP_TO_BYTES must be 0"),
     ({"JOURNEY_CLICKHOUSE_URL": "http://h:8123"}, "clickhouse://user:password@host"),
     ({"JOURNEY_MERGED_RETENTION_DAYS": "0"}, "JOURNEY_MERGED_RETENTION_DAYS=0 must be above 0 "
      "and at most JOURNEY_DEVICE_RETENTION_DAYS=400"),
