@@ -50,6 +50,7 @@ class WorkerMetrics(NamedTuple):
     suppressed_touchpoints: Counter
     router_pauses: Counter
     backlog_records: Gauge
+    kept_decoded_bytes: Gauge
     cx_survey_responses: Counter
     cx_rated_responses: Counter
     cx_ces_score: Histogram
@@ -173,6 +174,11 @@ class WorkerMetrics(NamedTuple):
             backlog_records=Gauge(
                 f"{prefix}_backlog_records", "Most records any internal partition of this "
                 "worker has that its stage has not taken in yet.", registry=registry),
+            kept_decoded_bytes=Gauge(
+                f"{prefix}_kept_decoded_bytes", "Bytes, as stored, of the long journeys "
+                "(past JOURNEY_COMPRESS_UP_TO_BYTES) the journey stage keeps decoded "
+                "between batches; decoded they take about four times as much.",
+                registry=registry),
             # CX counts, not ratios: NPS, CSAT and quantiles are recording rules over
             # them (deploy/prometheus/rules), so they aggregate across workers.
             cx_survey_responses=Counter(

@@ -218,6 +218,7 @@ class JourneyUpdater:
                                                 self.compress_up_to)
             if len(stored) > self.compress_up_to and not stored.startswith(b"\x78"):
                 self.decoded[partition].put(key, (journey_log, stored), len(stored))
+        self.metrics.kept_decoded_bytes.set(sum(self.decoded[p].size for p in self.decoded))
         self.windows.process(out, cx_partials, marks, b.contributions, now)
         out.save(cx_partials)
         out.save(b.suppressed, journeys)

@@ -130,3 +130,8 @@ class Decoded(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+    @property
+    def size(self) -> int:
+        """The encoded bytes of what is kept (at most ``budget``)."""
+        return self._bytes

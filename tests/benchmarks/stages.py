@@ -99,7 +99,8 @@ class Pipeline:
             anonymous_retention=settings.anonymous_retention,
             merged_retention=settings.merged_retention, privacy_key=settings.privacy_key,
             tail=settings.tail, tail_touchpoints=settings.tail_touchpoints,
-            compress=settings.compress_journeys)
+            compress=settings.compress_journeys,
+            compress_up_to=settings.compress_up_to_bytes)
         self.aggregator = Aggregator(metrics, p, settings.cx_update_seconds, clock=tick,
                                      revision=settings.cx_revision,
                                      rows_per_batch=settings.cx_windows_per_batch)

@@ -409,5 +409,11 @@ def test_the_pipeline_ends_exact_after(scenario, settings, start_worker, tmp_pat
                       for line in w.metrics().splitlines()
                       if line.startswith("journey_state_rebuilds_total"))
         print(f"state rebuilds counted by the live workers: {rebuilt:.0f}")
+        if config.get("compress_up_to_bytes") == 512:  # the kept logs were really used
+            kept = sum(float(line.rsplit(" ", 1)[1]) for w in workers
+                       for line in w.metrics().splitlines()
+                       if line.startswith("journey_kept_decoded_bytes "))
+            print(f"journeys kept decoded by the live workers: {kept:,.0f} bytes")
+            assert kept > 0
     finally:
         ch.stop()
