@@ -554,15 +554,22 @@ def test_a_long_journey_kept_decoded_writes_what_one_decoded_every_batch_does(
     assert decode_log(kept_table[key]).touchpoints == 80 * 5
 
 
+def _sixty_batches_kept() -> tuple[JourneyUpdater, JourneyUpdater, int, dict[bytes, bytes]]:
+    """A stage that keeps long logs, one that keeps none, the bot's partition, and the
+    table after the bot's first 60 batches through the first stage."""
+    kept, plain = _keeping(), _keeping(budget=0)
+    part = partition_for(b"bot", P)
+    table: dict[bytes, bytes] = {}
+    for b, batch in enumerate(_bot_batches(60)):
+        kept.update([Message(part, b, b"bot", Touch("bot", batch))], table, {}, NOW, b)
+    return kept, plain, part, table
+
+
 def test_a_kept_log_is_not_used_once_the_table_holds_other_bytes() -> None:
     """After a failed commit or a partition taken back and given again, the table may
     hold a value other than the one last encoded: the stage then reads the table."""
-    key, kept, plain = b"bot", _keeping(), _keeping(budget=0)
-    part = partition_for(key, P)
-    batches = _bot_batches(62)
-    table: dict[bytes, bytes] = {}
-    for b, batch in enumerate(batches[:60]):
-        kept.update([Message(part, b, key, Touch("bot", batch))], table, {}, NOW, b)
+    kept, plain, part, table = _sixty_batches_kept()
+    key, batches = b"bot", _bot_batches(62)
     earlier = dict(table)
     kept.update([Message(part, 60, key, Touch("bot", batches[60]))], table, {}, NOW, 60)
     assert len(kept.decoded[part]) == 1 and table != earlier
@@ -580,12 +587,8 @@ def test_a_batch_that_fails_after_taking_a_kept_log_leaves_nothing_kept_behind(
     """A batch changes the log it took before anything is written; if it fails there,
     its retry reads the table again (what the batch runner does even if the stage's
     memory were not forgotten)."""
-    key, kept, plain = b"bot", _keeping(), _keeping(budget=0)
-    part = partition_for(key, P)
-    batches = _bot_batches(61)
-    table: dict[bytes, bytes] = {}
-    for b, batch in enumerate(batches[:60]):
-        kept.update([Message(part, b, key, Touch("bot", batch))], table, {}, NOW, b)
+    kept, plain, part, table = _sixty_batches_kept()
+    key, batches = b"bot", _bot_batches(61)
     assert len(kept.decoded[part]) == 1
     reference = dict(table)
     emit = kept._emit
