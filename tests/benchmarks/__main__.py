@@ -232,7 +232,6 @@ def _ratios(r: dict) -> None:
         r["ratios"]["pipeline_over_faust_floor"] = pipe / r["faust_floor_events_per_second"]
 
 
-
 def _strict(value: object) -> object:
     """The results with each unknown number (NaN, infinite) as null.
 
@@ -246,6 +245,7 @@ def _strict(value: object) -> object:
     if isinstance(value, list | tuple):
         return [_strict(v) for v in value]
     return value
+
 
 def _table(r: dict) -> str:
     rows = [("events", f"{r['events']:,}", f"{r['customers']:,} customers, "
