@@ -86,16 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         say(f"  {results['ceiling_events_per_second']:,.0f} events/s")
 
         if "naive" not in args.skip:
-            say("2. naive Faust agent, one table update per event ...")
-            results["naive_events_per_second"], results["naive_cpu_share"] = \
-                bench.naive(main_settings, n)
-            say(f"  {results['naive_events_per_second']:,.0f} events/s, "
-                f"busy {results['naive_cpu_share']:.0%} of a core")
-            say("2b. Faust's floor: batches JSON-decoded, no table, no work ...")
-            results["faust_floor_events_per_second"], results["faust_floor_cpu_share"] = \
-                bench.naive(main_settings, n, bare=True)
-            say(f"  {results['faust_floor_events_per_second']:,.0f} events/s, "
-                f"busy {results['faust_floor_cpu_share']:.0%} of a core")
+            for name, bare, title in (
+                    ("naive", False, "2. naive Faust agent, one table update per event"),
+                    ("faust_floor", True,
+                     "2b. Faust's floor: batches JSON-decoded, no table, no work")):
+                say(f"{title} ...")
+                rate, share = bench.naive(main_settings, n, bare=bare)
+                results[f"{name}_events_per_second"], results[f"{name}_cpu_share"] = rate, share
+                say(f"  {rate:,.0f} events/s, busy {share:.0%} of a core")
 
         say("3. the real pipeline, one worker (memory store) ...")
         profile = out.parent / "profile.txt" if args.profile else None
