@@ -124,9 +124,7 @@ class Decoded(Generic[T]):
             self._bytes -= self._items.pop(oldest)[1]
 
     def drop(self, key: bytes) -> None:
-        item = self._items.pop(key, None)
-        if item is not None:
-            self._bytes -= item[1]
+        self.take(key)
 
     def __len__(self) -> int:
         return len(self._items)
