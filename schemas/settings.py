@@ -124,8 +124,8 @@ class Settings:
     compress_journeys: bool = _setting(
         True, "JOURNEY_COMPRESS_JOURNEYS",
         "Store journeys zlib-compressed with a preset dictionary, in about a third of "
-        "the bytes (README, Benchmarks); those past 8 KiB stay plain. Every version "
-        "reads plain values, and from this "
+        "the bytes (README, Benchmarks); those past JOURNEY_COMPRESS_UP_TO_BYTES stay "
+        "plain. Every version reads plain values, and from this "
         "one on every form; a5dce46 and earlier cannot read these, so in a rolling "
         "upgrade from one set false until none is left (values are compressed again as "
         "their journeys next change).")
